@@ -1,0 +1,91 @@
+"""The one backend boundary.
+
+Layers call the functions below; each has a NumPy reference (:mod:`refbnn.kernels.reference`, the
+specification) and may have faster implementations that must agree with it bit for bit:
+
+- ``"numpy"``: the reference, always available, works for NumPy and CuPy arrays;
+- ``"cython"``: the bit-packed CPU kernels compiled from ``src_cython/`` (when built);
+- ``"cupy"``: GPU kernels for CuPy arrays (when CuPy is installed).
+
+``backend="auto"`` picks the fastest implementation that exists for the arrays given; the arrays
+choose between CPU and GPU, never a global switch.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..checks import array_module, check_float_array, pair
+from . import reference
+
+BACKENDS = ("numpy", "cython", "cupy")
+
+# name -> module path of an optional compiled backend; each exposes binary_matmul / binary_conv2d
+# with the reference's signatures.
+_OPTIONAL = {"cython": "refbnn.kernels.cython_backend", "cupy": "refbnn.kernels.cupy_backend"}
+_loaded: dict[str, object] = {}
+_load_errors: dict[str, str] = {}
+
+
+def _load(name: str):
+    if name == "numpy":
+        return reference
+    if name not in _loaded and name not in _load_errors:
+        try:
+            _loaded[name] = importlib.import_module(_OPTIONAL[name])
+        except ImportError as exc:  # not built / not installed: the reason is reported by info()
+            _load_errors[name] = str(exc)
+    return _loaded.get(name)
+
+
+def available_backends() -> list[str]:
+    return [b for b in BACKENDS if _load(b) is not None]
+
+
+def backend_errors() -> dict[str, str]:
+    """Why each unavailable backend could not be loaded (for ``refbnn info``)."""
+    for b in BACKENDS:
+        _load(b)
+    return dict(_load_errors)
+
+
+def resolve_backend(backend: str, x):
+    """The kernel module to use for array ``x``."""
+    if backend not in BACKENDS + ("auto",):
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS + ('auto',)}")
+    on_gpu = array_module(x).__name__ == "cupy"
+    if backend == "auto":
+        for name in (("cupy",) if on_gpu else ("cython",)):
+            mod = _load(name)
+            if mod is not None:
+                return mod
+        return reference
+    if backend == "cython" and on_gpu:
+        raise ValueError("backend 'cython' runs on NumPy arrays; got a CuPy array (use 'cupy' or 'auto')")
+    if backend == "cupy" and not on_gpu:
+        raise ValueError("backend 'cupy' runs on CuPy arrays; got a NumPy array (use 'cython', 'numpy' or 'auto')")
+    mod = _load(backend)
+    if mod is None:
+        hint = ("build it with `pip install .` (needs a C compiler)" if backend == "cython"
+                else "install CuPy for your CUDA version")
+        raise ImportError(f"kernel backend {backend!r} is not available ({_load_errors.get(backend)}); {hint}")
+    return mod
+
+
+def binary_matmul(a, b, backend: str = "auto"):
+    """``a @ b.T`` for +-1 matrices a (M, K) and b (N, K); exact integers in a's float dtype."""
+    check_float_array(a, "a", ndim=2)
+    check_float_array(b, "b", ndim=2)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"binary_matmul: a is (M, K) = {a.shape} but b is (N, K) = {b.shape}; K must match")
+    return resolve_backend(backend, a).binary_matmul(a, b)
+
+
+def binary_conv2d(x, w, stride=1, padding=0, dilation=1, groups=1, pad_value=0.0, backend: str = "auto"):
+    """Convolution of +-1 activations with +-1 weights, padding with 0 (true zero) or +-1."""
+    check_float_array(x, "x", ndim=4)
+    check_float_array(w, "w", ndim=4)
+    if pad_value not in (0.0, 1.0, -1.0):
+        raise ValueError(f"pad_value: expected 0.0, 1.0 or -1.0, got {pad_value!r}")
+    stride, padding, dilation = pair(stride, "stride", 1), pair(padding, "padding"), pair(dilation, "dilation", 1)
+    reference.conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    return resolve_backend(backend, x).binary_conv2d(x, w, stride, padding, dilation, groups, float(pad_value))

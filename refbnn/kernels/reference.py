@@ -1,0 +1,101 @@
+"""The NumPy reference kernels: the specification every fast kernel is tested against.
+
+Everything here is plain array code that works for NumPy and CuPy arrays alike (the array module
+is taken from the input). A "binary" kernel takes float arrays whose entries are exactly -1 or +1
+(and, for convolutions, a padding value of 0 or +-1) and returns their dot products as floats of
+the same dtype. Sums of +-1 are integers, which float32 holds exactly up to 2**24, so the result
+does not depend on summation order: fast kernels must match it bit for bit.
+"""
+from __future__ import annotations
+
+from ..checks import array_module
+
+
+def conv_output_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def conv2d_geometry(x_shape, w_shape, stride, padding, dilation, groups):
+    """Check a convolution's shapes; return the output size (Ho, Wo). Errors name what was expected."""
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups: expected a positive int, got {groups!r}")
+    n, c, h, wd = x_shape
+    o, cg, kh, kw = w_shape
+    if c != cg * groups:
+        raise ValueError(f"conv2d: input has {c} channels, weight {tuple(w_shape)} with groups={groups} "
+                         f"expects {cg * groups}")
+    if o % groups:
+        raise ValueError(f"conv2d: {o} output channels are not divisible by groups={groups}")
+    ho = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = conv_output_size(wd, kw, stride[1], padding[1], dilation[1])
+    if ho < 1 or wo < 1:
+        raise ValueError(f"conv2d: input {h}x{wd} is smaller than the (dilated) kernel {kh}x{kw} "
+                         f"with padding {padding}; expected an output of at least 1x1")
+    return ho, wo
+
+
+def im2col(x, kh, kw, stride, padding, dilation, pad_value=0.0):
+    """x (N, C, H, W) -> cols (N, C, kh, kw, Ho, Wo), padded with ``pad_value``.
+
+    cols[n, c, i, j, p, q] = xpad[n, c, p*sh + i*dh, q*sw + j*dw].
+    """
+    xp = array_module(x)
+    n, c, h, w = x.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    ho = conv_output_size(h, kh, sh, ph, dh)
+    wo = conv_output_size(w, kw, sw, pw, dw)
+    if ph or pw:
+        xpad = xp.full((n, c, h + 2 * ph, w + 2 * pw), pad_value, dtype=x.dtype)
+        xpad[:, :, ph:ph + h, pw:pw + w] = x
+    else:
+        xpad = x
+    cols = xp.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = xpad[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
+                                    j * dw:j * dw + sw * (wo - 1) + 1:sw]
+    return cols
+
+
+def col2im(cols, x_shape, stride, padding, dilation):
+    """Adjoint of :func:`im2col` (padding taps are dropped): sums cols back into (N, C, H, W)."""
+    xp = array_module(cols)
+    n, c, h, w = x_shape
+    _, _, kh, kw, ho, wo = cols.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    dxpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxpad[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
+                  j * dw:j * dw + sw * (wo - 1) + 1:sw] += cols[:, :, i, j]
+    return dxpad[:, :, ph:ph + h, pw:pw + w]
+
+
+def conv2d_cols_matmul(cols, w, groups):
+    """Grouped product of im2col columns (N, C, kh, kw, Ho, Wo) and weights (O, C/g, kh, kw).
+
+    Returns (N, O, Ho, Wo). One batched GEMM per (sample, group).
+    """
+    xp = array_module(cols)
+    n, c, kh, kw, ho, wo = cols.shape
+    o = w.shape[0]
+    g = groups
+    colsg = cols.reshape(n, g, (c // g) * kh * kw, ho * wo)
+    wg = w.reshape(1, g, o // g, (c // g) * kh * kw)
+    out = xp.matmul(wg, colsg)  # (N, g, O/g, Ho*Wo)
+    return out.reshape(n, o, ho, wo)
+
+
+def binary_matmul(a, b):
+    """+-1 dot products of the rows of ``a`` (M, K) with the rows of ``b`` (N, K): ``a @ b.T``."""
+    return a @ b.T
+
+
+def binary_conv2d(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, pad_value=0.0):
+    """Convolution of +-1 activations (N, C, H, W) with +-1 weights (O, C/groups, kh, kw).
+
+    ``pad_value`` 0.0 is true zero padding (border taps contribute nothing); +1.0 or -1.0 pads
+    with that sign. Output (N, O, Ho, Wo) in the input's dtype, integer-valued.
+    """
+    cols = im2col(x, w.shape[2], w.shape[3], stride, padding, dilation, pad_value)
+    return conv2d_cols_matmul(cols, w, groups)

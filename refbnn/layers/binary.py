@@ -1,0 +1,193 @@
+"""Binary layers: the input and the latent weights pass through quantizers before the linear op.
+
+    xq, cx = input_quantizer.forward(x)          (identity when input_quantizer is None: 1wNa)
+    wq, cw = weight_quantizer.forward(W)
+    y      = op(xq, wq) * alpha + b              (alpha per output channel, optional)
+
+Backward: the op's backward gives dL/dxq and dL/dwq; the quantizers' estimators turn them into
+dL/dx and dL/dW (the latent weights receive the gradient, BinaryConnect's rule).
+
+Scale ``alpha`` (per output channel, broadcast over the batch and spatial axes):
+- ``None``: no scale;
+- ``"mean_abs"``: alpha_o = mean |W_o| of the latent weights, a constant for backprop (XNOR-Net's
+  scale in its common detached code form, Bi-Real's magnitude-aware scale);
+- ``"learned"``: a parameter ``alpha`` trained by backprop, dL/dalpha_o = sum dy * op(xq, wq)
+  (XNOR-Net++, ReCU's code), initialised to ones or U[0, 1) (``scale_init="uniform"``, ReCU's code).
+
+When both quantizers output exactly +-1 (``quantizer.binary``) and the layer is in eval mode, the
+product runs through the kernel interface (``refbnn.kernels``), so a packed kernel may compute it;
+the result is bit-identical to the float path by construction.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels, ops
+from ..checks import pair
+from ..quantizers import get_quantizer
+from .base import Module
+from .core import _rng, kaiming_normal, kaiming_uniform
+
+SCALES = (None, "mean_abs", "learned")
+
+
+class _BinaryLayer(Module):
+    def _setup(self, weight_quantizer, input_quantizer, scale, scale_init, out_features, backend, rng, dtype):
+        if scale not in SCALES:
+            raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
+        if backend not in kernels.BACKENDS + ("auto",):
+            raise ValueError(f"backend: expected one of {kernels.BACKENDS + ('auto',)}, got {backend!r}")
+        self.weight_quantizer = get_quantizer(weight_quantizer)
+        self.input_quantizer = get_quantizer(input_quantizer)
+        self.scale, self.backend = scale, backend
+        if scale == "learned":
+            if scale_init == "ones":
+                self.params["alpha"] = np.ones(out_features, dtype=dtype)
+            elif scale_init == "uniform":
+                self.params["alpha"] = rng.uniform(0.0, 1.0, size=out_features).astype(dtype)
+            else:
+                raise ValueError(f"scale_init: expected 'ones' or 'uniform', got {scale_init!r}")
+
+    def quantizers(self):
+        return {"weight_quantizer": self.weight_quantizer, "input_quantizer": self.input_quantizer}
+
+    def quantizer_state(self):
+        return {f"{n}.{k}": v for n, q in self.quantizers().items() if q is not None for k, v in q.state().items()}
+
+    def load_quantizer_state(self, values):
+        for n, q in self.quantizers().items():
+            if q is not None:
+                mine = {k.split(".", 1)[1]: v for k, v in values.items() if k.split(".", 1)[0] == n}
+                q.set_state(**mine)
+
+    def _quantize(self, x):
+        xq, cx = (x, None) if self.input_quantizer is None else self.input_quantizer.forward(x)
+        wq, cw = (self.params["weight"], None) if self.weight_quantizer is None else \
+            self.weight_quantizer.forward(self.params["weight"])
+        return xq, cx, wq, cw
+
+    def _use_kernel(self):
+        """Eval mode with exactly-binary operands: the product may go to a packed kernel."""
+        return (not self.training and self.input_quantizer is not None and self.input_quantizer.binary
+                and self.weight_quantizer is not None and self.weight_quantizer.binary)
+
+    def _alpha(self, bshape):
+        if self.scale is None:
+            return None
+        if self.scale == "learned":
+            return self.params["alpha"].reshape(bshape)
+        w = self.params["weight"]
+        return abs(w).mean(axis=tuple(range(1, w.ndim))).reshape(bshape)
+
+    def _finish(self, y, bshape):
+        alpha = self._alpha(bshape)
+        out = y if alpha is None else y * alpha
+        if "bias" in self.params:
+            out = out + self.params["bias"].reshape(bshape)
+        return out, alpha
+
+    def _backward_common(self, dout, y, alpha, cx, cw, op_backward, op_cache, axes):
+        grads = {}
+        if "bias" in self.params:
+            grads["bias"] = dout.sum(axis=axes)
+        if self.scale == "learned":
+            grads["alpha"] = (dout * y).sum(axis=axes)
+        dy = dout if alpha is None else dout * alpha
+        dxq, g = op_backward(dy, op_cache)
+        dwq = g["weight"]
+        grads["weight"] = dwq if self.weight_quantizer is None else self.weight_quantizer.backward(dwq, cw)
+        self.accumulate(grads)
+        return dxq if self.input_quantizer is None else self.input_quantizer.backward(dxq, cx)
+
+
+class BinaryLinear(_BinaryLayer):
+    """y = Q_in(x) Q_w(W)^T * alpha + b; x (N, in), W (out, in)."""
+
+    def __init__(self, in_features, out_features, weight_quantizer="ste_sign", input_quantizer="ste_sign",
+                 scale=None, scale_init="ones", bias=False, backend="auto", rng=None, dtype=np.float32):
+        super().__init__()
+        rng = _rng(rng)
+        self.in_features, self.out_features = in_features, out_features
+        self.params["weight"] = kaiming_uniform(rng, (out_features, in_features), in_features, dtype)
+        if bias:
+            self.params["bias"] = np.zeros(out_features, dtype=dtype)
+        self._setup(weight_quantizer, input_quantizer, scale, scale_init, out_features, backend, rng, dtype)
+        self.zero_grad()
+
+    def extra_repr(self):
+        return (f"{self.in_features}, {self.out_features}, weight_quantizer={self.weight_quantizer!r}, "
+                f"input_quantizer={self.input_quantizer!r}, scale={self.scale!r}")
+
+    def forward(self, x):
+        xq, cx, wq, cw = self._quantize(x)
+        if self._use_kernel():
+            if xq.ndim != 2 or xq.shape[1] != wq.shape[1]:
+                ops.linear_forward(xq, wq)  # raises the op's shape error
+            y, op_cache = kernels.binary_matmul(xq, wq, self.backend), (xq, wq, False)
+        else:
+            y, op_cache = ops.linear_forward(xq, wq)
+        out, alpha = self._finish(y, (1, -1))
+        return out, (y, alpha, cx, cw, op_cache)
+
+    def backward(self, dout, cache):
+        y, alpha, cx, cw, op_cache = cache
+        return self._backward_common(dout, y, alpha, cx, cw, ops.linear_backward, op_cache, (0,))
+
+
+class BinaryConv2d(_BinaryLayer):
+    """y = conv(Q_in(x), Q_w(W)) * alpha + b, padding the *binarized* input with ``pad_value``
+    (0.0: the official codes' zero padding, border taps see 0; +1.0/-1.0: sign padding)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 weight_quantizer="ste_sign", input_quantizer="ste_sign", scale=None, scale_init="ones",
+                 bias=False, pad_value=0.0, backend="auto", rng=None, dtype=np.float32, init="uniform"):
+        super().__init__()
+        rng = _rng(rng)
+        kh, kw = pair(kernel_size, "kernel_size", 1)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"conv2d: channels {in_channels}->{out_channels} are not divisible by groups={groups}")
+        if pad_value not in (0.0, 1.0, -1.0):
+            raise ValueError(f"pad_value: expected 0.0, 1.0 or -1.0, got {pad_value!r}")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
+        self.stride, self.padding = pair(stride, "stride", 1), pair(padding, "padding")
+        self.dilation, self.groups, self.pad_value = pair(dilation, "dilation", 1), groups, float(pad_value)
+        shape = (out_channels, in_channels // groups, kh, kw)
+        if init == "uniform":
+            self.params["weight"] = kaiming_uniform(rng, shape, shape[1] * kh * kw, dtype)
+        elif init == "kaiming_normal":
+            self.params["weight"] = kaiming_normal(rng, shape, out_channels * kh * kw, dtype)
+        else:
+            raise ValueError(f"init: expected 'uniform' or 'kaiming_normal', got {init!r}")
+        if bias:
+            self.params["bias"] = np.zeros(out_channels, dtype=dtype)
+        self._setup(weight_quantizer, input_quantizer, scale, scale_init, out_channels, backend, rng, dtype)
+        self.zero_grad()
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, pad_value={self.pad_value}, weight_quantizer={self.weight_quantizer!r}, "
+                f"input_quantizer={self.input_quantizer!r}, scale={self.scale!r}")
+
+    def _conv_args(self):
+        return self.stride, self.padding, self.dilation, self.groups, self.pad_value
+
+    def forward(self, x):
+        xq, cx, wq, cw = self._quantize(x)
+        s, p, d, g, pv = self._conv_args()
+        if self._use_kernel():
+            y = kernels.binary_conv2d(xq, wq, s, p, d, g, pv, self.backend)
+            op_cache = {"xq": xq, "wq": wq}  # no im2col columns kept; backward rebuilds them
+        else:
+            y, op_cache = ops.conv2d_forward(xq, wq, None, s, p, d, g, pv)
+        out, alpha = self._finish(y, (1, -1, 1, 1))
+        return out, (y, alpha, cx, cw, op_cache)
+
+    def _op_backward(self, dy, op_cache):
+        if isinstance(op_cache, dict):  # eval-mode kernel forward: rebuild the im2col columns
+            s, p, d, g, pv = self._conv_args()
+            op_cache = ops.conv2d_forward(op_cache["xq"], op_cache["wq"], None, s, p, d, g, pv)[1]
+        return ops.conv2d_backward(dy, op_cache)
+
+    def backward(self, dout, cache):
+        y, alpha, cx, cw, op_cache = cache
+        return self._backward_common(dout, y, alpha, cx, cw, self._op_backward, op_cache, (0, 2, 3))

@@ -1,0 +1,250 @@
+"""Full-precision layers, each a thin object over an op pair in refbnn.ops."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import ops
+from ..checks import pair
+from .base import Module
+
+
+def _rng(rng):
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def kaiming_uniform(rng, shape, fan_in, dtype):
+    """PyTorch's default init for Linear/Conv2d: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def kaiming_normal(rng, shape, fan_out, dtype):
+    """He normal init, N(0, 2 / fan_out) (fan_out mode, as the CIFAR ResNet codes use)."""
+    return (rng.standard_normal(shape) * math.sqrt(2.0 / fan_out)).astype(dtype)
+
+
+class Linear(Module):
+    def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
+        super().__init__()
+        rng = _rng(rng)
+        self.in_features, self.out_features = in_features, out_features
+        self.params["weight"] = kaiming_uniform(rng, (out_features, in_features), in_features, dtype)
+        if bias:
+            self.params["bias"] = kaiming_uniform(rng, (out_features,), in_features, dtype)
+        self.zero_grad()
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={'bias' in self.params}"
+
+    def forward(self, x):
+        return ops.linear_forward(x, self.params["weight"], self.params.get("bias"))
+
+    def backward(self, dout, cache):
+        dx, grads = ops.linear_backward(dout, cache)
+        self.accumulate(grads)
+        return dx
+
+
+class Conv2d(Module):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, rng=None, dtype=np.float32, init="uniform"):
+        super().__init__()
+        rng = _rng(rng)
+        kh, kw = pair(kernel_size, "kernel_size", 1)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"conv2d: channels {in_channels}->{out_channels} are not divisible by groups={groups}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = (kh, kw)
+        self.stride, self.padding = pair(stride, "stride", 1), pair(padding, "padding")
+        self.dilation, self.groups = pair(dilation, "dilation", 1), groups
+        shape = (out_channels, in_channels // groups, kh, kw)
+        fan_in = shape[1] * kh * kw
+        if init == "uniform":
+            self.params["weight"] = kaiming_uniform(rng, shape, fan_in, dtype)
+        elif init == "kaiming_normal":
+            self.params["weight"] = kaiming_normal(rng, shape, out_channels * kh * kw, dtype)
+        else:
+            raise ValueError(f"init: expected 'uniform' or 'kaiming_normal', got {init!r}")
+        if bias:
+            self.params["bias"] = kaiming_uniform(rng, (out_channels,), fan_in, dtype)
+        self.zero_grad()
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}, bias={'bias' in self.params}")
+
+    def forward(self, x):
+        return ops.conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
+                                  self.dilation, self.groups)
+
+    def backward(self, dout, cache):
+        dx, grads = ops.conv2d_backward(dout, cache)
+        self.accumulate(grads)
+        return dx
+
+
+class BatchNorm(Module):
+    """Batch norm over channel axis 1 of (N, C) or (N, C, H, W); see refbnn.ops.batchnorm."""
+
+    ndim = (2, 4)
+
+    def __init__(self, num_features, momentum=0.1, eps=1e-5, dtype=np.float32, gamma_init=1.0):
+        super().__init__()
+        self.num_features, self.momentum, self.eps = num_features, momentum, eps
+        self.params["gamma"] = np.full(num_features, gamma_init, dtype=dtype)
+        self.params["beta"] = np.zeros(num_features, dtype=dtype)
+        self.buffers["running_mean"] = np.zeros(num_features, dtype=dtype)
+        self.buffers["running_var"] = np.ones(num_features, dtype=dtype)
+        self.zero_grad()
+
+    def extra_repr(self):
+        return f"{self.num_features}, momentum={self.momentum}, eps={self.eps}"
+
+    def forward(self, x):
+        if x.ndim not in self.ndim:
+            raise ValueError(f"{type(self).__name__}: expected a {' or '.join(map(str, self.ndim))}-D input, "
+                             f"got shape {tuple(x.shape)}")
+        return ops.batchnorm_forward(x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
+                                     self.buffers["running_var"], self.training, self.momentum, self.eps)
+
+    def backward(self, dout, cache):
+        dx, grads = ops.batchnorm_backward(dout, cache)
+        self.accumulate(grads)
+        return dx
+
+
+class BatchNorm1d(BatchNorm):
+    ndim = (2,)
+
+
+class BatchNorm2d(BatchNorm):
+    ndim = (4,)
+
+
+class _Stateless(Module):
+    """A layer with no parameters: forward/backward are an op pair with fixed arguments."""
+
+    def backward(self, dout, cache):
+        return self._backward(dout, cache)[0]
+
+
+class Hardtanh(_Stateless):
+    def __init__(self, min_val=-1.0, max_val=1.0):
+        super().__init__()
+        self.min_val, self.max_val = min_val, max_val
+
+    def forward(self, x):
+        return ops.hardtanh_forward(x, self.min_val, self.max_val)
+
+    _backward = staticmethod(ops.hardtanh_backward)
+
+
+class ReLU(_Stateless):
+    forward = staticmethod(ops.relu_forward)
+    _backward = staticmethod(ops.relu_backward)
+
+
+class Identity(_Stateless):
+    def forward(self, x):
+        return x, None
+
+    def _backward(self, dout, cache):
+        return dout, {}
+
+
+class PReLU(Module):
+    def __init__(self, num_channels, init=0.25, dtype=np.float32):
+        super().__init__()
+        self.params["weight"] = np.full(num_channels, init, dtype=dtype)
+        self.zero_grad()
+
+    def forward(self, x):
+        return ops.prelu_forward(x, self.params["weight"])
+
+    def backward(self, dout, cache):
+        dx, grads = ops.prelu_backward(dout, cache)
+        self.accumulate(grads)
+        return dx
+
+
+class RPReLU(Module):
+    """ReActNet's RPReLU: y = PReLU(x - gamma) + zeta, all per channel."""
+
+    def __init__(self, num_channels, init=0.25, dtype=np.float32):
+        super().__init__()
+        self.params["gamma"] = np.zeros(num_channels, dtype=dtype)
+        self.params["weight"] = np.full(num_channels, init, dtype=dtype)
+        self.params["zeta"] = np.zeros(num_channels, dtype=dtype)
+        self.zero_grad()
+
+    def forward(self, x):
+        return ops.rprelu_forward(x, self.params["gamma"], self.params["weight"], self.params["zeta"])
+
+    def backward(self, dout, cache):
+        dx, grads = ops.rprelu_backward(dout, cache)
+        self.accumulate(grads)
+        return dx
+
+
+class LearnableBias(Module):
+    """y = x + b per channel (ReActNet's learnable shift)."""
+
+    def __init__(self, num_channels, dtype=np.float32):
+        super().__init__()
+        self.params["bias"] = np.zeros(num_channels, dtype=dtype)
+        self.zero_grad()
+
+    def forward(self, x):
+        return ops.bias_forward(x, self.params["bias"])
+
+    def backward(self, dout, cache):
+        dx, grads = ops.bias_backward(dout, cache)
+        self.accumulate(grads)
+        return dx
+
+
+class MaxPool2d(_Stateless):
+    def __init__(self, kernel_size=2, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x):
+        return ops.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+
+    _backward = staticmethod(ops.maxpool2d_backward)
+
+
+class AvgPool2d(MaxPool2d):
+    def forward(self, x):
+        return ops.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+
+    _backward = staticmethod(ops.avgpool2d_backward)
+
+
+class GlobalAvgPool(_Stateless):
+    forward = staticmethod(ops.global_avgpool_forward)
+    _backward = staticmethod(ops.global_avgpool_backward)
+
+
+class Flatten(_Stateless):
+    forward = staticmethod(ops.flatten_forward)
+    _backward = staticmethod(ops.flatten_backward)
+
+
+class ShortcutA(_Stateless):
+    """Option-A shortcut: subsample (or average-pool) by ``stride``, zero-pad channels in -> out."""
+
+    def __init__(self, in_channels, out_channels, stride=2, mode="subsample"):
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(f"shortcut A cannot reduce channels ({in_channels} -> {out_channels})")
+        extra = out_channels - in_channels
+        self.stride, self.mode = stride, mode
+        self.pad_before, self.pad_after = extra // 2, extra - extra // 2
+
+    def forward(self, x):
+        return ops.shortcut_a_forward(x, self.stride, self.pad_before, self.pad_after, self.mode)
+
+    _backward = staticmethod(ops.shortcut_a_backward)

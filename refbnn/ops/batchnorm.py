@@ -1,0 +1,74 @@
+"""Batch normalization over the channel axis 1 of (N, C) or (N, C, H, W) inputs.
+
+Training mode (statistics of the batch, biased variance, as in the BN paper and PyTorch):
+    mu = mean(x), var = mean((x - mu)^2) over every axis but 1,
+    xhat = (x - mu) / sqrt(var + eps),   y = gamma xhat + beta,
+    running_mean <- (1 - momentum) running_mean + momentum mu,
+    running_var  <- (1 - momentum) running_var  + momentum var * m / (m - 1)   (unbiased, m = N H W).
+Eval mode: the running statistics replace mu and var (a per-channel affine map).
+
+Backward (training), with m elements per channel and dxhat = dy gamma:
+    dx = (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) / sqrt(var + eps)
+    dgamma = sum(dy xhat), dbeta = sum(dy).
+Backward (eval): dx = dy gamma / sqrt(running_var + eps).
+"""
+from __future__ import annotations
+
+from ..checks import array_module, check_float_array, check_shape
+
+
+def _axes(x):
+    return (0,) if x.ndim == 2 else (0, 2, 3)
+
+
+def _bshape(x):
+    return (1, x.shape[1]) if x.ndim == 2 else (1, x.shape[1], 1, 1)
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, training=True, momentum=0.1, eps=1e-5):
+    """Returns (y, cache). In training mode updates ``running_mean``/``running_var`` in place
+    (they are buffers passed in explicitly; pass copies to leave them untouched)."""
+    check_float_array(x, "x", ndim=(2, 4))
+    c = x.shape[1]
+    for name, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
+        check_float_array(a, name, ndim=1)
+        check_shape(a, name, (c,))
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum: expected a value in [0, 1], got {momentum}")
+    if eps <= 0:
+        raise ValueError(f"eps: expected a positive value, got {eps}")
+    xp = array_module(x)
+    axes, bs = _axes(x), _bshape(x)
+    if training:
+        m = x.size // c
+        if m < 2:
+            raise ValueError(f"batchnorm in training mode needs more than 1 value per channel, got input shape {tuple(x.shape)}")
+        mu = x.mean(axis=axes)
+        xc = x - mu.reshape(bs)
+        var = (xc * xc).mean(axis=axes)
+        inv_std = 1.0 / xp.sqrt(var + eps)
+        running_mean *= 1.0 - momentum
+        running_mean += momentum * mu
+        running_var *= 1.0 - momentum
+        running_var += momentum * var * (m / (m - 1))
+    else:
+        xc = x - running_mean.reshape(bs)
+        inv_std = 1.0 / xp.sqrt(running_var + eps)
+    inv_std = inv_std.astype(x.dtype, copy=False)
+    xhat = xc * inv_std.reshape(bs)
+    y = gamma.reshape(bs) * xhat + beta.reshape(bs)
+    return y, (xhat, gamma, inv_std, training)
+
+
+def batchnorm_backward(dout, cache):
+    xhat, gamma, inv_std, training = cache
+    check_shape(dout, "dout", xhat.shape)
+    axes, bs = _axes(xhat), _bshape(xhat)
+    grads = {"gamma": (dout * xhat).sum(axis=axes), "beta": dout.sum(axis=axes)}
+    dxhat = dout * gamma.reshape(bs)
+    if training:
+        dx = (dxhat - dxhat.mean(axis=axes).reshape(bs)
+              - xhat * (dxhat * xhat).mean(axis=axes).reshape(bs)) * inv_std.reshape(bs)
+    else:
+        dx = dxhat * inv_std.reshape(bs)
+    return dx, grads

@@ -1,0 +1,54 @@
+"""2-D convolution (cross-correlation, as in PyTorch) by im2col + GEMM.
+
+Shapes: x (N, C, H, W), W (O, C/groups, kh, kw), b (O,), y (N, O, Ho, Wo) with
+Ho = floor((H + 2 ph - dh (kh - 1) - 1) / sh) + 1.
+
+Forward:  y[n, o, p, q] = b[o] + sum_{c, i, j} W[o, c, i, j] xpad[n, g(o) C/g + c, p sh + i dh, q sw + j dw]
+Backward: dW = sum over n, p, q of dy * cols;  dcols = W^T dy;  dx = col2im(dcols) (padding taps dropped);
+          db = sum_{n, p, q} dy.
+``pad_value`` is the value the border is padded with (0 for ordinary convolutions; binary
+convolutions may pad with +-1 after binarization, see refbnn.conventions).
+"""
+from __future__ import annotations
+
+from ..checks import array_module, check_float_array, check_same_dtype, check_shape, pair
+from ..kernels import reference
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, pad_value=0.0):
+    check_float_array(x, "x", ndim=4)
+    check_float_array(w, "weight", ndim=4)
+    stride, padding, dilation = pair(stride, "stride", 1), pair(padding, "padding"), pair(dilation, "dilation", 1)
+    reference.conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    o = w.shape[0]
+    if b is not None:
+        check_float_array(b, "bias", ndim=1)
+        check_shape(b, "bias", (o,))
+    check_same_dtype(("x", x), ("weight", w), ("bias", b))
+    cols = reference.im2col(x, w.shape[2], w.shape[3], stride, padding, dilation, pad_value)
+    out = reference.conv2d_cols_matmul(cols, w, groups)
+    if b is not None:
+        out += b.reshape(1, o, 1, 1)
+    return out, (cols, w, x.shape, stride, padding, dilation, groups, b is not None)
+
+
+def conv2d_backward(dout, cache):
+    cols, w, x_shape, stride, padding, dilation, groups, has_bias = cache
+    xp = array_module(dout)
+    n, c, kh, kw, ho, wo = cols.shape
+    o = w.shape[0]
+    check_shape(dout, "dout", (n, o, ho, wo))
+    g = groups
+    kg = (c // g) * kh * kw
+    colsg = cols.reshape(n, g, kg, ho * wo)
+    doutg = dout.reshape(n, g, o // g, ho * wo)
+    # dW[g] = sum_n dout[n, g] @ cols[n, g]^T
+    dw = xp.stack([xp.tensordot(doutg[:, i], colsg[:, i], axes=([0, 2], [0, 2])) for i in range(g)])
+    dw = dw.reshape(w.shape)
+    wg = w.reshape(1, g, o // g, kg)
+    dcols = xp.matmul(wg.transpose(0, 1, 3, 2), doutg)  # (N, g, kg, L)
+    dx = reference.col2im(dcols.reshape(cols.shape), x_shape, stride, padding, dilation)
+    grads = {"weight": dw}
+    if has_bias:
+        grads["bias"] = dout.sum(axis=(0, 2, 3))
+    return dx, grads

@@ -1,0 +1,33 @@
+"""Fully connected layer: y = x W^T + b.
+
+Shapes: x (N, in), W (out, in) (PyTorch's layout), b (out,).
+Backward of L(y): dL/dx = dy W, dL/dW = dy^T x, dL/db = sum_n dy.
+"""
+from __future__ import annotations
+
+from ..checks import check_float_array, check_same_dtype, check_shape
+
+
+def linear_forward(x, w, b=None):
+    check_float_array(x, "x", ndim=2)
+    check_float_array(w, "weight", ndim=2)
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"linear: input has {x.shape[1]} features, weight (out, in) = {w.shape} expects {w.shape[1]}")
+    if b is not None:
+        check_float_array(b, "bias", ndim=1)
+        check_shape(b, "bias", (w.shape[0],))
+    check_same_dtype(("x", x), ("weight", w), ("bias", b))
+    out = x @ w.T
+    if b is not None:
+        out += b
+    return out, (x, w, b is not None)
+
+
+def linear_backward(dout, cache):
+    x, w, has_bias = cache
+    check_shape(dout, "dout", (x.shape[0], w.shape[0]))
+    dx = dout @ w
+    grads = {"weight": dout.T @ x}
+    if has_bias:
+        grads["bias"] = dout.sum(axis=0)
+    return dx, grads

@@ -1,0 +1,60 @@
+"""Losses on logits (N, K), averaged over the batch.
+
+softmax cross-entropy:  L = -(1/N) sum_n log softmax(z_n)[y_n];   dL/dz = (softmax(z) - onehot(y)) / N
+distillation:           L = -(1/N) sum_n sum_k p_nk log softmax(z_n / T)_k,   p = softmax(t / T)
+                        (cross-entropy to a teacher's softmax, as ReCU's two-stage code does with T = 1);
+                        dL/dz = (softmax(z / T) - p) / (N T).
+"""
+from __future__ import annotations
+
+from ..checks import array_module, check_float_array, check_shape
+
+
+def log_softmax(z):
+    xp = array_module(z)
+    zs = z - z.max(axis=1, keepdims=True)
+    return zs - xp.log(xp.exp(zs).sum(axis=1, keepdims=True))
+
+
+def softmax_cross_entropy_forward(logits, labels):
+    """Returns (loss, cache); ``labels`` are integer class indices (N,)."""
+    check_float_array(logits, "logits", ndim=2)
+    xp = array_module(logits)
+    if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"labels: expected shape ({logits.shape[0]},), got {tuple(labels.shape)}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels: expected integer class indices, got dtype {labels.dtype}")
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
+        raise ValueError(f"labels: expected values in [0, {logits.shape[1]}), got [{int(labels.min())}, {int(labels.max())}]")
+    logp = log_softmax(logits)
+    n = logits.shape[0]
+    loss = -logp[xp.arange(n), labels].mean()
+    return float(loss), (logp, labels)
+
+
+def softmax_cross_entropy_backward(cache):
+    logp, labels = cache
+    xp = array_module(logp)
+    n = logp.shape[0]
+    d = xp.exp(logp)
+    d[xp.arange(n), labels] -= 1.0
+    return d / n
+
+
+def distillation_forward(logits, teacher_logits, temperature=1.0):
+    check_float_array(logits, "logits", ndim=2)
+    check_float_array(teacher_logits, "teacher_logits", ndim=2)
+    check_shape(teacher_logits, "teacher_logits", logits.shape)
+    if temperature <= 0:
+        raise ValueError(f"temperature: expected a positive value, got {temperature}")
+    xp = array_module(logits)
+    p = xp.exp(log_softmax(teacher_logits / temperature))
+    logq = log_softmax(logits / temperature)
+    loss = -(p * logq).sum(axis=1).mean()
+    return float(loss), (p, logq, temperature)
+
+
+def distillation_backward(cache):
+    p, logq, temperature = cache
+    xp = array_module(p)
+    return (xp.exp(logq) - p) / (p.shape[0] * temperature)

@@ -1,0 +1,218 @@
+"""The training loop: data, model, optimizer, per-epoch schedules, checkpoints and metrics.
+
+Randomness is explicit: the model is initialised from ``seed``, and epoch e draws its shuffling
+and augmentation from ``default_rng([seed, e])``. A checkpoint written after epoch e therefore
+holds everything a resumed run needs to continue bit-exactly: parameters, buffers, quantizer
+schedule values, optimizer state, and the metric history.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import ops
+from .checkpoint import load_checkpoint, save_checkpoint
+from .conventions import get_convention
+from .data import load_dataset
+from .methods import LayerFactory, get_method
+from .models import build_model
+from .optim import OPTIMIZERS, WeightClip, no_decay_bn_and_bias, param_groups
+from .schedules import LR_SCHEDULES
+
+DEFAULT_MODEL = {"digits": "mlp", "mnist1d": "mlp", "mnist": "mlp", "cifar10": "resnet20"}
+DEFAULT_EPOCHS = {"digits": 30, "mnist1d": 60, "mnist": 10, "cifar10": 100}
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str | None = None          # None: the data set's default
+    width: float = 1.0
+    method: str = "bnn"
+    convention: str = "paper"
+    epochs: int | None = None         # None: the data set's default
+    batch_size: int = 64
+    lr: float | None = None           # None: the method's default
+    optimizer: str | None = None      # None: the method's default
+    weight_decay: float | None = None
+    lr_schedule: str = "cosine"
+    warmup_epochs: int = 0
+    seed: int = 0
+    out: str | None = None
+    resume: bool = False
+    metrics_json: str | None = None
+    progress: bool = True
+
+    def resolved(self) -> "TrainConfig":
+        """Fill the defaults that depend on the data set and method; validate names and ranges."""
+        method = get_method(self.method)
+        get_convention(self.convention)
+        c = TrainConfig(**asdict(self))
+        c.model = c.model or DEFAULT_MODEL.get(c.dataset, "mlp")
+        c.epochs = c.epochs if c.epochs is not None else DEFAULT_EPOCHS.get(c.dataset, 30)
+        c.lr = c.lr if c.lr is not None else method.lr
+        c.optimizer = c.optimizer or method.optimizer
+        c.weight_decay = c.weight_decay if c.weight_decay is not None else method.weight_decay
+        if c.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {c.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        if c.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr schedule {c.lr_schedule!r}; known: {', '.join(LR_SCHEDULES)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(c, name) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(c, name)}")
+        if not c.lr > 0:
+            raise ValueError(f"lr: expected a positive learning rate, got {c.lr}")
+        return c
+
+    # settings a resumed run must share with the run that wrote the checkpoint
+    RUN_KEYS = ("dataset", "model", "width", "method", "convention", "epochs", "batch_size", "lr", "optimizer",
+                "weight_decay", "lr_schedule", "warmup_epochs", "seed")
+
+
+def build(config: TrainConfig, input_shape, num_classes):
+    method = get_method(config.method)
+    factory = LayerFactory(method, rng=np.random.default_rng(config.seed), convention=config.convention)
+    model = build_model(config.model, factory, input_shape, num_classes, config.width)
+    groups = param_groups(model, config.weight_decay, no_decay_bn_and_bias)
+    opt_cls = OPTIMIZERS[config.optimizer]
+    kwargs = {"momentum": 0.9} if config.optimizer == "sgd" else {}
+    optimizer = opt_cls(groups, lr=config.lr, **kwargs)
+    return method, model, optimizer
+
+
+def random_crop_flip(x, rng, pad=4):
+    """CIFAR augmentation: zero-pad by ``pad``, random crop back to size, random horizontal flip."""
+    n, c, h, w = x.shape
+    padded = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
+    padded[:, :, pad:pad + h, pad:pad + w] = x
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+    flip = rng.random(n) < 0.5
+    out = np.empty_like(x)
+    for i in range(n):
+        img = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+        out[i] = img[:, :, ::-1] if flip[i] else img
+    return out
+
+
+def evaluate(model, x, y, batch_size=500):
+    """(mean loss, accuracy) in eval mode."""
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(x), batch_size):
+        logits, _ = model.forward(x[i:i + batch_size])
+        loss, _ = ops.softmax_cross_entropy_forward(logits, y[i:i + batch_size])
+        loss_sum += loss * len(logits)
+        correct += int((logits.argmax(axis=1) == y[i:i + batch_size]).sum())
+    model.train()
+    return loss_sum / len(x), correct / len(x)
+
+
+def train_epoch(model, optimizer, constraint, data, batch_size, rng, progress=None):
+    """One pass over the shuffled training set; returns (mean loss, accuracy)."""
+    n = len(data.x_train)
+    perm = rng.permutation(n)
+    stop = n - (n % batch_size) if n % batch_size == 1 else n  # a batch of 1 cannot be batch-normalised
+    loss_sum, correct, seen = 0.0, 0, 0
+    for i in range(0, stop, batch_size):
+        idx = perm[i:i + batch_size]
+        x, y = data.x_train[idx], data.y_train[idx]
+        if data.augment:
+            x = random_crop_flip(x, rng)
+        model.zero_grad()
+        logits, cache = model.forward(x)
+        loss, lcache = ops.softmax_cross_entropy_forward(logits, y)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"training diverged: loss is {loss}; lower --lr")
+        model.backward(ops.softmax_cross_entropy_backward(lcache), cache)
+        optimizer.step()
+        if constraint is not None:
+            constraint.apply(model)
+        loss_sum += loss * len(idx)
+        correct += int((logits.argmax(axis=1) == y).sum())
+        seen += len(idx)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+    return loss_sum / seen, correct / seen
+
+
+def _binary_parameter_count(model):
+    return sum(m.params["weight"].size for _, m in model.modules()
+               if getattr(m, "weight_quantizer", None) is not None)
+
+
+def train(config: TrainConfig, log=print) -> dict:
+    """Run a training job; returns the metrics dict (also written to ``metrics_json``)."""
+    c = config.resolved()
+    data = load_dataset(c.dataset, c.data_dir)
+    method, model, optimizer = build(c, data.input_shape, data.num_classes)
+    convention = get_convention(c.convention)
+    constraint = WeightClip(method.latent_clip) if method.latent_clip else None
+    ckpt_path = os.path.join(c.out, "checkpoint.npz") if c.out else None
+    run = {k: getattr(c, k) for k in TrainConfig.RUN_KEYS}
+    history = {"train_loss": [], "train_accuracy": [], "test_loss": [], "test_accuracy": [], "lr": [],
+               "schedule": []}
+    start_epoch, seconds_before = 0, 0.0
+
+    if c.resume:
+        if ckpt_path is None:
+            raise ValueError("--resume needs --out DIR (the directory holding checkpoint.npz)")
+        mstate, ostate, meta = load_checkpoint(ckpt_path)
+        diff = {k: (meta["run"].get(k), v) for k, v in run.items() if meta["run"].get(k) != v}
+        if diff:
+            raise ValueError("cannot resume: the checkpoint was written with other settings "
+                             + ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items()))
+        model.load_state_dict(mstate)
+        optimizer.load_state_dict(ostate)
+        start_epoch, history, seconds_before = meta["epoch"] + 1, meta["history"], meta["seconds"]
+        log(f"resuming from {ckpt_path} after epoch {start_epoch} of {c.epochs}")
+
+    steps = -(-len(data.x_train) // c.batch_size)
+    bar = None
+    if c.progress:
+        from tqdm import tqdm  # noqa: PLC0415 - only needed for interactive runs
+
+        bar = tqdm(total=c.epochs * steps, initial=start_epoch * steps, desc=f"{c.method}/{c.model}/{c.dataset}",
+                   unit="step", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for epoch in range(start_epoch, c.epochs):
+        optimizer.lr = LR_SCHEDULES[c.lr_schedule](epoch, c.epochs, c.lr, warmup_epochs=c.warmup_epochs)
+        values = {}
+        for hook in method.epoch_hooks:
+            values.update(hook(model, epoch, c.epochs, convention))
+        rng = np.random.default_rng([c.seed, epoch])
+        tr_loss, tr_acc = train_epoch(model, optimizer, constraint, data, c.batch_size, rng, bar)
+        te_loss, te_acc = evaluate(model, data.x_test, data.y_test)
+        for k, v in (("train_loss", tr_loss), ("train_accuracy", tr_acc), ("test_loss", te_loss),
+                     ("test_accuracy", te_acc), ("lr", optimizer.lr), ("schedule", values)):
+            history[k].append(v)
+        if bar is not None:
+            bar.set_description(f"{c.method}/{c.model}/{c.dataset} epoch {epoch + 1}/{c.epochs} test {te_acc:.3f}")
+        if ckpt_path:
+            meta = {"epoch": epoch, "run": run, "history": history,
+                    "seconds": seconds_before + time.perf_counter() - t0}
+            save_checkpoint(ckpt_path, model.state_dict(), optimizer.state_dict(), meta)
+    if bar is not None:
+        bar.close()
+    seconds = seconds_before + time.perf_counter() - t0
+    metrics = {
+        "test_accuracy": history["test_accuracy"][-1] if history["test_accuracy"] else None,
+        "train_loss": history["train_loss"], "train_accuracy": history["train_accuracy"],
+        "test_loss": history["test_loss"], "test_accuracy_per_epoch": history["test_accuracy"],
+        "lr": history["lr"], "schedule": history["schedule"],
+        "epochs": c.epochs, "seconds": seconds, "method": c.method, "model": c.model, "dataset": c.dataset,
+        "convention": c.convention, "seed": c.seed, "batch_size": c.batch_size, "base_lr": c.lr,
+        "optimizer": c.optimizer, "parameters": model.num_parameters(),
+        "binary_parameters": _binary_parameter_count(model),
+    }
+    if c.metrics_json:
+        d = os.path.dirname(os.path.abspath(c.metrics_json))
+        os.makedirs(d, exist_ok=True)
+        with open(c.metrics_json, "w") as f:
+            json.dump(metrics, f, indent=2)
+    return metrics
