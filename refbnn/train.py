@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -178,7 +179,8 @@ def train(config: TrainConfig, log=print) -> dict:
         from tqdm import tqdm  # noqa: PLC0415 - only needed for interactive runs
 
         bar = tqdm(total=c.epochs * steps, initial=start_epoch * steps, desc=f"{c.method}/{c.model}/{c.dataset}",
-                   unit="step", dynamic_ncols=True)
+                   unit="step", dynamic_ncols=True,
+                   mininterval=0.2 if sys.stderr.isatty() else 10.0)  # a log file gets a line every 10 s
     t0 = time.perf_counter()
     for epoch in range(start_epoch, c.epochs):
         optimizer.lr = LR_SCHEDULES[c.lr_schedule](epoch, c.epochs, c.lr, warmup_epochs=c.warmup_epochs)

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import kernels, ops
 from ..checks import pair
+from ..ops.linear import check_linear_operands
 from ..quantizers import get_quantizer
 from .base import Module
 from .core import _rng, kaiming_normal, kaiming_uniform
@@ -121,8 +122,7 @@ class BinaryLinear(_BinaryLayer):
     def forward(self, x):
         xq, cx, wq, cw = self._quantize(x)
         if self._use_kernel():
-            if xq.ndim != 2 or xq.shape[1] != wq.shape[1]:
-                ops.linear_forward(xq, wq)  # raises the op's shape error
+            check_linear_operands(xq, wq)
             y, op_cache = kernels.binary_matmul(xq, wq, self.backend), (xq, wq, False)
         else:
             y, op_cache = ops.linear_forward(xq, wq)
