@@ -296,10 +296,9 @@ def schedule_table() -> dict:
     table = {}
     for attr, obj in vars(_schedules).items():
         if attr.isupper() and isinstance(obj, dict):
-            table.update({k: f for k, f in obj.items() if isinstance(k, str) and _is_schedule_fn(f)})
+            table.update({k: f for k, f in obj.items() if isinstance(k, str) and callable(f)})
     for attr, obj in vars(_schedules).items():
-        if not attr.startswith("_") and inspect.isfunction(obj) and obj.__module__ == _schedules.__name__ \
-                and _is_schedule_fn(obj):
+        if not attr.startswith("_") and inspect.isfunction(obj) and _is_schedule_fn(obj):
             table.setdefault(attr, obj)
     return table
 
@@ -311,13 +310,19 @@ def get_schedule(name):
     return table[name]
 
 
-def _schedule_outputs(fn, value):
-    """Names of a schedule's values: a dict's keys, a namedtuple's fields, or ``fn.outputs``."""
+# The value names of the spec's schedules (algorithms.md sections 3.3 and 4.6), used when the function
+# returns a plain tuple or number and has no ``outputs`` attribute of its own.
+SPEC_OUTPUTS = {"irnet_tk": ("t", "k"), "recu_tau": ("tau",)}
+
+
+def _schedule_outputs(fn, value, name=None):
+    """Names of a schedule's values: a dict's keys, a namedtuple's fields, ``fn.outputs``, or
+    :data:`SPEC_OUTPUTS`; ``None`` for one unnamed number."""
     if isinstance(value, dict):
         return tuple(value), tuple(value.values())
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return tuple(value._fields), tuple(value)
-    names = getattr(fn, "outputs", None)
+    names = getattr(fn, "outputs", None) or SPEC_OUTPUTS.get(name) or SPEC_OUTPUTS.get(getattr(fn, "__name__", None))
     if isinstance(value, (tuple, list)):
         if names is None or len(names) != len(value):
             raise BundleError(f"schedule {getattr(fn, '__name__', fn)} returns {len(value)} unnamed values; it needs "
@@ -1031,20 +1036,20 @@ def _schedule_call_args(fn, arrays, ns: _Namespace, convention):
             kwargs[p.name] = getattr(convention, p.name)
         elif p.default is p.empty:
             raise BundleError(f"the bundle lacks {p.name!r} (a 0-d value), a parameter of schedule "
-                              f"{fn.__name__}{sig}")
+                              f"{getattr(fn, '__name__', fn)}{sig}")
     return kwargs, {p.name for p in params}
 
 
-def _evaluate_schedule(fn, epochs_vec, epochs, kwargs):
+def _evaluate_schedule(fn, epochs_vec, epochs, kwargs, name=None):
     rows = []
     names = None
     for e in epochs_vec:
         try:
             value = fn(int(e), epochs, **kwargs)
         except (TypeError, ValueError) as exc:
-            raise BundleError(f"schedule {fn.__name__}(epoch={int(e)}, epochs={epochs}, "
+            raise BundleError(f"schedule {getattr(fn, '__name__', name)}(epoch={int(e)}, epochs={epochs}, "
                               f"{', '.join(f'{k}={v!r}' for k, v in kwargs.items())}): {exc}") from exc
-        n, vals = _schedule_outputs(fn, value)
+        n, vals = _schedule_outputs(fn, value, name)
         names = n if names is None else names
         rows.append([float(v) for v in vals])
     return names, np.array(rows, dtype=np.float64).reshape(len(rows), -1)
@@ -1062,7 +1067,7 @@ def _run_schedule(req: Request, arrays, ns: _Namespace):
     conv = get_convention(req.convention) if req.convention else None
     kwargs, param_names = _schedule_call_args(fn, arrays, ns, conv)
     flat = np.asarray(epoch).reshape(-1)
-    names, table = _evaluate_schedule(fn, flat, epochs, kwargs)
+    names, table = _evaluate_schedule(fn, flat, epochs, kwargs, req.schedule)
     consumed = {"epoch", "epochs"} | param_names
     expected = [k for k in arrays if k not in consumed]
     if names is None:  # one unnamed value: the bundle's one other array names it
@@ -1298,7 +1303,7 @@ def _export_schedule(directory, req: Request, given):
         if prm.name not in kwargs and prm.default is not prm.empty and prm.default is not None \
                 and prm.kind not in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD):
             kwargs[prm.name] = prm.default
-    names, table = _evaluate_schedule(fn, np.asarray(b["epoch"]).reshape(-1), epochs, kwargs)
+    names, table = _evaluate_schedule(fn, np.asarray(b["epoch"]).reshape(-1), epochs, kwargs, req.schedule)
     names = names or (_default_output_name(fn),)
     b.update({k: np.array(v) for k, v in kwargs.items()})
     b.update({n: table[:, i].reshape(np.shape(b["epoch"])) for i, n in enumerate(names)})
