@@ -886,17 +886,21 @@ def _forward_backward_prepadded(layer, x, g, pads):
     """Asymmetric ("same" with an even kernel or a stride) padding: quantize, pad the quantized input with
     the layer's pad value, run the layer unpadded without its input quantizer, and chain the gradients back."""
     top, bottom, left, right = pads
-    iq = layer.input_quantizer
+    iq = getattr(layer, "input_quantizer", None)  # a float Conv2d has none, and pads with zeros
     xq, cx = (x, None) if iq is None else iq.forward(x)
-    xp = np.pad(xq, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=layer.pad_value)
-    layer.input_quantizer, layer.padding = None, (0, 0)
+    xp = np.pad(xq, ((0, 0), (0, 0), (top, bottom), (left, right)),
+                constant_values=getattr(layer, "pad_value", 0.0))
+    if iq is not None:
+        layer.input_quantizer = None
+    layer.padding = (0, 0)
     try:
         out, cache = layer.forward(xp)
         if g is None:
             return out, None
         dxp = layer.backward(g, cache)
     finally:
-        layer.input_quantizer = iq
+        if iq is not None:
+            layer.input_quantizer = iq
     dxq = dxp[:, :, top:top + x.shape[2], left:left + x.shape[3]]
     return out, (dxq if iq is None else iq.backward(dxq, cx))
 

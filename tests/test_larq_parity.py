@@ -1,7 +1,9 @@
 """`refbnn crosscheck` against Larq itself: QuantConv2D / QuantDense (NHWC, HWIO / (in, out) kernels) and
 single quantizers, gradients from tf.GradientTape. Runs when TensorFlow and Larq are installed:
 
-    pip install tensorflow-cpu==2.16.1 tf-keras==2.16.0 larq      # and run with TF_USE_LEGACY_KERAS=1
+    pip install tensorflow-cpu==2.16.1 tf-keras==2.16.0 larq 'numpy<2'   # run with TF_USE_LEGACY_KERAS=1
+
+(checked with TensorFlow 2.16, tf-keras 2.16.0, Larq 0.14.0, NumPy 1.26; Larq needs NumPy < 2.)
 
 Every quantizer name that both Larq and refbnn's catalogue know is checked, so the test grows with the
 catalogue.
@@ -14,7 +16,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 lq = pytest.importorskip("larq", reason="Larq (TensorFlow) not installed; install tensorflow-cpu==2.16.1 "
-                         "tf-keras==2.16.0 larq with TF_USE_LEGACY_KERAS=1 to run")
+                         "tf-keras==2.16.0 larq 'numpy<2' with TF_USE_LEGACY_KERAS=1 to run")
 tf = pytest.importorskip("tensorflow", reason="TensorFlow not installed")
 
 from refbnn import crosscheck as xc  # noqa: E402

@@ -508,3 +508,19 @@ def test_float_method_is_plain_torch_conv():
               "grad_weight": tw.grad.numpy(), "grad_bias": tb.grad.numpy(), "stride": np.array(2),
               "padding": np.array(1), "dilation": np.array(2), "groups": np.array(2)}
     assert xc.crosscheck(bundle, method="float", convention="paper").passed
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_same_padding_with_an_even_kernel_matches_torch():
+    """PyTorch's padding="same" puts the odd pixel at the end, as TensorFlow does: an asymmetric pad."""
+    rng = np.random.default_rng(9)
+    x, w = rng.standard_normal((2, 3, 7, 7)), rng.standard_normal((4, 3, 4, 4))
+    tx, tw = T(x), T(w)
+    y = F.conv2d(tx, tw, padding="same")
+    g = rng.standard_normal(tuple(y.shape))
+    y.backward(T(g, False))
+    bundle = {"x": x, "weight": w, "grad_out": g, "out": y.detach().numpy(), "grad_x": tx.grad.numpy(),
+              "grad_weight": tw.grad.numpy(), "padding": np.array("same")}
+    assert xc.crosscheck(bundle, method="float", convention="paper").passed
+    with pytest.raises(xc.BundleError, match=r"out: expected shape \(2, 4, 8, 8\)"):
+        xc.crosscheck(dict(bundle, padding=np.array(2)), method="float", convention="paper")
