@@ -414,7 +414,7 @@ class Request:
                 raise BundleError(f"unknown {name} {v!r}; known: {', '.join(allowed)}")
         if r.layer == "dense":
             r.layer = "linear"
-        if r.layout is None:
+        if r.layout is None and r.mode != "schedule":
             r.layout = "nhwc" if r.larq else "nchw"
         if r.part is None and r.mode in ("method", "larq"):
             r.part = "layer"
@@ -702,8 +702,9 @@ def _layer_geometry(req: Request, arrays, ns: _Namespace):
         if alt_c == cg * groups:
             hint = (f"; x looks {'channels-last (NHWC)' if layout == 'nchw' else 'channels-first (NCHW)'}: use "
                     f"--layout {'nhwc' if layout == 'nchw' else 'nchw'}")
-        raise BundleError(f"x: expected {cg * groups} channels {docs['x']} to match {wname} {_fmt(w.shape)} "
-                          f"{docs['w']} with groups={groups}, got shape {_fmt(x.shape)}{hint}")
+        want = f"(N, {cg * groups}, H, W)" if layout == "nchw" else f"(N, H, W, {cg * groups})"
+        raise BundleError(f"x: expected shape {want} to match {wname} {_fmt(w.shape)} {docs['w']} with "
+                          f"groups={groups}, got {_fmt(x.shape)}{hint}")
     if o % groups:
         raise BundleError(f"{wname}: {o} output channels are not divisible by groups={groups}")
     pads = _padding4(padding, (kh, kw), stride, dilation, (h, wd))

@@ -148,7 +148,7 @@ def test_shapes_must_agree_exactly(tmp_path):
 def test_layout_mismatches_suggest_layout(tmp_path):
     b = exported(tmp_path)
     nhwc = dict(b, x=b["x"].transpose(0, 2, 3, 1))
-    with pytest.raises(xc.BundleError, match="channels-last.*--layout nhwc"):
+    with pytest.raises(xc.BundleError, match=r"x: expected shape \(N, 3, H, W\).*channels-last.*--layout nhwc"):
         xc.crosscheck(nhwc, method="bnn", convention="paper")
     kernel = {("kernel" if k == "weight" else "grad_kernel" if k == "grad_weight" else k): v for k, v in b.items()}
     with pytest.raises(xc.BundleError, match="use --layout nhwc"):
