@@ -1,4 +1,4 @@
-"""Command line: ``refbnn train``, ``refbnn info`` (also ``python -m refbnn ...``)."""
+"""Command line: ``refbnn train``, ``refbnn crosscheck``, ``refbnn info`` (also ``python -m refbnn ...``)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from . import __version__, kernels
+from . import __version__, crosscheck, kernels
 from .conventions import PRESETS
 from .data import DATASETS
 from .methods import METHODS
@@ -59,6 +59,83 @@ def cmd_train(args) -> int:
     return 0
 
 
+CROSSCHECK_EXAMPLES = """examples:
+  refbnn crosscheck mine.npz --method bnn --convention official         # a binary conv/linear layer
+  refbnn crosscheck mine.npz --method bnn --convention paper --part input   # the input quantizer alone
+  refbnn crosscheck larq.npz --input-quantizer ste_sign --kernel-quantizer ste_sign --padding same
+  refbnn crosscheck q.npz --quantizer ste_sign --param clip_value=1.25
+  refbnn crosscheck tau.npz --schedule recu_tau
+  refbnn crosscheck --export refs/ --method bnn --convention official --dtype float32
+exit status: 0 every tensor agrees, 1 some tensor differs, 2 bad input (the message says what)"""
+
+
+def _add_crosscheck(sub):
+    p = sub.add_parser("crosscheck", help="compare your implementation with refbnn on a reference bundle (.npz)",
+                       description="Run refbnn on a bundle's inputs and compare each expected output and gradient "
+                       "it holds (out, grad_x, grad_weight, ...; gradients of L = sum(out * grad_out)); or, with "
+                       "--export, write bundles computed by refbnn.", epilog=CROSSCHECK_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", nargs="?", help="the .npz bundle (with --export: optional, supplies the inputs)")
+    what = p.add_argument_group("what to check against (exactly one)")
+    what.add_argument("--method", help=f"a method ({', '.join(METHODS)}); needs --convention")
+    what.add_argument("--input-quantizer", help="Larq-style layer: the input quantizer (a quantizer name or none)")
+    what.add_argument("--kernel-quantizer", help="Larq-style layer: the kernel quantizer (a quantizer name or none)")
+    what.add_argument("--quantizer", help="one quantizer: the bundle holds x, grad_out, out, grad_x")
+    what.add_argument("--schedule", help="a schedule: the bundle holds epoch (vector), epochs, parameters, values")
+    p.add_argument("--convention", choices=sorted(PRESETS),
+                   help="paper or official-code conventions (sign(0), padding, statistics, schedule clock)")
+    p.add_argument("--part", choices=crosscheck.PARTS, help="layer (default), or only the method's weight or input "
+                   "quantizer applied to x")
+    p.add_argument("--layer", choices=("conv2d", "linear", "dense"), help="default: from the weight's rank")
+    p.add_argument("--layout", choices=crosscheck.LAYOUTS, help="nchw: PyTorch (x NCHW, weight OIHW / (out, in)); "
+                   "nhwc: TensorFlow/Larq (x NHWC, kernel HWIO / (in, out)). Default: nhwc for Larq-style layers, "
+                   "else nchw")
+    p.add_argument("--padding", type=crosscheck.parse_value, help="valid, same (Larq/TensorFlow spelling) or an int")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a setting, quantizer or method parameter the bundle does not hold (repeatable; "
+                   "'none' for None); prefix weight_quantizer./kernel_quantizer./input_quantizer. for one quantizer")
+    p.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: 1e-10 for float64 "
+                   "bundles, 1e-5 for float32)")
+    p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: 1e-12 / 1e-6)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--list", action="store_true", help="list the known methods, quantizers and schedules")
+    ex = p.add_argument_group("export (bundles computed by refbnn, to test your implementation against)")
+    ex.add_argument("--export", default=None, metavar="DIR", help="write bundles into DIR instead of checking one")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--dtype", default="float64", choices=("float32", "float64"))
+    ex.add_argument("--x-shape", default=None, help="e.g. 2,3,5,5 (in the chosen layout)")
+    ex.add_argument("--weight-shape", default=None, help="e.g. 4,3,3,3 (OIHW; HWIO with --layout nhwc)")
+    ex.add_argument("--no-bias", action="store_true", help="export a layer without bias")
+
+
+def cmd_crosscheck(args) -> int:
+    if args.list:
+        print("methods:    " + ", ".join(METHODS))
+        print("quantizers: " + ", ".join(sorted(crosscheck.QUANTIZERS)))
+        print("schedules:  " + ", ".join(sorted(crosscheck.schedule_table())))
+        print("conventions: " + ", ".join(sorted(PRESETS)))
+        return 0
+    request = dict(method=args.method, convention=args.convention, part=args.part, layer=args.layer,
+                   layout=args.layout, padding=args.padding, quantizer=args.quantizer,
+                   input_quantizer=args.input_quantizer, kernel_quantizer=args.kernel_quantizer,
+                   schedule=args.schedule, params=crosscheck.parse_params(args.param), require_convention=True)
+    if args.export:
+        paths = crosscheck.export_bundles(args.export, **request, seed=args.seed, dtype=args.dtype,
+                                          x_shape=args.x_shape, weight_shape=args.weight_shape,
+                                          bias=not args.no_bias, bundle=args.bundle)
+        for path in paths:
+            print(f"wrote {path}")
+        return 0
+    if args.bundle is None:
+        raise ValueError("give the bundle to check (BUNDLE.npz), or --export DIR to write bundles")
+    report = crosscheck.crosscheck(args.bundle, **request, rtol=args.rtol, atol=args.atol)
+    print(report.table())
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(report.to_json())
+    return 0 if report.passed else 1
+
+
 def info() -> dict:
     return {"refbnn": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "machine": platform.machine(), "kernel_backends": kernels.available_backends(),
@@ -80,11 +157,12 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=f"refbnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_crosscheck(sub)
     p = sub.add_parser("info", help="versions and the kernel backends that are available")
     p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
-        return {"train": cmd_train, "info": cmd_info}[args.command](args)
+        return {"train": cmd_train, "crosscheck": cmd_crosscheck, "info": cmd_info}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"refbnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
