@@ -104,7 +104,9 @@ def get_convention(c) -> Convention:
 def sign(x, zero: float = 1.0):
     """sign(x) in x's dtype, with sign(0) = ``zero`` (+1: papers and Larq; 0: torch.sign)."""
     xp = array_module(x)
-    return xp.where(x > 0, 1.0, xp.where(x < 0, -1.0, zero)).astype(x.dtype, copy=False)
+    y = xp.sign(x)  # in x's dtype; 0 at 0 (and NaN at NaN), fixed below
+    y[~((x > 0) | (x < 0))] = zero
+    return y
 
 
 def clip_mask(x, clip_value: float, inclusive: bool = True):
