@@ -248,10 +248,11 @@ MU_SCHEDULE = QuantizerSchedule("mu", mu_state, {"mu_start": 0.0, "mu_end": 1.0}
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("float", "full precision (the baseline every BNN is compared with)", activation="relu"),
     Method("bc", "BinaryConnect: sign weights (identity STE, latent clip to [-1, 1]), real activations; "
-           "--param weight_quantizer=stochastic_sign for the stochastic variant",
+           "--param weight_quantizer=stochastic_sign for the stochastic variant (with --lr 1e-2 on digits)",
            weight_quantizer="identity_ste_sign", latent_clip=1.0, source="Courbariaux et al. 2015"),
     Method("bnn", "BNN (Hubara et al. 2016): sign weights (identity STE, latent clip) and sign activations "
-           "(clipped STE)", weight_quantizer="identity_ste_sign", input_quantizer="ste_sign", latent_clip=1.0,
+           "(clipped STE); --param weight_quantizer=ste_sign for the clipped STE on the weights too",
+           weight_quantizer="identity_ste_sign", input_quantizer="ste_sign", latent_clip=1.0,
            source="Hubara et al. 2016, Algorithm 1"),
     Method("xnor", "XNOR-Net: per-channel mean|W| scaled sign weights (paper gradient; --param gradient=exact|"
            "detached), per-sample mean|A| scaled sign activations (clipped STE)",

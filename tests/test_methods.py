@@ -47,6 +47,12 @@ def test_seed_methods_train_under_the_official_convention(method):
     assert m["test_accuracy"] > 0.8, m["test_accuracy_per_epoch"]
 
 
+def test_stochastic_binaryconnect_trains():
+    m = train(TrainConfig(method="bc", method_params={"weight_quantizer": "stochastic_sign"}, lr=3e-2, epochs=3,
+                          progress=False), log=lambda *a: None)
+    assert m["test_accuracy"] > 0.8, m["test_accuracy_per_epoch"]
+
+
 def test_bop_trains_binary_weights(tmp_path):
     m = train(TrainConfig(method="bnn", optimizer="bop", epochs=3, bop_threshold=1e-6, bop_gamma=1e-3,
                           progress=False, out=str(tmp_path)), log=lambda *a: None)
