@@ -36,8 +36,9 @@ BinaryConnect), runs the extra ``epoch_hooks`` (``f(model, epoch, epochs, conven
 and returns the values set (logged per epoch). The training loop passes
 ``rng = default_rng([seed, epoch, 1])``, so a resumed run draws the same numbers.
 
-Training defaults on the digits data (MLP, 30 epochs, batch 64, cosine learning rate; measured in the
-README's catalogue table): Adam with the method's ``lr``; every method's default was checked to train.
+Training defaults on the digits data (MLP, 30 epochs, batch 64, cosine learning rate): Adam with
+lr 1e-3 for every method; each reaches 98.3-100 % test accuracy in about 7-15 s (the README's
+"Methods" section has the measured table). Stochastic BinaryConnect needs lr 1e-2.
 """
 from __future__ import annotations
 
