@@ -13,7 +13,7 @@ from .conventions import PRESETS
 from .data import DATASETS
 from .methods import METHODS
 from .models import MODELS
-from .optim import OPTIMIZERS
+from .optim import OPTIMIZER_NAMES
 from .schedules import LR_SCHEDULES
 from .train import DEFAULT_EPOCHS, DEFAULT_MODEL, TrainConfig, train
 
@@ -26,13 +26,19 @@ def _add_train(sub):
     p.add_argument("--model", default=None, choices=sorted(MODELS),
                    help=f"default per data set: {DEFAULT_MODEL}")
     p.add_argument("--width", type=float, default=1.0, help="channel/width multiplier of the model")
-    p.add_argument("--method", default="bnn", choices=list(METHODS), help="quantization method")
+    p.add_argument("--method", default="recu", choices=list(METHODS), help="quantization method")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a method parameter (repeatable), e.g. T_min=1e-3, clip_value=1.2, "
+                        "weight_quantizer=stochastic_sign; see refbnn/methods.py")
     p.add_argument("--convention", default="paper", choices=sorted(PRESETS),
                    help="paper or official-code conventions (sign(0), padding, statistics, schedule clock)")
     p.add_argument("--epochs", type=int, default=None, help=f"default per data set: {DEFAULT_EPOCHS}")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None, help="base learning rate (default: the method's)")
-    p.add_argument("--optimizer", default=None, choices=sorted(OPTIMIZERS), help="default: the method's")
+    p.add_argument("--optimizer", default=None, choices=sorted(OPTIMIZER_NAMES),
+                   help="default: the method's; bop: Bop for the binary weights, Adam for the rest")
+    p.add_argument("--bop-threshold", type=float, default=1e-8, help="Bop's flip threshold")
+    p.add_argument("--bop-gamma", type=float, default=1e-4, help="Bop's gradient moving-average rate")
     p.add_argument("--weight-decay", type=float, default=None, help="default: the method's")
     p.add_argument("--lr-schedule", default="cosine", choices=sorted(LR_SCHEDULES))
     p.add_argument("--warmup-epochs", type=int, default=0)
@@ -43,10 +49,30 @@ def _add_train(sub):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def parse_param(text: str):
+    """``KEY=VALUE`` -> (key, value); VALUE is read as an int, a float, true/false, none, or else a string."""
+    if "=" not in text:
+        raise ValueError(f"--param: expected KEY=VALUE, got {text!r}")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    low = raw.lower()
+    if low in ("true", "false"):
+        return key, low == "true"
+    if low in ("none", "null"):
+        return key, None
+    for conv in (int, float):
+        try:
+            return key, conv(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
 def cmd_train(args) -> int:
+    params = dict(parse_param(t) for t in args.param)
     cfg = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model, width=args.width,
-                      method=args.method, convention=args.convention, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                      method=args.method, method_params=params or None, convention=args.convention,
+                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                      bop_threshold=args.bop_threshold, bop_gamma=args.bop_gamma,
                       weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
                       warmup_epochs=args.warmup_epochs, seed=args.seed, out=args.out, resume=args.resume,
                       metrics_json=args.metrics_json, progress=not args.no_progress)

@@ -1,20 +1,47 @@
 """The named choices on which BNN papers and their official code disagree.
 
-Each field is a convention a quantizer or layer may read; ``PAPER`` and ``OFFICIAL`` select them
-all at once (see ../shared/spec/algorithms.md section 1 for the sources):
+Each field is a convention a quantizer, layer or schedule may read; ``PAPER`` and ``OFFICIAL``
+select them all at once (sources: ../shared/spec/algorithms.md sections 1 and 7). Every quantizer
+says which fields it reads in its ``convention_kwargs`` (the mapping from a convention to its
+constructor arguments); explicit constructor arguments always win over the convention.
 
-- ``sign_zero``: the value of sign(0): +1 in the papers and Larq, 0 in ``torch.sign`` (official
-  ReCU and IR-Net code).
-- ``pad_value``: what a binary convolution pads its binarized input with: 0.0 (the official code
-  binarizes, then zero-pads, so border taps see 0) or +1.0 / -1.0.
-- ``clip_inclusive``: whether the clipped straight-through estimator passes the gradient at
-  |x| == clip (BNN paper, Larq, ``torch.clamp``: yes) or not (``torch.nn.Hardtanh``: no).
-- ``std_ddof``: 1 for the unbiased standard deviation (PyTorch's ``std``), 0 for the biased one.
+| field                | paper                               | official code                          |
+|----------------------|-------------------------------------|----------------------------------------|
+| ``sign_zero``        | +1 (BNN, IR-Net Eq. 3, ReCU Eq. 2,  | 0 (``torch.sign`` in the ReCU and      |
+|                      | Larq)                               | IR-Net code)                           |
+| ``pad_value``        | 0.0 (binarize, then zero-pad)       | 0.0 (border taps see 0, a third value) |
+| ``clip_inclusive``   | True (BNN: 1[abs(x) <= 1])          | True (``torch.clamp`` passes at bounds)|
+| ``std_ddof``         | 1                                   | 1 (``torch.std``/``var`` default)      |
+| ``eps_inside_sqrt``  | True                                | True (ReCU: sqrt(var + 1e-5))          |
+| ``grad_through_stats``| False (IR-Net Algorithm 1: the     | True (autograd differentiates mean and |
+|                      | standardization is identity)        | std)                                   |
+| ``schedule_clock``   | "progress": p = e / (E - 1), the    | "epoch": p = e / E, the end value is   |
+|                      | end value is reached                | never reached                          |
+| ``recu_alpha``       | "analytic": alpha = b(2 tau - 1)    | "learned": per-output-channel alpha,   |
+|                      | (ReCU Eq. 13 / A1)                  | init U[0, 1) (ReCU code L13, L39)      |
+| ``recu_act_norm``    | False                               | True: activations divided by their     |
+|                      |                                     | per-sample std in training mode (L26-29)|
+| ``recu_ws_center``   | False (ReCU Eq. 22: no centering)   | True (code L20 centers each channel)   |
+| ``bireal_scaled_grad``| True (Bi-Real paper, Larq: the     | False (Bi-Real/ReActNet code: the      |
+|                      | detached scale multiplies the       | gradient is 1[abs(w) <= 1], unscaled)  |
+|                      | weight gradient)                    |                                        |
+
+Field meanings:
+
+- ``sign_zero``: the value of sign(0).
+- ``pad_value``: what a binary convolution pads its binarized input with: 0.0 or +1.0 / -1.0.
+- ``clip_inclusive``: whether a clipped straight-through estimator passes the gradient at
+  abs(x) == clip (``torch.clamp``, Larq) or not (``torch.nn.Hardtanh``).
+- ``std_ddof``: 1 for the unbiased standard deviation, 0 for the biased one.
 - ``eps_inside_sqrt``: epsilon added to the variance (sqrt(var + eps)) or to the std (std + eps).
-- ``grad_through_stats``: whether gradients flow through standardization statistics (official
-  code: autograd does it) or the standardization is treated as identity (IR-Net Algorithm 1).
-- ``schedule_clock``: "epoch" evaluates schedules once per epoch at a 0-based index e with progress
-  e / E (official; the end value is never reached), "progress" uses a continuous progress in [0, 1].
+- ``grad_through_stats``: whether gradients flow through standardization statistics (mean and
+  std are differentiated, as autograd does in the official code) or the standardization is
+  treated as the identity in the backward pass (IR-Net Algorithm 1, line 9).
+- ``schedule_clock``: how a per-epoch schedule turns the 0-based epoch index e of E epochs into
+  a progress value p in [0, 1] (see ``refbnn.schedules.schedule_progress``).
+- ``recu_alpha``, ``recu_act_norm``, ``recu_ws_center``: ReCU's three paper/code differences
+  that are not covered by the generic fields (algorithms.md section 7, ReCU items 1, 2 and 4).
+- ``bireal_scaled_grad``: Bi-Real's magnitude-aware weight gradient (algorithms.md section 2.6).
 """
 from __future__ import annotations
 
@@ -33,6 +60,10 @@ class Convention:
     eps_inside_sqrt: bool = True
     grad_through_stats: bool = False
     schedule_clock: str = "progress"
+    recu_alpha: str = "analytic"
+    recu_act_norm: bool = False
+    recu_ws_center: bool = False
+    bireal_scaled_grad: bool = True
 
     def __post_init__(self):
         if self.sign_zero not in (1.0, 0.0, -1.0):
@@ -43,6 +74,8 @@ class Convention:
             raise ValueError(f"std_ddof: expected 0 or 1, got {self.std_ddof!r}")
         if self.schedule_clock not in ("epoch", "progress"):
             raise ValueError(f"schedule_clock: expected 'epoch' or 'progress', got {self.schedule_clock!r}")
+        if self.recu_alpha not in ("analytic", "learned"):
+            raise ValueError(f"recu_alpha: expected 'analytic' or 'learned', got {self.recu_alpha!r}")
 
     def with_(self, **changes) -> "Convention":
         return replace(self, **changes)
@@ -52,9 +85,11 @@ class Convention:
 
 
 PAPER = Convention(name="paper", sign_zero=1.0, pad_value=0.0, clip_inclusive=True, std_ddof=1,
-                   eps_inside_sqrt=True, grad_through_stats=False, schedule_clock="progress")
+                   eps_inside_sqrt=True, grad_through_stats=False, schedule_clock="progress",
+                   recu_alpha="analytic", recu_act_norm=False, recu_ws_center=False, bireal_scaled_grad=True)
 OFFICIAL = Convention(name="official", sign_zero=0.0, pad_value=0.0, clip_inclusive=True, std_ddof=1,
-                      eps_inside_sqrt=True, grad_through_stats=True, schedule_clock="epoch")
+                      eps_inside_sqrt=True, grad_through_stats=True, schedule_clock="epoch",
+                      recu_alpha="learned", recu_act_norm=True, recu_ws_center=True, bireal_scaled_grad=False)
 PRESETS = {"paper": PAPER, "official": OFFICIAL}
 
 
@@ -69,7 +104,9 @@ def get_convention(c) -> Convention:
 def sign(x, zero: float = 1.0):
     """sign(x) in x's dtype, with sign(0) = ``zero`` (+1: papers and Larq; 0: torch.sign)."""
     xp = array_module(x)
-    return xp.where(x > 0, 1.0, xp.where(x < 0, -1.0, zero)).astype(x.dtype, copy=False)
+    y = xp.sign(x)  # in x's dtype; 0 at 0 (and NaN at NaN), fixed below
+    y[~((x > 0) | (x < 0))] = zero
+    return y
 
 
 def clip_mask(x, clip_value: float, inclusive: bool = True):

@@ -10,6 +10,12 @@ SGD (PyTorch's form):  g <- g + wd p;  v <- mu v + g;  step = g + mu v (Nesterov
 Adam:                  g <- g + wd p (L2; AdamW instead decays p <- p (1 - lr wd));
                        m <- b1 m + (1 - b1) g;  s <- b2 s + (1 - b2) g^2;
                        p <- p - lr (m / (1 - b1^t)) / (sqrt(s / (1 - b2^t)) + eps)
+Bop (Larq):            m <- m + gamma (g - m);  w <- lsign(-tsign(w m - threshold) w)
+                       (flip w when w m > threshold; latent-free: w stays +-1)
+
+``CaseOptimizer`` routes each parameter to the optimizer whose predicate claims it (Larq's
+CaseOptimizer): ``build_bop_optimizer`` sends the weights of binary layers (weight quantizer of
+precision 1, Larq's ``Bop.is_binary_variable``) to Bop and everything else to Adam.
 """
 from __future__ import annotations
 
@@ -147,7 +153,123 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay, decoupled=True)
 
 
+class Bop(Optimizer):
+    """Bop, the latent-free binary optimizer (Helwegen et al., NeurIPS 2019), as Larq defines it
+    (larq/optimizers.py ``Bop._resource_apply_dense``):
+
+        m <- m + gamma (g - m)                              (an exponential moving average of gradients)
+        w <- lsign(-tsign(w m - threshold) w)               tsign = tf.sign (tsign(0) = 0),
+                                                            lsign = larq.math.sign (lsign(0) = +1)
+
+    i.e. w becomes -sign(w) (a flip) where w m > threshold and sign(w) where w m < threshold; Larq's two
+    signs make w = +1 where w m == threshold exactly, and w = +1 for w = 0. The weights are +-1 after the
+    first step whatever their initial values. There is no learning rate (``lr`` is ignored) and no
+    weight decay. Parameters: threshold=1e-8, gamma=1e-4 (Larq's defaults; gamma in (0, 1], threshold >= 0).
+    """
+
+    slots = ("m",)
+
+    def __init__(self, params, threshold=1e-8, gamma=1e-4):
+        super().__init__(params, lr=0.0)
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma: expected a value in (0, 1], got {gamma}")
+        if not threshold >= 0:
+            raise ValueError(f"threshold: expected >= 0, got {threshold}")
+        self.threshold, self.gamma = threshold, gamma
+
+    def _update(self, g, name, p, grad, lr):
+        xp = array_module(p)
+        m = self.state.setdefault(f"{name}.m", xp.zeros_like(p))
+        m += self.gamma * (grad - m)
+        inner = xp.sign(p * m - self.threshold)
+        p[...] = xp.where(-inner * p >= 0, 1.0, -1.0)
+
+
+def is_binary_weight(name, module, key) -> bool:
+    """The weight of a binary layer whose weight quantizer has precision 1 (Larq's Bop.is_binary_variable)."""
+    q = getattr(module, "weight_quantizer", None)
+    return key == "weight" and q is not None and getattr(q, "precision", 32) == 1
+
+
+class CaseOptimizer:
+    """Routes each parameter to the optimizer whose predicate claims it (Larq's ``CaseOptimizer``).
+
+    ``pairs``: ``(predicate, make)`` with ``predicate(name, module, key) -> bool`` and ``make(groups) ->
+    Optimizer``; ``default``: ``make`` for the unclaimed parameters. Parameter groups keep their settings
+    (weight decay, ...). As in Larq: a parameter claimed by more than one predicate, or a predicate that
+    claims nothing, raises ValueError; without a default, unclaimed parameters are not trained (a warning).
+    ``lr`` is forwarded to every optimizer (Bop ignores it); state dicts are namespaced by position.
+    """
+
+    def __init__(self, params, *pairs, default=None):
+        if hasattr(params, "named_parameters"):
+            params = [{"params": list(params.named_parameters())}]
+        buckets = [[] for _ in range(len(pairs) + 1)]
+        for group in params:
+            split = [[] for _ in buckets]
+            for triple in group["params"]:
+                claims = [i for i, (pred, _) in enumerate(pairs) if pred(*triple)]
+                if len(claims) > 1:
+                    raise ValueError(f"parameter {triple[0]!r} is claimed by more than one optimizer")
+                split[claims[0] if claims else len(pairs)].append(triple)
+            for i, triples in enumerate(split):
+                if triples:
+                    buckets[i].append({**group, "params": triples})
+        for i, (pred, _) in enumerate(pairs):
+            if not buckets[i]:
+                raise ValueError(f"optimizer {i} (predicate {getattr(pred, '__name__', pred)}) claimed no parameters")
+        self.optimizers = [make(buckets[i]) for i, (_, make) in enumerate(pairs)]
+        if buckets[-1]:
+            if default is None:
+                import warnings  # noqa: PLC0415
+
+                names = [n for g in buckets[-1] for n, _, _ in g["params"]]
+                warnings.warn(f"CaseOptimizer: no default optimizer; not training {names[:5]}", stacklevel=2)
+            else:
+                self.optimizers.append(default(buckets[-1]))
+        self.steps = 0
+
+    @property
+    def lr(self):
+        return next((o.lr for o in self.optimizers if not isinstance(o, Bop)), 0.0)
+
+    @lr.setter
+    def lr(self, value):
+        for o in self.optimizers:
+            if not isinstance(o, Bop):
+                o.lr = value
+
+    def step(self):
+        self.steps += 1
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict:
+        out = {f"{i}/{k}": v for i, o in enumerate(self.optimizers) for k, v in o.state_dict().items()}
+        out["__steps__"] = np.asarray(self.steps)
+        return out
+
+    def load_state_dict(self, state: dict):
+        state = dict(state)
+        self.steps = int(state.pop("__steps__"))
+        for i, o in enumerate(self.optimizers):
+            prefix = f"{i}/"
+            o.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        unknown = [k for k in state if k.split("/", 1)[0] not in {str(i) for i in range(len(self.optimizers))}]
+        if unknown:
+            raise ValueError(f"optimizer state does not match the parameters: unexpected {sorted(unknown)[:5]}")
+
+
+def build_bop_optimizer(groups, lr, threshold=1e-8, gamma=1e-4, default="adam", **default_kwargs):
+    """Larq's recipe: Bop for the binary layers' weights (``is_binary_weight``), ``default`` (Adam) for the rest."""
+    opt_cls = OPTIMIZERS[default]
+    return CaseOptimizer(groups, (is_binary_weight, lambda g: Bop(g, threshold=threshold, gamma=gamma)),
+                         default=lambda g: opt_cls(g, lr=lr, **default_kwargs))
+
+
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+# names accepted by the training loop: the plain optimizers plus Bop routed with CaseOptimizer
+OPTIMIZER_NAMES = (*OPTIMIZERS, "bop")
 
 
 class WeightClip:

@@ -1,12 +1,35 @@
 """Schedules: pure functions of (epoch, epochs, parameters).
 
-``epoch`` is the 0-based index of the epoch about to be trained and ``epochs`` the total E; the
-official codes evaluate schedules once per epoch this way, so progress ``epoch / epochs`` runs over
-0, 1/E, ..., (E-1)/E and never reaches 1.
+``epoch`` is the 0-based index of the epoch about to be trained and ``epochs`` the total E.
+
+Learning rates: ``cosine_lr``, ``linear_lr``, ``step_lr``, ``constant_lr`` (below).
+
+Quantizer schedules are functions of a progress value p in [0, 1] that return the quantizer state
+they set (``{"t": .., "k": ..}``, ``{"tau": ..}``, ...); the training loop evaluates them once per
+epoch, before the epoch, and p comes from the convention's clock (``schedule_progress``):
+
+- ``"epoch"`` (the official IR-Net and ReCU code): p = e / E, so p runs over 0, 1/E, ..., (E-1)/E and
+  the end value is never reached (ReCU, E = 600: tau(599) = 0.98963, not 0.99);
+- ``"progress"`` (the papers' formulas, tau_I = tau_e): p = e / (E - 1), reaching 1 at the last epoch
+  (p = 0 when E = 1).
+
+| schedule        | formula                                                       | defaults                  |
+|-----------------|---------------------------------------------------------------|---------------------------|
+| ``ede_state``   | t = T_min 10^(p log10(T_max / T_min)), k = max(1/t, 1)        | T_min 0.1, T_max 10       |
+|                 | (IR-Net Eq. 18; trainer.py L130-143)                          | (paper; code R-20 1w1a:   |
+|                 |                                                               | T_min = 1e-3)             |
+| ``recu_state``  | tau = A e^p + B, A = (tau_e - tau_s)/(e - 1), B = tau_s - A   | tau_s 0.85, tau_e 0.99    |
+|                 | (ReCU Eq. 24; cifar/main.py L160-167)                         |                           |
+| ``beta_state``  | beta = beta_s (beta_e / beta_s)^p  [reconstructed, BNN++]      | refbnn's choice           |
+| ``mu_state``    | mu = mu_s + (mu_e - mu_s) p  [reconstructed, ProxConnect]      | refbnn's choice           |
+
+A :class:`QuantizerSchedule` bundles one of these with its parameters for a method.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 
 def _check(epoch, epochs):
@@ -55,3 +78,92 @@ def constant_lr(epoch, epochs, base_lr, warmup_epochs=0):
 
 
 LR_SCHEDULES = {"cosine": cosine_lr, "linear": linear_lr, "step": step_lr, "constant": constant_lr}
+
+
+# -- quantizer schedules -------------------------------------------------------------------------------
+CLOCKS = ("epoch", "progress")
+
+
+def schedule_progress(epoch: int, epochs: int, clock: str = "epoch") -> float:
+    """The progress p in [0, 1] of epoch ``epoch`` (0-based) of ``epochs``: e / E ("epoch") or
+    e / (E - 1) ("progress"; 0 when E = 1)."""
+    _check(epoch, epochs)
+    if clock == "epoch":
+        return epoch / epochs
+    if clock == "progress":
+        return epoch / (epochs - 1) if epochs > 1 else 0.0
+    raise ValueError(f"schedule clock: expected one of {CLOCKS}, got {clock!r}")
+
+
+def _check_progress(p):
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"progress: expected a value in [0, 1], got {p}")
+
+
+def ede_state(progress: float, T_min: float = 0.1, T_max: float = 10.0) -> dict:
+    """IR-Net's EDE schedule (Eq. 18): t = T_min 10^(p log10(T_max / T_min)), k = max(1/t, 1).
+
+    Stage 1 (t < 1, k = 1/t): the slope at 0 is k t = 1 and the saturation 1/t shrinks to 1; stage 2
+    (t >= 1, k = 1): the slope t grows to T_max. The switch (t = 1) is at p = log(1/T_min)/log(T_max/T_min):
+    0.5 for the paper's T_min = 0.1, 0.75 for the ResNet-20 1W/1A code's T_min = 1e-3."""
+    _check_progress(progress)
+    if not T_min > 0:
+        raise ValueError(f"T_min: expected > 0, got {T_min}")
+    if not T_max >= T_min:
+        raise ValueError(f"T_max: expected >= T_min = {T_min}, got {T_max}")
+    t = 10.0 ** (math.log10(T_min) + (math.log10(T_max) - math.log10(T_min)) * progress)
+    return {"t": t, "k": 1.0 / t if t < 1.0 else 1.0}
+
+
+def recu_state(progress: float, tau_start: float = 0.85, tau_end: float = 0.99) -> dict:
+    """ReCU's adaptive exponential scheduler (Eq. 24): tau = A e^p + B, A = (tau_e - tau_s)/(e - 1),
+    B = tau_s - A; tau(0) = tau_s, tau(1) = tau_e, increasing and convex for tau_e > tau_s."""
+    _check_progress(progress)
+    for name, v in (("tau_start", tau_start), ("tau_end", tau_end)):
+        if not 0.5 < v <= 1.0:
+            raise ValueError(f"{name}: expected a value in (0.5, 1], got {v}")
+    a = (tau_end - tau_start) / (math.e - 1.0)
+    return {"tau": min(a * math.exp(progress) + (tau_start - a), 1.0)}
+
+
+def beta_state(progress: float, beta_start: float = 5.0, beta_end: float = 100.0) -> dict:
+    """[reconstructed] The sign-Swish beta of BNN++ grown geometrically: beta = beta_s (beta_e / beta_s)^p.
+    The PC++ paper's beta/mu schedule is not in the spec (algorithms.md 5.4); the parameters are explicit."""
+    _check_progress(progress)
+    if not (beta_start > 0 and beta_end > 0):
+        raise ValueError(f"beta_start, beta_end: expected positive values, got {beta_start}, {beta_end}")
+    return {"beta": beta_start * (beta_end / beta_start) ** progress}
+
+
+def mu_state(progress: float, mu_start: float = 0.0, mu_end: float = 1.0) -> dict:
+    """[reconstructed] The ProxConnect prox strength grown linearly: mu = mu_s + (mu_e - mu_s) p (PARQ's
+    AProx grows it with the aggregate step size; the spec does not give Dockhorn et al.'s schedule)."""
+    _check_progress(progress)
+    if not (mu_start >= 0 and mu_end >= 0):
+        raise ValueError(f"mu_start, mu_end: expected values >= 0, got {mu_start}, {mu_end}")
+    return {"mu": mu_start + (mu_end - mu_start) * progress}
+
+
+@dataclass(frozen=True)
+class QuantizerSchedule:
+    """A quantizer schedule with its parameters: ``values(progress, **params) -> {state: value}``."""
+
+    name: str
+    values: Callable[..., dict]
+    params: Mapping = field(default_factory=dict)
+
+    def with_params(self, **params) -> "QuantizerSchedule":
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            raise ValueError(f"schedule {self.name}: unknown parameter(s) {unknown}; accepted: {sorted(self.params)}")
+        new = {**self.params, **params}
+        self.values(0.0, **new)  # validate now, not at the first epoch
+        return QuantizerSchedule(self.name, self.values, new)
+
+    def at(self, epoch: int, epochs: int, clock: str = "epoch") -> dict:
+        """The state values for epoch ``epoch`` of ``epochs`` under ``clock``."""
+        return self.values(schedule_progress(epoch, epochs, clock), **self.params)
+
+
+EDE_SCHEDULE = QuantizerSchedule("ede", ede_state, {"T_min": 0.1, "T_max": 10.0})
+RECU_SCHEDULE = QuantizerSchedule("recu", recu_state, {"tau_start": 0.85, "tau_end": 0.99})

@@ -1,9 +1,11 @@
 """The training loop: data, model, optimizer, per-epoch schedules, checkpoints and metrics.
 
 Randomness is explicit: the model is initialised from ``seed``, and epoch e draws its shuffling
-and augmentation from ``default_rng([seed, e])``. A checkpoint written after epoch e therefore
-holds everything a resumed run needs to continue bit-exactly: parameters, buffers, quantizer
-schedule values, optimizer state, and the metric history.
+and augmentation from ``default_rng([seed, e])`` and hands the quantizers that sample (stochastic
+BinaryConnect) ``default_rng([seed, e, 1])``. Before each epoch the method's schedule sets the
+quantizers' state (IR-Net's t and k, ReCU's tau, ...; ``Method.on_epoch``). A checkpoint written
+after epoch e therefore holds everything a resumed run needs to continue bit-exactly: parameters,
+buffers, quantizer schedule values, optimizer state, and the metric history.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from .conventions import get_convention
 from .data import load_dataset
 from .methods import LayerFactory, get_method
 from .models import build_model
-from .optim import OPTIMIZERS, WeightClip, no_decay_bn_and_bias, param_groups
+from .optim import OPTIMIZER_NAMES, OPTIMIZERS, WeightClip, build_bop_optimizer, no_decay_bn_and_bias, param_groups
 from .schedules import LR_SCHEDULES
 
 DEFAULT_MODEL = {"digits": "mlp", "mnist1d": "mlp", "mnist": "mlp", "cifar10": "resnet20"}
@@ -34,13 +36,16 @@ class TrainConfig:
     data_dir: str | None = None
     model: str | None = None          # None: the data set's default
     width: float = 1.0
-    method: str = "bnn"
+    method: str = "recu"
+    method_params: dict | None = None  # Method.with_params overrides, e.g. {"T_min": 1e-3}
     convention: str = "paper"
     epochs: int | None = None         # None: the data set's default
     batch_size: int = 64
     lr: float | None = None           # None: the method's default
-    optimizer: str | None = None      # None: the method's default
+    optimizer: str | None = None      # None: the method's default; "bop": Bop for binary weights, Adam else
     weight_decay: float | None = None
+    bop_threshold: float = 1e-8       # Larq's Bop defaults
+    bop_gamma: float = 1e-4
     lr_schedule: str = "cosine"
     warmup_epochs: int = 0
     seed: int = 0
@@ -51,7 +56,7 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """Fill the defaults that depend on the data set and method; validate names and ranges."""
-        method = get_method(self.method)
+        method = get_method(self.method).with_params(**(self.method_params or {}))
         get_convention(self.convention)
         c = TrainConfig(**asdict(self))
         c.model = c.model or DEFAULT_MODEL.get(c.dataset, "mlp")
@@ -59,8 +64,8 @@ class TrainConfig:
         c.lr = c.lr if c.lr is not None else method.lr
         c.optimizer = c.optimizer or method.optimizer
         c.weight_decay = c.weight_decay if c.weight_decay is not None else method.weight_decay
-        if c.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {c.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        if c.optimizer not in OPTIMIZER_NAMES:
+            raise ValueError(f"unknown optimizer {c.optimizer!r}; known: {', '.join(OPTIMIZER_NAMES)}")
         if c.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr schedule {c.lr_schedule!r}; known: {', '.join(LR_SCHEDULES)}")
         for name in ("epochs", "batch_size"):
@@ -71,18 +76,21 @@ class TrainConfig:
         return c
 
     # settings a resumed run must share with the run that wrote the checkpoint
-    RUN_KEYS = ("dataset", "model", "width", "method", "convention", "epochs", "batch_size", "lr", "optimizer",
-                "weight_decay", "lr_schedule", "warmup_epochs", "seed")
+    RUN_KEYS = ("dataset", "model", "width", "method", "method_params", "convention", "epochs", "batch_size", "lr",
+                "optimizer", "weight_decay", "bop_threshold", "bop_gamma", "lr_schedule", "warmup_epochs", "seed")
 
 
 def build(config: TrainConfig, input_shape, num_classes):
-    method = get_method(config.method)
+    method = get_method(config.method).with_params(**(config.method_params or {}))
     factory = LayerFactory(method, rng=np.random.default_rng(config.seed), convention=config.convention)
     model = build_model(config.model, factory, input_shape, num_classes, config.width)
     groups = param_groups(model, config.weight_decay, no_decay_bn_and_bias)
-    opt_cls = OPTIMIZERS[config.optimizer]
-    kwargs = {"momentum": 0.9} if config.optimizer == "sgd" else {}
-    optimizer = opt_cls(groups, lr=config.lr, **kwargs)
+    if config.optimizer == "bop":
+        optimizer = build_bop_optimizer(groups, config.lr, config.bop_threshold, config.bop_gamma)
+    else:
+        opt_cls = OPTIMIZERS[config.optimizer]
+        kwargs = {"momentum": 0.9} if config.optimizer == "sgd" else {}
+        optimizer = opt_cls(groups, lr=config.lr, **kwargs)
     return method, model, optimizer
 
 
@@ -184,9 +192,7 @@ def train(config: TrainConfig, log=print) -> dict:
     t0 = time.perf_counter()
     for epoch in range(start_epoch, c.epochs):
         optimizer.lr = LR_SCHEDULES[c.lr_schedule](epoch, c.epochs, c.lr, warmup_epochs=c.warmup_epochs)
-        values = {}
-        for hook in method.epoch_hooks:
-            values.update(hook(model, epoch, c.epochs, convention))
+        values = method.on_epoch(model, epoch, c.epochs, convention, rng=np.random.default_rng([c.seed, epoch, 1]))
         rng = np.random.default_rng([c.seed, epoch])
         tr_loss, tr_acc = train_epoch(model, optimizer, constraint, data, c.batch_size, rng, bar)
         te_loss, te_acc = evaluate(model, data.x_test, data.y_test)
@@ -208,7 +214,7 @@ def train(config: TrainConfig, log=print) -> dict:
         "test_loss": history["test_loss"], "test_accuracy_per_epoch": history["test_accuracy"],
         "lr": history["lr"], "schedule": history["schedule"],
         "epochs": c.epochs, "seconds": seconds, "method": c.method, "model": c.model, "dataset": c.dataset,
-        "convention": c.convention, "seed": c.seed, "batch_size": c.batch_size, "base_lr": c.lr,
+        "convention": c.convention, "method_params": c.method_params or {}, "seed": c.seed, "batch_size": c.batch_size, "base_lr": c.lr,
         "optimizer": c.optimizer, "parameters": model.num_parameters(),
         "binary_parameters": _binary_parameter_count(model),
     }

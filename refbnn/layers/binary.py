@@ -5,7 +5,8 @@
     y      = op(xq, wq) * alpha + b              (alpha per output channel, optional)
 
 Backward: the op's backward gives dL/dxq and dL/dwq; the quantizers' estimators turn them into
-dL/dx and dL/dW (the latent weights receive the gradient, BinaryConnect's rule).
+dL/dx and dL/dW (the latent weights receive the gradient, BinaryConnect's rule). The quantizers
+run in the layer's mode: ``forward(x, training=self.training)``.
 
 Scale ``alpha`` (per output channel, broadcast over the batch and spatial axes):
 - ``None``: no scale;
@@ -62,9 +63,12 @@ class _BinaryLayer(Module):
                 q.set_state(**mine)
 
     def _quantize(self, x):
-        xq, cx = (x, None) if self.input_quantizer is None else self.input_quantizer.forward(x)
+        """Both quantizers in the layer's mode (``training``: e.g. ReCU's per-sample activation
+        normalization and stochastic BinaryConnect's sampling happen only in training mode)."""
+        t = self.training
+        xq, cx = (x, None) if self.input_quantizer is None else self.input_quantizer.forward(x, training=t)
         wq, cw = (self.params["weight"], None) if self.weight_quantizer is None else \
-            self.weight_quantizer.forward(self.params["weight"])
+            self.weight_quantizer.forward(self.params["weight"], training=t)
         return xq, cx, wq, cw
 
     def _use_kernel(self):

@@ -1,0 +1,151 @@
+"""Every named convention, tested both ways, and the two presets."""
+import math
+
+import numpy as np
+import pytest
+
+from refbnn.conventions import OFFICIAL, PAPER, Convention, get_convention
+from refbnn.layers import BinaryConv2d, Sequential
+from refbnn.methods import LayerFactory, get_method
+from refbnn.quantizers import QUANTIZERS
+
+
+def test_presets():
+    assert get_convention("paper") is PAPER and get_convention("official") is OFFICIAL
+    assert (PAPER.sign_zero, OFFICIAL.sign_zero) == (1.0, 0.0)
+    assert (PAPER.grad_through_stats, OFFICIAL.grad_through_stats) == (False, True)
+    assert (PAPER.schedule_clock, OFFICIAL.schedule_clock) == ("progress", "epoch")
+    assert (PAPER.recu_alpha, OFFICIAL.recu_alpha) == ("analytic", "learned")
+    assert (PAPER.recu_act_norm, OFFICIAL.recu_act_norm) == (False, True)
+    assert (PAPER.recu_ws_center, OFFICIAL.recu_ws_center) == (False, True)
+    assert (PAPER.bireal_scaled_grad, OFFICIAL.bireal_scaled_grad) == (True, False)
+    assert PAPER.pad_value == OFFICIAL.pad_value == 0.0
+    with pytest.raises(ValueError, match=r"unknown convention 'torch'; expected one of \['official', 'paper'\]"):
+        get_convention("torch")
+    for bad in ({"sign_zero": 0.5}, {"pad_value": 2.0}, {"std_ddof": 2}, {"schedule_clock": "step"},
+                {"recu_alpha": "fixed"}):
+        with pytest.raises(ValueError, match=list(bad)[0]):
+            Convention(**bad)
+
+
+def _layer_out(conv, method="bnn", x=None):
+    f = LayerFactory(get_method(method), rng=0, dtype=np.float64, convention=conv)
+    layer = f.binary_conv(2, 3, 3, 1, 1)
+    return layer, layer.forward(x)[0]
+
+
+def test_sign_zero_both_ways():
+    x = np.zeros((1, 2, 3, 3))
+    x[0, 0, 1, 1] = 0.7
+    x[0, 1, 0, 0] = -0.2
+    for conv in (PAPER, OFFICIAL):
+        layer = LayerFactory(get_method("bnn"), rng=0, dtype=np.float64, convention=conv).binary_conv(2, 3, 3, 1, 1)
+        xq = layer.input_quantizer.forward(x)[0]
+        assert xq[0, 0, 1, 1] == 1 and xq[0, 1, 0, 0] == -1
+        assert np.all(xq[x == 0] == conv.sign_zero)
+        assert layer.input_quantizer.binary == (conv is PAPER)
+
+
+@pytest.mark.parametrize("pad", [0.0, 1.0, -1.0])
+def test_pad_value_after_binarization(pad):
+    """The binarized input is padded with pad_value: with all +1 inputs and weights, a corner output sums
+    4 real taps and 5 padded ones."""
+    conv = PAPER.with_(pad_value=pad)
+    layer = LayerFactory(get_method("bnn"), rng=0, dtype=np.float64, convention=conv).binary_conv(1, 1, 3, 1, 1)
+    assert layer.pad_value == pad
+    layer.params["weight"][:] = 0.5
+    y = layer.forward(np.full((1, 1, 4, 4), 0.3))[0]
+    assert y[0, 0, 0, 0] == 4 + 5 * pad and y[0, 0, 1, 1] == 9
+
+
+def test_clip_inclusive_both_ways():
+    x = np.array([[-1.0, 1.0, 0.5, 2.0]])
+    for inclusive, expected in ((True, [1, 1, 1, 0]), (False, [0, 0, 1, 0])):
+        conv = PAPER.with_(clip_inclusive=inclusive)
+        for name, params in (("ste_sign", {}), ("xnor_weight", {"gradient": "detached"}),
+                             ("magnitude_aware_sign", {}), ("ste_heaviside", {}), ("xnor_act", {})):
+            q = QUANTIZERS[name].from_convention(conv, **params)
+            d = q.backward(np.ones_like(x), q.forward(x)[1])
+            np.testing.assert_array_equal(d != 0, np.array([expected], dtype=bool), err_msg=name)
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_std_ddof_both_ways(ddof):
+    w = np.random.default_rng(0).standard_normal((3, 6))
+    q = QUANTIZERS["libra_pb"].from_convention(PAPER.with_(std_ddof=ddof))
+    np.testing.assert_allclose(q.standardized(w).std(axis=1, ddof=ddof), 1.0)
+
+
+def test_eps_placement_both_ways():
+    """ReCU's per-sample std: sqrt(var + eps) (inside) or sqrt(var) + eps (outside)."""
+    x = np.random.default_rng(1).standard_normal((2, 5)) * 1e-3
+    g = np.ones_like(x)
+    var = x.var(axis=1, ddof=1, keepdims=True)
+    for inside, s in ((True, np.sqrt(var + 1e-5)), (False, np.sqrt(var) + 1e-5)):
+        q = QUANTIZERS["recu_act"].from_convention(OFFICIAL.with_(eps_inside_sqrt=inside), grad_through_stats=False)
+        np.testing.assert_allclose(q.backward(g, q.forward(x)[1]), np.maximum(0, 2 - 2 * np.abs(x / s)))
+
+
+def test_grad_through_stats_both_ways():
+    w = np.random.default_rng(2).standard_normal((3, 8))
+    g = np.random.default_rng(3).standard_normal(w.shape)
+    for name in ("libra_pb", "recu_weight"):
+        on = QUANTIZERS[name].from_convention(OFFICIAL.with_(grad_through_stats=True))
+        off = QUANTIZERS[name].from_convention(OFFICIAL.with_(grad_through_stats=False))
+        d_on, d_off = on.backward(g, on.forward(w)[1]), off.backward(g, off.forward(w)[1])
+        np.testing.assert_allclose(d_on.sum(axis=1), 0, atol=1e-9)  # through the centering: sums to zero
+        assert np.abs(d_off.sum(axis=1)).max() > 1e-3
+
+
+def test_schedule_clock_both_ways():
+    """At the last of E epochs: the paper clock reaches tau_end, the official one stops short."""
+    m = get_method("recu")
+    for conv, tau in ((PAPER, 0.99), (OFFICIAL, 0.85 + (0.99 - 0.85) / (math.e - 1) * (math.exp(9 / 10) - 1))):
+        f = LayerFactory(m, rng=0, convention=conv)
+        model = Sequential(f.binary_linear(4, 4))
+        values = m.on_epoch(model, 9, 10, conv)
+        assert values["tau"] == pytest.approx(tau)
+        assert model.children["0"].weight_quantizer.tau == pytest.approx(tau)
+
+
+def test_recu_alpha_both_ways():
+    """Official: the code's learned per-output-channel alpha (init U[0, 1)) in the layer; paper: the analytic
+    alpha = b (2 tau - 1) inside the weight quantizer."""
+    off = LayerFactory(get_method("recu"), rng=0, convention=OFFICIAL).binary_conv(4, 6, 3, 1, 1)
+    assert off.scale == "learned" and off.params["alpha"].shape == (6,)
+    assert np.all((off.params["alpha"] >= 0) & (off.params["alpha"] < 1)) and off.weight_quantizer.alpha == "none"
+    pap = LayerFactory(get_method("recu"), rng=0, convention=PAPER).binary_conv(4, 6, 3, 1, 1)
+    assert pap.scale is None and "alpha" not in pap.params and pap.weight_quantizer.alpha == "analytic"
+
+
+def test_recu_act_norm_and_ws_center_both_ways():
+    assert QUANTIZERS["recu_act"].from_convention(OFFICIAL).normalize
+    assert not QUANTIZERS["recu_act"].from_convention(PAPER).normalize
+    assert QUANTIZERS["recu_weight"].from_convention(OFFICIAL).center
+    assert not QUANTIZERS["recu_weight"].from_convention(PAPER).center
+    # centering matters for a shifted row
+    w = np.random.default_rng(4).standard_normal((2, 10)) + 2.0
+    a = QUANTIZERS["recu_weight"].from_convention(OFFICIAL.with_(recu_ws_center=True)).forward(w)[0]
+    b = QUANTIZERS["recu_weight"].from_convention(OFFICIAL.with_(recu_ws_center=False)).forward(w)[0]
+    assert (a > 0).mean() < 0.8 and np.all(b > 0)
+
+
+def test_bireal_scaled_grad_both_ways():
+    w = np.array([[0.5, -0.25, 2.0, 0.25]])
+    g = np.ones_like(w)
+    scaled = QUANTIZERS["magnitude_aware_sign"].from_convention(PAPER)
+    plain = QUANTIZERS["magnitude_aware_sign"].from_convention(OFFICIAL)
+    np.testing.assert_allclose(scaled.backward(g, scaled.forward(w)[1]), [[0.75, 0.75, 0, 0.75]])
+    np.testing.assert_allclose(plain.backward(g, plain.forward(w)[1]), [[1, 1, 0, 1]])
+
+
+def test_explicit_parameters_beat_the_convention():
+    q = QUANTIZERS["recu_weight"].from_convention(OFFICIAL, sign_zero=1.0, alpha="analytic")
+    assert q.sign_zero == 1.0 and q.alpha == "analytic" and q.center
+
+
+def test_binary_conv_with_conventions_is_a_regular_layer():
+    x = np.random.default_rng(5).standard_normal((2, 2, 5, 5))
+    for conv in (PAPER, OFFICIAL):
+        layer, y = _layer_out(conv, "recu", x)
+        assert isinstance(layer, BinaryConv2d) and y.shape == (2, 3, 5, 5)
