@@ -1,0 +1,348 @@
+/* Portable parts of the bit-packed kernels: CPU feature detection, the GEMM/convolution driver,
+ * packing (signs -> words, B -> panels), the zero-padding correction table, binary max pool and the
+ * int32 output copy. The per-path tile kernels live in bk_scalar.c, bk_avx2.c and bk_avx512.c.
+ */
+#include "bitkernels.h"
+
+#include <string.h>
+
+#define BK_MAXTAPS 1024   /* the Python side rejects larger kernels before any C runs */
+
+/* ---- CPU features ----------------------------------------------------------------------- */
+
+int bk_path_compiled(int path)
+{
+    if (path == BK_PATH_SCALAR)
+        return 1;
+    return BK_X86 && (path == BK_PATH_AVX2 || path == BK_PATH_AVX512);
+}
+
+int bk_path_supported(int path)
+{
+#if BK_X86
+    /* __builtin_cpu_supports checks the OS state too (XCR0): AVX state for avx2, opmask/ZMM state
+       for the avx512 features */
+    __builtin_cpu_init();
+    switch (path) {
+    case BK_PATH_SCALAR:
+        return 1;
+    case BK_PATH_AVX2:
+        return __builtin_cpu_supports("avx2") != 0;
+    case BK_PATH_AVX512:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+    default:
+        return 0;
+    }
+#else
+    return path == BK_PATH_SCALAR;
+#endif
+}
+
+int bk_scalar_hw_popcount(void)
+{
+#if BK_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("popcnt") != 0;
+#else
+    return 0;
+#endif
+}
+
+/* ---- per-path tables ------------------------------------------------------------------- */
+
+static bk_tile_fn tile_fn(int path)
+{
+#if BK_X86
+    if (path == BK_PATH_AVX512)
+        return bk_tile_avx512;
+    if (path == BK_PATH_AVX2)
+        return bk_tile_avx2;
+#endif
+    (void)path;
+    return bk_tile_scalar;
+}
+
+static bk_epi_fn float_fn(int path)
+{
+#if BK_X86
+    if (path == BK_PATH_AVX512)
+        return bk_float_avx512;
+    if (path == BK_PATH_AVX2)
+        return bk_float_avx2;
+#endif
+    (void)path;
+    return bk_float_scalar;
+}
+
+static bk_epi_fn bits_fn(int path)
+{
+#if BK_X86
+    if (path == BK_PATH_AVX512)
+        return bk_bits_avx512;
+    if (path == BK_PATH_AVX2)
+        return bk_bits_avx2;
+#endif
+    (void)path;
+    return bk_bits_scalar;
+}
+
+double bk_peak(int path, int64_t iters)
+{
+#if BK_X86
+    if (path == BK_PATH_AVX512)
+        return bk_peak_avx512(iters);
+    if (path == BK_PATH_AVX2)
+        return bk_peak_avx2(iters);
+#endif
+    (void)path;
+    return bk_peak_scalar(iters);
+}
+
+/* ---- the driver ------------------------------------------------------------------------ */
+
+/* int32 tile -> output (partial panels, strided layouts) */
+static void int32_out(const bk_job *job, const int32_t *tile, int mr, int64_t r, int64_t p)
+{
+    int64_t c0 = p * BK_NC, nc = job->n - c0 < BK_NC ? job->n - c0 : BK_NC;
+    int32_t *out = (int32_t *)job->out;
+    for (int i = 0; i < mr; i++) {
+        int32_t *o = out + bk_out_offset(job, r + i, c0);
+        for (int64_t c = 0; c < nc; c++)
+            o[c * job->out_col] = tile[i * BK_NC + c];
+    }
+}
+
+/* The words of each tap of output pixel r, or padbuf for taps outside the image; returns whether
+   some tap is outside. img/oh/ow: the pixel's coordinates. */
+static int conv_row_pointers(const bk_job *job, const int64_t *tapoff, int64_t img, int64_t oh, int64_t ow,
+                             const uint64_t **ap /* stride BK_MR */)
+{
+    const int64_t ih0 = oh * job->sh - job->ph, iw0 = ow * job->sw - job->pw;
+    const uint64_t *base = job->x + img * job->x_img;
+    const int ntaps = job->ntaps;
+    if (ih0 >= 0 && iw0 >= 0 && ih0 + (int64_t)(job->kh - 1) * job->dh < job->in_h
+        && iw0 + (int64_t)(job->kw - 1) * job->dw < job->in_w) {
+        const uint64_t *p0 = base + ih0 * job->x_row + iw0 * job->x_pix;
+        for (int t = 0; t < ntaps; t++)
+            ap[t * BK_MR] = p0 + tapoff[t];
+        return 0;
+    }
+    int outside = 0;
+    for (int i = 0, t = 0; i < job->kh; i++) {
+        int64_t ih = ih0 + (int64_t)i * job->dh;
+        for (int j = 0; j < job->kw; j++, t++) {
+            int64_t iw = iw0 + (int64_t)j * job->dw;
+            if (ih >= 0 && ih < job->in_h && iw >= 0 && iw < job->in_w) {
+                ap[t * BK_MR] = base + ih * job->x_row + iw * job->x_pix;
+            } else {
+                ap[t * BK_MR] = job->padbuf;
+                outside = 1;
+            }
+        }
+    }
+    return outside;
+}
+
+void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
+{
+    const bk_tile_fn tile = tile_fn(job->path);
+    const bk_epi_fn epi = job->out_mode == BK_OUT_FLOAT ? float_fn(job->path)
+                        : job->out_mode == BK_OUT_BITS ? bits_fn(job->path) : int32_out;
+    const int ntaps = job->ntaps, cw = job->cw;
+    const int64_t panel_words = (int64_t)ntaps * cw * BK_NC;
+    /* panel blocks of about 256 KiB: B stays in L2 while the rows of A stream past it */
+    int64_t pblock = (256 * 1024 / 8) / panel_words;
+    if (pblock < 1)
+        pblock = 1;
+    const uint64_t *ap[BK_MAXTAPS * BK_MR];
+    int64_t tapoff[BK_MAXTAPS];
+    int outside[BK_MR];
+    int32_t tmp[BK_MR * BK_NC] __attribute__((aligned(64)));
+
+    if (job->conv)
+        for (int i = 0, t = 0; i < job->kh; i++)
+            for (int j = 0; j < job->kw; j++, t++)
+                tapoff[t] = (int64_t)i * job->dh * job->x_row + (int64_t)j * job->dw * job->x_pix;
+
+    for (int64_t pb = p0; pb < p1; pb += pblock) {
+        const int64_t pe = pb + pblock < p1 ? pb + pblock : p1;
+        int64_t img = 0, oh = 0, ow = 0;
+        if (job->conv) {
+            const int64_t hw = job->out_h * job->out_w;
+            img = r0 / hw;
+            oh = (r0 - img * hw) / job->out_w;
+            ow = r0 - img * hw - oh * job->out_w;
+        }
+        for (int64_t r = r0; r < r1; r += BK_MR) {
+            const int mr = r1 - r < BK_MR ? (int)(r1 - r) : BK_MR;
+            int any_outside = 0;
+            for (int i = 0; i < mr; i++) {
+                if (job->conv) {
+                    outside[i] = conv_row_pointers(job, tapoff, img, oh, ow, ap + i);
+                    any_outside |= outside[i];
+                    if (++ow == job->out_w) {
+                        ow = 0;
+                        if (++oh == job->out_h) {
+                            oh = 0;
+                            img++;
+                        }
+                    }
+                } else {
+                    ap[i] = job->a + (r + i) * job->lda;
+                }
+            }
+            for (int64_t p = pb; p < pe; p++) {
+                const uint64_t *bp = job->bpanels + p * panel_words;
+                int32_t *dst = tmp;
+                int64_t ldd = BK_NC;
+                const int64_t rpi = job->rows_per_img;
+                if (job->out_mode == BK_OUT_INT32 && job->out_col == 1 && (p + 1) * BK_NC <= job->n
+                    && r / rpi == (r + mr - 1) / rpi) {
+                    dst = (int32_t *)job->out + bk_out_offset(job, r, p * BK_NC);
+                    ldd = job->out_row;
+                }
+                tile(mr, ntaps, cw, job->tailmask, ap, bp, job->kbits, dst, ldd);
+                if (job->corr && any_outside) {
+                    /* zero padding: the tile counted +1 for every tap outside the image; take the
+                       weights of those taps back out */
+                    for (int i = 0; i < mr; i++) {
+                        if (!outside[i])
+                            continue;
+                        for (int t = 0; t < ntaps; t++) {
+                            if (ap[t * BK_MR + i] != job->padbuf)
+                                continue;
+                            const int32_t *cs = job->corr + (p * ntaps + t) * BK_NC;
+                            int32_t *d = dst + i * ldd;
+                            for (int c = 0; c < BK_NC; c++)
+                                d[c] -= cs[c];
+                        }
+                    }
+                }
+                if (dst == tmp)
+                    epi(job, tmp, mr, r, p);
+            }
+        }
+    }
+}
+
+/* ---- packing ------------------------------------------------------------------------------ */
+
+void bk_pack_panels(const uint64_t *b, int64_t n, int ntaps, int cw, int64_t s_row, int64_t s_tap,
+                    uint64_t tailmask, uint64_t *panels)
+{
+    const int64_t npanels = (n + BK_NC - 1) / BK_NC;
+    for (int64_t p = 0; p < npanels; p++) {
+        for (int t = 0; t < ntaps; t++) {
+            for (int w = 0; w < cw; w++) {
+                uint64_t *dst = panels + ((p * ntaps + t) * cw + w) * BK_NC;
+                const uint64_t mask = w == cw - 1 ? tailmask : ~(uint64_t)0;
+                for (int c = 0; c < BK_NC; c++) {
+                    int64_t j = p * BK_NC + c;
+                    dst[c] = j < n ? b[j * s_row + t * s_tap + w] & mask : 0;
+                }
+            }
+        }
+    }
+}
+
+static inline int popcount64(uint64_t v)
+{
+    /* the portable SWAR popcount; only used off the hot paths */
+    v = v - ((v >> 1) & 0x5555555555555555ull);
+    v = (v & 0x3333333333333333ull) + ((v >> 2) & 0x3333333333333333ull);
+    v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0full;
+    return (int)((v * 0x0101010101010101ull) >> 56);
+}
+
+void bk_tap_sums(const uint64_t *panels, int64_t npanels, int ntaps, int cw, int32_t bits_per_tap, int32_t *corr)
+{
+    for (int64_t p = 0; p < npanels; p++)
+        for (int t = 0; t < ntaps; t++)
+            for (int c = 0; c < BK_NC; c++) {
+                int32_t ones = 0;
+                for (int w = 0; w < cw; w++)
+                    ones += popcount64(panels[((p * ntaps + t) * cw + w) * BK_NC + c]);
+                corr[(p * ntaps + t) * BK_NC + c] = bits_per_tap - 2 * ones;
+            }
+}
+
+/* x viewed as (outer, len, inner); out (outer, inner, words). The loop over len is outermost
+   inside an outer slice so that the reads follow the innermost stride when inner > 1 (packing
+   the channel axis of NCHW data) and the words are built in registers when inner == 1.
+   Returns how many values are not exactly +-1 (the binary kernels' callers may reject them). */
+#define BK_PACK_BIT(v) (polarity == 0 ? (v) < 0 : polarity == 1 ? (v) > 0 : (v) >= 0)
+#define BK_PACK_BODY(T)                                                                                   \
+    const int64_t words = (len + 63) / 64;                                                                \
+    int64_t other = 0;                                                                                    \
+    for (int64_t o = 0; o < outer; o++) {                                                                 \
+        const T *xo = x + o * s_outer;                                                                    \
+        uint64_t *oo = out + o * inner * words;                                                           \
+        if (inner == 1) {                                                                                 \
+            for (int64_t w = 0; w < words; w++) {                                                         \
+                const int64_t n = len - w * 64 < 64 ? len - w * 64 : 64;                                  \
+                const T *xw = xo + w * 64 * s_len;                                                        \
+                uint64_t word = 0;                                                                        \
+                for (int64_t j = 0; j < n; j++) {                                                         \
+                    const T v = xw[j * s_len];                                                            \
+                    word |= (uint64_t)BK_PACK_BIT(v) << j;                                                \
+                    other += v != 1 && v != -1;                                                           \
+                }                                                                                         \
+                oo[w] = word;                                                                             \
+            }                                                                                             \
+            continue;                                                                                     \
+        }                                                                                                 \
+        memset(oo, 0, (size_t)(inner * words) * sizeof(uint64_t));                                        \
+        for (int64_t l = 0; l < len; l++) {                                                               \
+            const T *xl = xo + l * s_len;                                                                 \
+            uint64_t *ow = oo + l / 64;                                                                   \
+            const int sh = (int)(l % 64);                                                                 \
+            for (int64_t i = 0; i < inner; i++) {                                                         \
+                const T v = xl[i * s_inner];                                                              \
+                ow[i * words] |= (uint64_t)BK_PACK_BIT(v) << sh;                                          \
+                other += v != 1 && v != -1;                                                               \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+    return other;
+
+int64_t bk_pack_f32(const float *x, int64_t outer, int64_t len, int64_t inner, int64_t s_outer, int64_t s_len,
+                    int64_t s_inner, int polarity, uint64_t *out)
+{
+    BK_PACK_BODY(float)
+}
+
+int64_t bk_pack_f64(const double *x, int64_t outer, int64_t len, int64_t inner, int64_t s_outer, int64_t s_len,
+                    int64_t s_inner, int polarity, uint64_t *out)
+{
+    BK_PACK_BODY(double)
+}
+
+/* ---- binary max pool ---------------------------------------------------------------------- */
+
+void bk_maxpool(const uint64_t *x, int64_t in_h, int64_t in_w, int64_t cw, int64_t x_img, int64_t x_row,
+                int64_t x_pix, int kh, int kw, int sh, int sw, int ph, int pw, int64_t out_h, int64_t out_w,
+                uint64_t *out, int64_t q0, int64_t q1)
+{
+    /* LCE polarity: bit 1 = -1, so max(+-1) is -1 only where every tap is -1: the AND of the bits */
+    for (int64_t q = q0; q < q1; q++) {
+        const int64_t img = q / out_h, oh = q % out_h;
+        for (int64_t ow = 0; ow < out_w; ow++) {
+            uint64_t *o = out + (q * out_w + ow) * cw;
+            for (int64_t c = 0; c < cw; c++)
+                o[c] = ~(uint64_t)0;
+            for (int i = 0; i < kh; i++) {
+                const int64_t ih = oh * sh - ph + i;
+                if (ih < 0 || ih >= in_h)
+                    continue;
+                for (int j = 0; j < kw; j++) {
+                    const int64_t iw = ow * sw - pw + j;
+                    if (iw < 0 || iw >= in_w)
+                        continue;
+                    const uint64_t *xi = x + img * x_img + ih * x_row + iw * x_pix;
+                    for (int64_t c = 0; c < cw; c++)
+                        o[c] &= xi[c];
+                }
+            }
+        }
+    }
+}
