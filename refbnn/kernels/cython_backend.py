@@ -34,7 +34,7 @@ def binary_conv2d(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1
         xw = _bitpack._pack(x, 1, LCE, threads, binary=True)                       # (N, H, W, CW)
     else:  # each group's channels in their own words: (N, g, H, W, CWg) -> (N, H, W, g * CWg)
         xw = _bitpack._pack(x.reshape(n, groups, cg, h, wd), 2, LCE, threads, binary=True)
-        xw = np.ascontiguousarray(xw.transpose(0, 2, 3, 1, 4)).reshape(n, h, wd, -1)
+        xw = np.ascontiguousarray(xw.transpose(0, 2, 3, 1, 4)).reshape(n, h, wd, groups * xw.shape[-1])
     ww = _bitpack._pack(w, 1, LCE, threads, binary=True)                           # (O, kh, kw, CWg)
     out = _bitpack.bconv2d(xw, ww, c, stride, padding, dilation, groups, pad_value, layout="nchw",
                            output="float" if x.dtype == np.float32 else "int32", threads=threads)

@@ -14,9 +14,12 @@ Scale ``alpha`` (per output channel, broadcast over the batch and spatial axes):
 - ``"learned"``: a parameter ``alpha`` trained by backprop, dL/dalpha_o = sum dy * op(xq, wq)
   (XNOR-Net++, ReCU's code), initialised to ones or U[0, 1) (``scale_init="uniform"``, ReCU's code).
 
-When both quantizers output exactly +-1 (``quantizer.binary``) and the layer is in eval mode, the
-product runs through the kernel interface (``refbnn.kernels``), so a packed kernel may compute it;
-the result is bit-identical to the float path by construction.
+When both quantizers output exactly +-1 (``quantizer.binary``), the product runs through the kernel
+interface (``refbnn.kernels``), so a packed kernel may compute it; the result is bit-identical to
+the float path by construction. In eval mode always; in training mode when ``backend`` resolves to
+a compiled kernel: the backward then rebuilds the im2col columns it needs (the float forward would
+have built them anyway), so the packed forward replaces the forward GEMM and the columns are not
+held between the passes. With the NumPy reference, training keeps the float op (one im2col).
 """
 from __future__ import annotations
 
@@ -66,10 +69,11 @@ class _BinaryLayer(Module):
             self.weight_quantizer.forward(self.params["weight"])
         return xq, cx, wq, cw
 
-    def _use_kernel(self):
-        """Eval mode with exactly-binary operands: the product may go to a packed kernel."""
-        return (not self.training and self.input_quantizer is not None and self.input_quantizer.binary
-                and self.weight_quantizer is not None and self.weight_quantizer.binary)
+    def _use_kernel(self, xq):
+        """Exactly-binary operands: the product may go to a packed kernel (see the module docstring)."""
+        binary = (self.input_quantizer is not None and self.input_quantizer.binary
+                  and self.weight_quantizer is not None and self.weight_quantizer.binary)
+        return binary and (not self.training or kernels.resolve_backend(self.backend, xq) is not kernels.reference)
 
     def _alpha(self, bshape):
         if self.scale is None:
@@ -120,7 +124,7 @@ class BinaryLinear(_BinaryLayer):
 
     def forward(self, x):
         xq, cx, wq, cw = self._quantize(x)
-        if self._use_kernel():
+        if self._use_kernel(xq):
             if xq.ndim != 2 or xq.shape[1] != wq.shape[1]:
                 ops.linear_forward(xq, wq)  # raises the op's shape error
             y, op_cache = kernels.binary_matmul(xq, wq, self.backend), (xq, wq, False)
@@ -174,18 +178,18 @@ class BinaryConv2d(_BinaryLayer):
     def forward(self, x):
         xq, cx, wq, cw = self._quantize(x)
         s, p, d, g, pv = self._conv_args()
-        if self._use_kernel():
+        if self._use_kernel(xq):
             y = kernels.binary_conv2d(xq, wq, s, p, d, g, pv, self.backend)
-            op_cache = {"xq": xq, "wq": wq}  # no im2col columns kept; backward rebuilds them
+            op_cache = {"xq": xq, "wq": wq}  # no im2col columns kept; backward builds them
         else:
             y, op_cache = ops.conv2d_forward(xq, wq, None, s, p, d, g, pv)
         out, alpha = self._finish(y, (1, -1, 1, 1))
         return out, (y, alpha, cx, cw, op_cache)
 
     def _op_backward(self, dy, op_cache):
-        if isinstance(op_cache, dict):  # eval-mode kernel forward: rebuild the im2col columns
+        if isinstance(op_cache, dict):  # kernel forward: build the im2col columns now
             s, p, d, g, pv = self._conv_args()
-            op_cache = ops.conv2d_forward(op_cache["xq"], op_cache["wq"], None, s, p, d, g, pv)[1]
+            op_cache = ops.conv2d_cache(op_cache["xq"], op_cache["wq"], s, p, d, g, pv)
         return ops.conv2d_backward(dy, op_cache)
 
     def backward(self, dout, cache):

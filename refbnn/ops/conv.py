@@ -25,11 +25,19 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, pad_
         check_float_array(b, "bias", ndim=1)
         check_shape(b, "bias", (o,))
     check_same_dtype(("x", x), ("weight", w), ("bias", b))
-    cols = reference.im2col(x, w.shape[2], w.shape[3], stride, padding, dilation, pad_value)
-    out = reference.conv2d_cols_matmul(cols, w, groups)
+    cache = conv2d_cache(x, w, stride, padding, dilation, groups, pad_value, b is not None)
+    out = reference.conv2d_cols_matmul(cache[0], w, groups)
     if b is not None:
         out += b.reshape(1, o, 1, 1)
-    return out, (cols, w, x.shape, stride, padding, dilation, groups, b is not None)
+    return out, cache
+
+
+def conv2d_cache(x, w, stride, padding, dilation, groups, pad_value=0.0, has_bias=False):
+    """What :func:`conv2d_backward` needs (the im2col columns and the geometry), without computing
+    the product: for a forward pass done elsewhere (a packed binary kernel). Arguments as
+    normalised by :func:`conv2d_forward` (pairs)."""
+    cols = reference.im2col(x, w.shape[2], w.shape[3], stride, padding, dilation, pad_value)
+    return cols, w, x.shape, stride, padding, dilation, groups, has_bias
 
 
 def conv2d_backward(dout, cache):
