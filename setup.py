@@ -42,7 +42,7 @@ class BuildExt(build_ext):
         if msvc:
             flags, omp = ["/O2", "/fp:precise"], ["/openmp"]
         else:
-            flags, omp = ["-O3", "-ffp-contract=off", "-fno-strict-aliasing"], ["-fopenmp"]
+            flags, omp = ["-O3", "-ffp-contract=off"], ["-fopenmp"]
         use_omp = os.environ.get("REFBNN_NO_OPENMP") != "1" and _compiles(self.compiler, omp)
         if not use_omp:
             print("refbnn: building the kernels without OpenMP (threads= will run on one thread)", file=sys.stderr)

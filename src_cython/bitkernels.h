@@ -111,33 +111,37 @@ double bk_peak(int path, int64_t iters);
 
 /* ---- internal: per-path tile kernels and epilogues ---------------------------------------- */
 
-/* ap[t * BK_MR + r]: the words of tap t of row r (mr <= BK_MR rows). Writes
-   dst[r * ldd + c] = kbits - 2 * popcount for the BK_NC columns of the panel bp. */
-typedef void (*bk_tile_fn)(int mr, int ntaps, int cw, uint64_t tailmask, const uint64_t *const *ap,
-                           const uint64_t *bp, int32_t kbits, int32_t *dst, int64_t ldd);
-/* tile (mr x BK_NC int32, row stride BK_NC) -> job output for rows r.., panel p */
-typedef void (*bk_epi_fn)(const bk_job *job, const int32_t *tile, int mr, int64_t r, int64_t p);
+/* The words of tap t of tile row r (mr <= BK_MR rows): ap[r] + tapoff[t] when every tap of the
+   rows is inside the image (tapoff: the taps' word offsets), else a pointer per tap,
+   ap[t * BK_MR + r] (NULL tapoff; GEMMs use this with one tap). */
+static inline const uint64_t *bk_arow(const uint64_t *const *ap, const int64_t *tapoff, int t, int r)
+{
+    return tapoff ? ap[r] + tapoff[t] : ap[t * BK_MR + r];
+}
 
-void bk_tile_scalar(int, int, int, uint64_t, const uint64_t *const *, const uint64_t *, int32_t, int32_t *, int64_t);
-void bk_float_scalar(const bk_job *, const int32_t *, int, int64_t, int64_t);
-void bk_bits_scalar(const bk_job *, const int32_t *, int, int64_t, int64_t);
+/* Writes dst[r * ldd + c] = kbits - 2 * popcount for the BK_NC columns of the panel bp. */
+typedef void (*bk_tile_fn)(int mr, int ntaps, int cw, uint64_t tailmask, const uint64_t *const *ap,
+                           const int64_t *tapoff, const uint64_t *bp, int32_t kbits, int32_t *dst, int64_t ldd);
+/* tile (mr x BK_NC int32, row stride BK_NC) -> job output of panel p; rowoff[i]: where row i's
+   column 0 is in job->out (elements, or words for bit-packed output) */
+typedef void (*bk_epi_fn)(const bk_job *job, const int32_t *tile, int mr, const int64_t *rowoff, int64_t p);
+
+void bk_tile_scalar(int, int, int, uint64_t, const uint64_t *const *, const int64_t *, const uint64_t *, int32_t,
+                    int32_t *, int64_t);
+void bk_float_scalar(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
+void bk_bits_scalar(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
 double bk_peak_scalar(int64_t iters);
 #if BK_X86
-void bk_tile_avx2(int, int, int, uint64_t, const uint64_t *const *, const uint64_t *, int32_t, int32_t *, int64_t);
-void bk_float_avx2(const bk_job *, const int32_t *, int, int64_t, int64_t);
-void bk_bits_avx2(const bk_job *, const int32_t *, int, int64_t, int64_t);
+void bk_tile_avx2(int, int, int, uint64_t, const uint64_t *const *, const int64_t *, const uint64_t *, int32_t,
+                    int32_t *, int64_t);
+void bk_float_avx2(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
+void bk_bits_avx2(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
 double bk_peak_avx2(int64_t iters);
-void bk_tile_avx512(int, int, int, uint64_t, const uint64_t *const *, const uint64_t *, int32_t, int32_t *, int64_t);
-void bk_float_avx512(const bk_job *, const int32_t *, int, int64_t, int64_t);
-void bk_bits_avx512(const bk_job *, const int32_t *, int, int64_t, int64_t);
+void bk_tile_avx512(int, int, int, uint64_t, const uint64_t *const *, const int64_t *, const uint64_t *, int32_t,
+                    int32_t *, int64_t);
+void bk_float_avx512(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
+void bk_bits_avx512(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
 double bk_peak_avx512(int64_t iters);
 #endif
-
-/* shared by the epilogues: where output element (r, c) lives */
-static inline int64_t bk_out_offset(const bk_job *job, int64_t r, int64_t c)
-{
-    int64_t img = r / job->rows_per_img, rr = r - img * job->rows_per_img;
-    return img * job->out_img + rr * job->out_row + c * job->out_col;
-}
 
 #endif

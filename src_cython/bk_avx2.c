@@ -20,8 +20,8 @@ T2 static inline __m256i popcount_bytes(__m256i x, __m256i lut, __m256i low)
                                 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4)
 
 /* one row at a time against the panel's 32 columns: 8 vectors of 4 columns */
-T2 void bk_tile_avx2(int mr, int ntaps, int cw, uint64_t tailmask, const uint64_t *const *ap, const uint64_t *bp,
-                     int32_t kbits, int32_t *dst, int64_t ldd)
+T2 void bk_tile_avx2(int mr, int ntaps, int cw, uint64_t tailmask, const uint64_t *const *ap, const int64_t *tapoff,
+                     const uint64_t *bp, int32_t kbits, int32_t *dst, int64_t ldd)
 {
     const __m256i lut = BK_LUT, low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
     const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);   /* low halves of the 64-bit lanes */
@@ -32,7 +32,7 @@ T2 void bk_tile_avx2(int mr, int ntaps, int cw, uint64_t tailmask, const uint64_
         int since = 0;
         const uint64_t *b = bp;
         for (int t = 0; t < ntaps; t++) {
-            const uint64_t *a = ap[t * BK_MR + i];
+            const uint64_t *a = bk_arow(ap, tapoff, t, i);
             for (int k = 0; k < cw; k++, b += BK_NC) {
                 const __m256i av = _mm256_set1_epi64x((long long)(a[k] & (k == cw - 1 ? tailmask : ~(uint64_t)0)));
                 for (int j = 0; j < 8; j++) {
@@ -58,12 +58,25 @@ T2 void bk_tile_avx2(int mr, int ntaps, int cw, uint64_t tailmask, const uint64_
     }
 }
 
-T2 void bk_float_avx2(const bk_job *job, const int32_t *tile, int mr, int64_t r, int64_t p)
+T2 void bk_float_avx2(const bk_job *job, const int32_t *tile, int mr, const int64_t *rowoff, int64_t p)
 {
-    bk_float_generic(job, tile, mr, r, p);
+    float y[BK_MR * BK_NC] __attribute__((aligned(32)));
+    const __m256i lo = _mm256_set1_epi32(job->lo), hi = _mm256_set1_epi32(job->hi);
+    const float *mul = job->mul ? job->mul + p * BK_NC : NULL, *bias = job->bias ? job->bias + p * BK_NC : NULL;
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < BK_NC; j += 8) {
+            const __m256i d = _mm256_loadu_si256((const __m256i *)(tile + i * BK_NC + j));
+            __m256 v = _mm256_cvtepi32_ps(_mm256_min_epi32(_mm256_max_epi32(d, lo), hi));
+            if (mul)
+                v = _mm256_mul_ps(v, _mm256_loadu_ps(mul + j));
+            if (bias)
+                v = _mm256_add_ps(v, _mm256_loadu_ps(bias + j));   /* no FMA: rounds as NumPy */
+            _mm256_store_ps(y + i * BK_NC + j, v);
+        }
+    bk_float_store(job, y, mr, rowoff, p);
 }
 
-T2 void bk_bits_avx2(const bk_job *job, const int32_t *tile, int mr, int64_t r, int64_t p)
+T2 void bk_bits_avx2(const bk_job *job, const int32_t *tile, int mr, const int64_t *rowoff, int64_t p)
 {
     const int32_t *thr = job->thr + p * BK_NC;
     for (int i = 0; i < mr; i++) {
@@ -74,7 +87,7 @@ T2 void bk_bits_avx2(const bk_job *job, const int32_t *tile, int mr, int64_t r, 
             const __m256i lt = _mm256_cmpgt_epi32(t, d);
             bits |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(lt)) << (8 * j);
         }
-        bk_store_bits(job, r + i, p, bits);
+        bk_store_bits(job, rowoff[i], p, bits);
     }
 }
 

@@ -26,8 +26,9 @@
     } while (0)
 
 T512 static inline __attribute__((always_inline)) void tile512(const int MR, int ntaps, int cw, uint64_t tailmask,
-                                                               const uint64_t *const *ap, const uint64_t *bp,
-                                                               int32_t kbits, int32_t *dst, int64_t ldd)
+                                                               const uint64_t *const *ap, const int64_t *tapoff,
+                                                               const uint64_t *bp, int32_t kbits, int32_t *dst,
+                                                               int64_t ldd)
 {
     __m512i acc[BK_MR][4];
     for (int r = 0; r < MR; r++)
@@ -37,7 +38,7 @@ T512 static inline __attribute__((always_inline)) void tile512(const int MR, int
     for (int t = 0; t < ntaps; t++) {
         const uint64_t *a[BK_MR];
         for (int r = 0; r < MR; r++)
-            a[r] = ap[t * BK_MR + r];
+            a[r] = bk_arow(ap, tapoff, t, r);
         for (int k = 0; k < kfull; k++)
             BK_TRIPLES(MR, a[r][k]);
         if (kfull < cw)
@@ -54,24 +55,44 @@ T512 static inline __attribute__((always_inline)) void tile512(const int MR, int
 }
 
 T512 void bk_tile_avx512(int mr, int ntaps, int cw, uint64_t tailmask, const uint64_t *const *ap,
-                         const uint64_t *bp, int32_t kbits, int32_t *dst, int64_t ldd)
+                         const int64_t *tapoff, const uint64_t *bp, int32_t kbits, int32_t *dst, int64_t ldd)
 {
     switch (mr) {
-    case 6: tile512(6, ntaps, cw, tailmask, ap, bp, kbits, dst, ldd); break;
-    case 5: tile512(5, ntaps, cw, tailmask, ap, bp, kbits, dst, ldd); break;
-    case 4: tile512(4, ntaps, cw, tailmask, ap, bp, kbits, dst, ldd); break;
-    case 3: tile512(3, ntaps, cw, tailmask, ap, bp, kbits, dst, ldd); break;
-    case 2: tile512(2, ntaps, cw, tailmask, ap, bp, kbits, dst, ldd); break;
-    default: tile512(1, ntaps, cw, tailmask, ap, bp, kbits, dst, ldd); break;
+    case 6: tile512(6, ntaps, cw, tailmask, ap, tapoff, bp, kbits, dst, ldd); break;
+    case 5: tile512(5, ntaps, cw, tailmask, ap, tapoff, bp, kbits, dst, ldd); break;
+    case 4: tile512(4, ntaps, cw, tailmask, ap, tapoff, bp, kbits, dst, ldd); break;
+    case 3: tile512(3, ntaps, cw, tailmask, ap, tapoff, bp, kbits, dst, ldd); break;
+    case 2: tile512(2, ntaps, cw, tailmask, ap, tapoff, bp, kbits, dst, ldd); break;
+    default: tile512(1, ntaps, cw, tailmask, ap, tapoff, bp, kbits, dst, ldd); break;
     }
 }
 
-T512 void bk_float_avx512(const bk_job *job, const int32_t *tile, int mr, int64_t r, int64_t p)
+T512 void bk_float_avx512(const bk_job *job, const int32_t *tile, int mr, const int64_t *rowoff, int64_t p)
 {
-    bk_float_generic(job, tile, mr, r, p);
+    float y[BK_MR * BK_NC] __attribute__((aligned(64)));
+    const __m512i lo = _mm512_set1_epi32(job->lo), hi = _mm512_set1_epi32(job->hi);
+    const float *mul = job->mul ? job->mul + p * BK_NC : NULL, *bias = job->bias ? job->bias + p * BK_NC : NULL;
+    const int64_t c0 = p * BK_NC;
+    const int nc = job->n - c0 < BK_NC ? (int)(job->n - c0) : BK_NC;
+    const uint32_t valid = nc == 32 ? 0xFFFFFFFFu : (1u << nc) - 1;
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < BK_NC; j += 16) {
+            const __m512i d = _mm512_loadu_si512((const void *)(tile + i * BK_NC + j));
+            __m512 v = _mm512_cvtepi32_ps(_mm512_min_epi32(_mm512_max_epi32(d, lo), hi));
+            if (mul)
+                v = _mm512_mul_ps(v, _mm512_loadu_ps(mul + j));
+            if (bias)
+                v = _mm512_add_ps(v, _mm512_loadu_ps(bias + j));   /* no FMA: rounds as NumPy */
+            if (job->out_col == 1)
+                _mm512_mask_storeu_ps((float *)job->out + rowoff[i] + c0 + j, (__mmask16)(valid >> j), v);
+            else
+                _mm512_store_ps(y + i * BK_NC + j, v);
+        }
+    if (job->out_col != 1)
+        bk_float_store(job, y, mr, rowoff, p);
 }
 
-T512 void bk_bits_avx512(const bk_job *job, const int32_t *tile, int mr, int64_t r, int64_t p)
+T512 void bk_bits_avx512(const bk_job *job, const int32_t *tile, int mr, const int64_t *rowoff, int64_t p)
 {
     const int32_t *thr = job->thr + p * BK_NC;
     const __m512i t0 = _mm512_loadu_si512((const void *)thr), t1 = _mm512_loadu_si512((const void *)(thr + 16));
@@ -80,7 +101,7 @@ T512 void bk_bits_avx512(const bk_job *job, const int32_t *tile, int mr, int64_t
         const __m512i d1 = _mm512_loadu_si512((const void *)(tile + i * BK_NC + 16));
         const uint32_t bits = (uint32_t)_mm512_cmplt_epi32_mask(d0, t0)
                             | (uint32_t)_mm512_cmplt_epi32_mask(d1, t1) << 16;
-        bk_store_bits(job, r + i, p, bits);
+        bk_store_bits(job, rowoff[i], p, bits);
     }
 }
 

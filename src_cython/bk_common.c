@@ -101,37 +101,38 @@ double bk_peak(int path, int64_t iters)
 /* ---- the driver ------------------------------------------------------------------------ */
 
 /* int32 tile -> output (partial panels, strided layouts) */
-static void int32_out(const bk_job *job, const int32_t *tile, int mr, int64_t r, int64_t p)
+static void int32_out(const bk_job *job, const int32_t *tile, int mr, const int64_t *rowoff, int64_t p)
 {
     int64_t c0 = p * BK_NC, nc = job->n - c0 < BK_NC ? job->n - c0 : BK_NC;
     int32_t *out = (int32_t *)job->out;
     for (int i = 0; i < mr; i++) {
-        int32_t *o = out + bk_out_offset(job, r + i, c0);
+        int32_t *o = out + rowoff[i] + c0 * job->out_col;
         for (int64_t c = 0; c < nc; c++)
             o[c * job->out_col] = tile[i * BK_NC + c];
     }
 }
 
-/* The words of each tap of output pixel r, or padbuf for taps outside the image; returns whether
-   some tap is outside. img/oh/ow: the pixel's coordinates. */
-static int conv_row_pointers(const bk_job *job, const int64_t *tapoff, int64_t img, int64_t oh, int64_t ow,
-                             const uint64_t **ap /* stride BK_MR */)
+/* Whether every tap of output pixel (img, oh, ow) is inside the image; *base: the words of its
+   first tap's position (taps at base + tapoff[t]). */
+static int conv_row_inside(const bk_job *job, int64_t img, int64_t oh, int64_t ow, const uint64_t **base)
+{
+    const int64_t ih0 = oh * job->sh - job->ph, iw0 = ow * job->sw - job->pw;
+    *base = job->x + img * job->x_img + ih0 * job->x_row + iw0 * job->x_pix;
+    return ih0 >= 0 && iw0 >= 0 && ih0 + (int64_t)(job->kh - 1) * job->dh < job->in_h
+        && iw0 + (int64_t)(job->kw - 1) * job->dw < job->in_w;
+}
+
+/* A pointer per tap of pixel (img, oh, ow) (ap[t * BK_MR]): its words, or padbuf for taps
+   outside the image; returns whether some tap is outside. */
+static int conv_row_pointers(const bk_job *job, int64_t img, int64_t oh, int64_t ow, const uint64_t **ap)
 {
     const int64_t ih0 = oh * job->sh - job->ph, iw0 = ow * job->sw - job->pw;
     const uint64_t *base = job->x + img * job->x_img;
-    const int ntaps = job->ntaps;
-    if (ih0 >= 0 && iw0 >= 0 && ih0 + (int64_t)(job->kh - 1) * job->dh < job->in_h
-        && iw0 + (int64_t)(job->kw - 1) * job->dw < job->in_w) {
-        const uint64_t *p0 = base + ih0 * job->x_row + iw0 * job->x_pix;
-        for (int t = 0; t < ntaps; t++)
-            ap[t * BK_MR] = p0 + tapoff[t];
-        return 0;
-    }
     int outside = 0;
     for (int i = 0, t = 0; i < job->kh; i++) {
-        int64_t ih = ih0 + (int64_t)i * job->dh;
+        const int64_t ih = ih0 + (int64_t)i * job->dh;
         for (int j = 0; j < job->kw; j++, t++) {
-            int64_t iw = iw0 + (int64_t)j * job->dw;
+            const int64_t iw = iw0 + (int64_t)j * job->dw;
             if (ih >= 0 && ih < job->in_h && iw >= 0 && iw < job->in_w) {
                 ap[t * BK_MR] = base + ih * job->x_row + iw * job->x_pix;
             } else {
@@ -157,6 +158,7 @@ void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
     const uint64_t *ap[BK_MAXTAPS * BK_MR];
     int64_t tapoff[BK_MAXTAPS];
     int outside[BK_MR];
+    int64_t rowoff[BK_MR];
     int32_t tmp[BK_MR * BK_NC] __attribute__((aligned(64)));
 
     if (job->conv)
@@ -166,6 +168,10 @@ void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
 
     for (int64_t pb = p0; pb < p1; pb += pblock) {
         const int64_t pe = pb + pblock < p1 ? pb + pblock : p1;
+        /* where the rows are: output (image, row in image), input pixel (image, oh, ow); counted
+           up from r0 (no division per row) */
+        const int64_t rpi = job->rows_per_img;
+        int64_t oimg = r0 / rpi, orr = r0 - oimg * rpi;
         int64_t img = 0, oh = 0, ow = 0;
         if (job->conv) {
             const int64_t hw = job->out_h * job->out_w;
@@ -175,11 +181,18 @@ void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
         }
         for (int64_t r = r0; r < r1; r += BK_MR) {
             const int mr = r1 - r < BK_MR ? (int)(r1 - r) : BK_MR;
-            int any_outside = 0;
+            const int one_image = orr + mr <= rpi;
+            int any_outside = 0, all_inside = 1;
+            int64_t pix[BK_MR][3];        /* (img, oh, ow) of each row of a convolution */
             for (int i = 0; i < mr; i++) {
+                rowoff[i] = oimg * job->out_img + orr * job->out_row;
+                if (++orr == rpi) {
+                    orr = 0;
+                    oimg++;
+                }
                 if (job->conv) {
-                    outside[i] = conv_row_pointers(job, tapoff, img, oh, ow, ap + i);
-                    any_outside |= outside[i];
+                    pix[i][0] = img, pix[i][1] = oh, pix[i][2] = ow;
+                    all_inside &= conv_row_inside(job, img, oh, ow, ap + i);
                     if (++ow == job->out_w) {
                         ow = 0;
                         if (++oh == job->out_h) {
@@ -191,17 +204,24 @@ void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
                     ap[i] = job->a + (r + i) * job->lda;
                 }
             }
+            const int64_t *toff = NULL;
+            if (job->conv && all_inside) {
+                toff = tapoff;              /* ap[i]: row bases; taps at fixed offsets */
+            } else if (job->conv) {         /* a pointer per tap and row, padbuf outside the image */
+                for (int i = 0; i < mr; i++) {
+                    outside[i] = conv_row_pointers(job, pix[i][0], pix[i][1], pix[i][2], ap + i);
+                    any_outside |= outside[i];
+                }
+            }
             for (int64_t p = pb; p < pe; p++) {
                 const uint64_t *bp = job->bpanels + p * panel_words;
                 int32_t *dst = tmp;
                 int64_t ldd = BK_NC;
-                const int64_t rpi = job->rows_per_img;
-                if (job->out_mode == BK_OUT_INT32 && job->out_col == 1 && (p + 1) * BK_NC <= job->n
-                    && r / rpi == (r + mr - 1) / rpi) {
-                    dst = (int32_t *)job->out + bk_out_offset(job, r, p * BK_NC);
+                if (job->out_mode == BK_OUT_INT32 && job->out_col == 1 && (p + 1) * BK_NC <= job->n && one_image) {
+                    dst = (int32_t *)job->out + rowoff[0] + p * BK_NC;
                     ldd = job->out_row;
                 }
-                tile(mr, ntaps, cw, job->tailmask, ap, bp, job->kbits, dst, ldd);
+                tile(mr, ntaps, cw, job->tailmask, ap, toff, bp, job->kbits, dst, ldd);
                 if (job->corr && any_outside) {
                     /* zero padding: the tile counted +1 for every tap outside the image; take the
                        weights of those taps back out */
@@ -219,7 +239,7 @@ void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
                     }
                 }
                 if (dst == tmp)
-                    epi(job, tmp, mr, r, p);
+                    epi(job, tmp, mr, rowoff, p);
             }
         }
     }

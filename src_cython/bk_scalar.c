@@ -12,7 +12,8 @@
             uint64_t s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0;         \
             const uint64_t *b = bp + cg;                                                             \
             for (int t = 0; t < ntaps; t++) {                                                        \
-                const uint64_t *a0 = ap[t * BK_MR + i], *a1 = two ? ap[t * BK_MR + i + 1] : a0;       \
+                const uint64_t *a0 = bk_arow(ap, tapoff, t, i);                                       \
+                const uint64_t *a1 = two ? bk_arow(ap, tapoff, t, i + 1) : a0;                       \
                 for (int k = 0; k < cw; k++, b += BK_NC) {                                           \
                     const uint64_t m = k == cw - 1 ? tailmask : ~(uint64_t)0;                        \
                     const uint64_t x0 = a0[k] & m, x1 = a1[k] & m;                                   \
@@ -59,7 +60,7 @@
     return (double)iters * 12 * 64 * 2;
 
 static void tile_portable(int mr, int ntaps, int cw, uint64_t tailmask, const uint64_t *const *ap,
-                          const uint64_t *bp, int32_t kbits, int32_t *dst, int64_t ldd)
+                          const int64_t *tapoff, const uint64_t *bp, int32_t kbits, int32_t *dst, int64_t ldd)
 {
     BK_SCALAR_TILE_BODY
 }
@@ -71,8 +72,9 @@ static double peak_portable(int64_t iters)
 
 #if BK_X86
 __attribute__((target("popcnt"))) static void tile_popcnt(int mr, int ntaps, int cw, uint64_t tailmask,
-                                                          const uint64_t *const *ap, const uint64_t *bp,
-                                                          int32_t kbits, int32_t *dst, int64_t ldd)
+                                                          const uint64_t *const *ap, const int64_t *tapoff,
+                                                          const uint64_t *bp, int32_t kbits, int32_t *dst,
+                                                          int64_t ldd)
 {
     BK_SCALAR_TILE_BODY
 }
@@ -85,18 +87,18 @@ __attribute__((target("popcnt"))) static double peak_popcnt(int64_t iters)
 
 static int hw_popcount = -1;   /* decided once; a benign race writes the same value */
 
-void bk_tile_scalar(int mr, int ntaps, int cw, uint64_t tailmask, const uint64_t *const *ap, const uint64_t *bp,
-                    int32_t kbits, int32_t *dst, int64_t ldd)
+void bk_tile_scalar(int mr, int ntaps, int cw, uint64_t tailmask, const uint64_t *const *ap, const int64_t *tapoff,
+                    const uint64_t *bp, int32_t kbits, int32_t *dst, int64_t ldd)
 {
 #if BK_X86
     if (hw_popcount < 0)
         hw_popcount = bk_scalar_hw_popcount();
     if (hw_popcount) {
-        tile_popcnt(mr, ntaps, cw, tailmask, ap, bp, kbits, dst, ldd);
+        tile_popcnt(mr, ntaps, cw, tailmask, ap, tapoff, bp, kbits, dst, ldd);
         return;
     }
 #endif
-    tile_portable(mr, ntaps, cw, tailmask, ap, bp, kbits, dst, ldd);
+    tile_portable(mr, ntaps, cw, tailmask, ap, tapoff, bp, kbits, dst, ldd);
 }
 
 double bk_peak_scalar(int64_t iters)
@@ -108,12 +110,12 @@ double bk_peak_scalar(int64_t iters)
     return peak_portable(iters);
 }
 
-void bk_float_scalar(const bk_job *job, const int32_t *tile, int mr, int64_t r, int64_t p)
+void bk_float_scalar(const bk_job *job, const int32_t *tile, int mr, const int64_t *rowoff, int64_t p)
 {
-    bk_float_generic(job, tile, mr, r, p);
+    bk_float_generic(job, tile, mr, rowoff, p);
 }
 
-void bk_bits_scalar(const bk_job *job, const int32_t *tile, int mr, int64_t r, int64_t p)
+void bk_bits_scalar(const bk_job *job, const int32_t *tile, int mr, const int64_t *rowoff, int64_t p)
 {
-    bk_bits_generic(job, tile, mr, r, p);
+    bk_bits_generic(job, tile, mr, rowoff, p);
 }
