@@ -69,7 +69,12 @@ def get_convention(c) -> Convention:
 def sign(x, zero: float = 1.0):
     """sign(x) in x's dtype, with sign(0) = ``zero`` (+1: papers and Larq; 0: torch.sign)."""
     xp = array_module(x)
-    return xp.where(x > 0, 1.0, xp.where(x < 0, -1.0, zero)).astype(x.dtype, copy=False)
+    one = x.dtype.type(1)
+    if zero == 1.0:      # the same values as the general form below, in one pass
+        return xp.where(x < 0, -one, one)
+    if zero == -1.0:
+        return xp.where(x > 0, one, -one)
+    return xp.where(x > 0, one, xp.where(x < 0, -one, x.dtype.type(zero)))
 
 
 def clip_mask(x, clip_value: float, inclusive: bool = True):

@@ -6,6 +6,8 @@ Ho = floor((H + 2 ph - dh (kh - 1) - 1) / sh) + 1.
 Forward:  y[n, o, p, q] = b[o] + sum_{c, i, j} W[o, c, i, j] xpad[n, g(o) C/g + c, p sh + i dh, q sw + j dw]
 Backward: dW = sum over n, p, q of dy * cols;  dcols = W^T dy;  dx = col2im(dcols) (padding taps dropped);
           db = sum_{n, p, q} dy.
+dW is a batch of per-sample products dy[n] cols[n]^T summed over n: the (huge) columns are read in
+place, never transposed into a copy.
 ``pad_value`` is the value the border is padded with (0 for ordinary convolutions; binary
 convolutions may pad with +-1 after binarization, see refbnn.conventions).
 """
@@ -51,8 +53,7 @@ def conv2d_backward(dout, cache):
     colsg = cols.reshape(n, g, kg, ho * wo)
     doutg = dout.reshape(n, g, o // g, ho * wo)
     # dW[g] = sum_n dout[n, g] @ cols[n, g]^T
-    dw = xp.stack([xp.tensordot(doutg[:, i], colsg[:, i], axes=([0, 2], [0, 2])) for i in range(g)])
-    dw = dw.reshape(w.shape)
+    dw = xp.matmul(doutg, colsg.transpose(0, 1, 3, 2)).sum(axis=0).reshape(w.shape)
     wg = w.reshape(1, g, o // g, kg)
     dcols = xp.matmul(wg.transpose(0, 1, 3, 2), doutg)  # (N, g, kg, L)
     dx = reference.col2im(dcols.reshape(cols.shape), x_shape, stride, padding, dilation)
