@@ -21,14 +21,15 @@ SOURCES = ["src_cython/_bitpack.pyx", "src_cython/bk_common.c", "src_cython/bk_s
 
 
 def _compiles(compiler, flags):
-    """Whether ``compiler`` builds and links a tiny OpenMP program with ``flags``."""
+    """Whether ``compiler`` builds and links a tiny OpenMP shared library with ``flags`` (linked as
+    the extension will be, so CFLAGS/LDFLAGS such as -fsanitize=address apply)."""
     tmp = tempfile.mkdtemp()
     try:
         src = os.path.join(tmp, "omp_test.c")
         with open(src, "w") as f:
-            f.write("#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+            f.write("#include <omp.h>\nint refbnn_omp_test(void) { return omp_get_max_threads(); }\n")
         objs = compiler.compile([src], output_dir=tmp, extra_postargs=flags)
-        compiler.link_executable(objs, os.path.join(tmp, "omp_test"), extra_postargs=flags)
+        compiler.link_shared_object(objs, os.path.join(tmp, "omp_test.so"), extra_postargs=flags)
         return True
     except Exception:  # noqa: BLE001 - any compiler or linker failure means "no"
         return False
