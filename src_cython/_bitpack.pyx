@@ -223,15 +223,16 @@ def _pair(v, name, minimum):
 def _check_out(out, name, shape, dtype):
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name}: expected a NumPy array, got {type(out).__name__}")
-    if out.dtype != dtype:
+    cdef cnp.ndarray arr = <cnp.ndarray>out
+    if cnp.PyArray_TYPE(arr) != np.dtype(dtype).num:
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {out.dtype}")
     if out.shape != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {out.shape}")
-    if not out.flags.c_contiguous:
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
         raise ValueError(f"{name}: expected a C-contiguous array")
-    if not out.flags.aligned:
+    if not cnp.PyArray_ISALIGNED(arr):
         raise ValueError(f"{name}: expected an aligned array (its address is not a multiple of {out.itemsize})")
-    if not out.flags.writeable:
+    if not cnp.PyArray_ISWRITEABLE(arr):
         raise ValueError(f"{name}: the array is read-only")
     return out
 
@@ -272,12 +273,13 @@ class Workspace:
     def get(self, name, n, dtype):
         """An aligned array of ``n`` elements (at least 1) named ``name``; grows, never shrinks."""
         n = max(int(n), 1)
+        dtype = np.dtype(dtype)                      # the builtin dtypes are singletons
         buf = self._bufs.get(name)
-        if buf is None or buf.dtype != dtype or buf.size < n:
-            raw = np.empty(n * np.dtype(dtype).itemsize + 64, np.uint8)
+        if buf is None or buf.dtype is not dtype or buf.size < n:
+            raw = np.empty(n * dtype.itemsize + 64, np.uint8)
             off = -_addr(raw) % 64
-            buf = self._bufs[name] = raw[off:off + n * np.dtype(dtype).itemsize].view(dtype)
-        return buf[:n]
+            buf = self._bufs[name] = raw[off:off + n * dtype.itemsize].view(dtype)
+        return buf if buf.size == n else buf[:n]
 
     @property
     def nbytes(self):

@@ -250,17 +250,14 @@ void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
 void bk_pack_panels(const uint64_t *b, int64_t n, int ntaps, int cw, int64_t s_row, int64_t s_tap,
                     uint64_t tailmask, uint64_t *panels)
 {
+    /* column by column: each B row is read once, front to back, and its words land BK_NC apart */
     const int64_t npanels = (n + BK_NC - 1) / BK_NC;
-    for (int64_t p = 0; p < npanels; p++) {
+    for (int64_t j = 0; j < npanels * BK_NC; j++) {
+        uint64_t *dst = panels + (j / BK_NC) * ntaps * cw * BK_NC + j % BK_NC;
         for (int t = 0; t < ntaps; t++) {
-            for (int w = 0; w < cw; w++) {
-                uint64_t *dst = panels + ((p * ntaps + t) * cw + w) * BK_NC;
-                const uint64_t mask = w == cw - 1 ? tailmask : ~(uint64_t)0;
-                for (int c = 0; c < BK_NC; c++) {
-                    int64_t j = p * BK_NC + c;
-                    dst[c] = j < n ? b[j * s_row + t * s_tap + w] & mask : 0;
-                }
-            }
+            const uint64_t *src = j < n ? b + j * s_row + t * s_tap : NULL;
+            for (int w = 0; w < cw; w++, dst += BK_NC)
+                *dst = !src ? 0 : w == cw - 1 ? src[w] & tailmask : src[w];
         }
     }
 }
