@@ -264,7 +264,7 @@ class Workspace:
     """Reusable, 64-byte aligned scratch buffers (B panels, padding words, correction tables).
 
     They only grow: a kernel call allocates nothing else but its output. One per Python thread
-    by default (``workspace()``); pass ``workspace=`` to manage your own.
+    by default (``default_workspace()``); pass ``workspace=`` to manage your own.
     """
 
     def __init__(self):
@@ -289,8 +289,8 @@ class Workspace:
 _local = threading.local()
 
 
-def workspace():
-    """This thread's default workspace."""
+def default_workspace():
+    """This thread's workspace, used by the kernels unless they are given one."""
     ws = getattr(_local, "ws", None)
     if ws is None:
         ws = _local.ws = Workspace()
@@ -390,7 +390,7 @@ def bgemm(a_words, b_words, k, threads=None, out=None, path=None, workspace=None
     nt = _threads(threads)
     if m == 0 or n == 0:
         return out
-    ws = workspace if workspace is not None else globals()["workspace"]()
+    ws = workspace if workspace is not None else default_workspace()
     npanels = (n + BK_NC - 1) // BK_NC
     panels = ws.get("panels", npanels * kw * BK_NC, np.uint64)
     cdef uint64_t tail = _tailmask(k)
@@ -542,7 +542,7 @@ def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=
 
     # workspace: weight panels of every group, padding words, the zero-padding correction table,
     # the per-channel transform padded to whole panels
-    ws = workspace if workspace is not None else globals()["workspace"]()
+    ws = workspace if workspace is not None else default_workspace()
     ntaps = kh * kw
     npg = (og + BK_NC - 1) // BK_NC                      # panels per group
     pwords = npg * ntaps * cwg * BK_NC

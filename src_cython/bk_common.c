@@ -117,9 +117,11 @@ static void int32_out(const bk_job *job, const int32_t *tile, int mr, const int6
 static int conv_row_inside(const bk_job *job, int64_t img, int64_t oh, int64_t ow, const uint64_t **base)
 {
     const int64_t ih0 = oh * job->sh - job->ph, iw0 = ow * job->sw - job->pw;
-    *base = job->x + img * job->x_img + ih0 * job->x_row + iw0 * job->x_pix;
-    return ih0 >= 0 && iw0 >= 0 && ih0 + (int64_t)(job->kh - 1) * job->dh < job->in_h
-        && iw0 + (int64_t)(job->kw - 1) * job->dw < job->in_w;
+    const int inside = ih0 >= 0 && iw0 >= 0 && ih0 + (int64_t)(job->kh - 1) * job->dh < job->in_h
+                       && iw0 + (int64_t)(job->kw - 1) * job->dw < job->in_w;
+    if (inside)
+        *base = job->x + img * job->x_img + ih0 * job->x_row + iw0 * job->x_pix;
+    return inside;
 }
 
 /* A pointer per tap of pixel (img, oh, ow) (ap[t * BK_MR]): its words, or padbuf for taps

@@ -55,7 +55,7 @@ def test_pack_bits_matches_reference(kernel_path, seed, polarity, dtype):
     shape = shape[:-1] + (int(rng.choice([0, 1, 63, 64, 65, 130])),) if rng.random() < 0.5 else shape
     big = rng.standard_normal(tuple(2 * s + 1 for s in shape)).astype(dtype)
     big[rng.random(big.shape) < 0.1] = 0.0
-    x = big[tuple(slice(None, None, 2) for _ in shape)]              # non-contiguous
+    x = big[tuple(slice(None, None, int(rng.choice([2, -2]))) for _ in shape)]    # non-contiguous, reversed
     x = x.transpose(tuple(rng.permutation(ndim)))
     axis = int(rng.integers(-ndim, ndim))
     words = K.pack_bits(x, axis=axis, polarity=polarity, threads=int(rng.integers(1, 3)))
