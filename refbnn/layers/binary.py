@@ -17,9 +17,11 @@ Scale ``alpha`` (per output channel, broadcast over the batch and spatial axes):
 When both quantizers output exactly +-1 (``quantizer.binary``), the product runs through the kernel
 interface (``refbnn.kernels``), so a packed kernel may compute it; the result is bit-identical to
 the float path by construction. In eval mode always; in training mode when ``backend`` resolves to
-a compiled kernel: the backward then rebuilds the im2col columns it needs (the float forward would
-have built them anyway), so the packed forward replaces the forward GEMM and the columns are not
-held between the passes. With the NumPy reference, training keeps the float op (one im2col).
+a compiled kernel: the backward then builds the im2col columns it needs (the float forward would
+have built them anyway), a few samples at a time (``ops.conv2d_backward_from_input``), so the
+packed forward replaces the forward GEMM and the columns are never held for the whole batch. The
+gradients are the same values; dW is summed slice by slice, so its float rounding may differ in
+the last bits from the whole-batch sum. With the NumPy reference, training keeps the float op.
 """
 from __future__ import annotations
 
@@ -187,9 +189,8 @@ class BinaryConv2d(_BinaryLayer):
         return out, (y, alpha, cx, cw, op_cache)
 
     def _op_backward(self, dy, op_cache):
-        if isinstance(op_cache, dict):  # kernel forward: build the im2col columns now
-            s, p, d, g, pv = self._conv_args()
-            op_cache = ops.conv2d_cache(op_cache["xq"], op_cache["wq"], s, p, d, g, pv)
+        if isinstance(op_cache, dict):  # kernel forward: build the im2col columns now, a few samples at a time
+            return ops.conv2d_backward_from_input(dy, op_cache["xq"], op_cache["wq"], *self._conv_args())
         return ops.conv2d_backward(dy, op_cache)
 
     def backward(self, dout, cache):

@@ -34,6 +34,27 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, pad_
     return out, cache
 
 
+def conv2d_backward_from_input(dout, x, w, stride, padding, dilation, groups, pad_value=0.0, chunk_bytes=1 << 22):
+    """:func:`conv2d_backward` for a forward pass that kept only its input (a packed binary kernel
+    computed the output): the im2col columns are built for a few samples at a time, at most about
+    ``chunk_bytes`` of them, and dW is summed over those slices. The same values as building the
+    columns of the whole batch at once (up to the order of the dW sum), without ever holding the
+    columns of the batch (9x the input for a 3x3 kernel) or paying for fresh pages to hold them.
+    Returns (dx, {"weight": dW}). Arguments as normalised by :func:`conv2d_forward` (pairs)."""
+    n = x.shape[0]
+    per_sample = w.shape[1] * groups * w.shape[2] * w.shape[3] * dout.shape[2] * dout.shape[3] * x.itemsize
+    step = max(1, chunk_bytes // max(per_sample, 1))
+    dx = array_module(x).empty(x.shape, dtype=dout.dtype)
+    dw = None
+    for s in range(0, n, step):
+        cache = conv2d_cache(x[s:s + step], w, stride, padding, dilation, groups, pad_value)
+        dx[s:s + step], grads = conv2d_backward(dout[s:s + step], cache)
+        dw = grads["weight"] if dw is None else dw + grads["weight"]
+    if dw is None:  # an empty batch
+        dw = array_module(x).zeros(w.shape, dtype=dout.dtype)
+    return dx, {"weight": dw}
+
+
 def conv2d_cache(x, w, stride, padding, dilation, groups, pad_value=0.0, has_bias=False):
     """What :func:`conv2d_backward` needs (the im2col columns and the geometry), without computing
     the product: for a forward pass done elsewhere (a packed binary kernel). Arguments as
