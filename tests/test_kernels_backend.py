@@ -1,5 +1,7 @@
 """The "cython" backend behind refbnn.kernels.binary_matmul/binary_conv2d and the layers that use
 it: bit-identical to the NumPy reference (forward in eval and training mode, and the gradients)."""
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -98,3 +100,25 @@ def test_resnet20_training_step_same_with_either_backend():
         net.backward(g, cache)
     for (name, m1, key), (_, m2, _) in zip(nets[0].named_parameters(), nets[1].named_parameters()):
         assert np.array_equal(m1.grads[key], m2.grads[key]), name
+
+
+def test_without_the_extension(monkeypatch):
+    """As if the extension were not built: NumPy is used for "auto", "cython" and the compiled
+    kernels raise ImportError saying how to build them, the NumPy parts still work."""
+    for name in ("_bitpack", "cython_backend"):
+        monkeypatch.setitem(sys.modules, f"refbnn.kernels.{name}", None)          # import -> ImportError
+        monkeypatch.delattr(kernels, name, raising=False)
+    monkeypatch.setattr(kernels, "_loaded", {})
+    monkeypatch.setattr(kernels, "_load_errors", {})
+    x = np.ones((2, 3))
+    assert kernels.available_backends() == ["numpy"]
+    assert kernels.resolve_backend("auto", x) is kernels.reference
+    assert np.array_equal(kernels.binary_matmul(x, x), x @ x.T)
+    with pytest.raises(ImportError, match="pip install"):
+        kernels.resolve_backend("cython", x)
+    with pytest.raises(ImportError, match="pip install"):
+        from refbnn.kernels import bgemm  # noqa: F401
+    assert "pip install" in kernels.kernel_paths()["error"]
+    assert kernels.unpack_bits(np.array([5], np.uint64), 3).tolist() == [-1.0, 1.0, -1.0]
+    layer = BinaryLinear(3, 2, rng=0).eval()
+    assert layer.forward(x)[0].shape == (2, 2)
