@@ -23,6 +23,17 @@ import time
 import numpy as np
 
 
+def best_step_time(step, steps):
+    """The best of ``steps`` timed calls of ``step``, after a warm-up call."""
+    step()
+    best = float("inf")
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def refbnn_step_time(batch, steps, backend, seed=0):
     from refbnn import ops
     from refbnn.methods import LayerFactory, get_method
@@ -46,13 +57,7 @@ def refbnn_step_time(batch, steps, backend, seed=0):
         clip.apply(model)
         return loss
 
-    step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return min(times), model.num_parameters()
+    return best_step_time(step, steps), model.num_parameters()
 
 
 def torch_step_time(batch, steps, threads, seed=0):
@@ -128,13 +133,7 @@ def torch_step_time(batch, steps, threads, seed=0):
                 w.clamp_(-1.0, 1.0)
         return float(loss.detach())
 
-    step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return min(times), sum(p.numel() for p in model.parameters()), torch.__version__
+    return best_step_time(step, steps), sum(p.numel() for p in model.parameters()), torch.__version__
 
 
 def main(argv=None):

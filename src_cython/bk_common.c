@@ -48,54 +48,29 @@ int bk_scalar_hw_popcount(void)
 #endif
 }
 
-/* ---- per-path tables ------------------------------------------------------------------- */
+/* ---- the functions of each path ------------------------------------------------------------ */
 
-static bk_tile_fn tile_fn(int path)
+typedef struct {
+    bk_tile_fn tile;
+    bk_epi_fn float_out, bits_out;
+    double (*peak)(int64_t iters);
+} bk_path_fns;
+
+static bk_path_fns path_fns(int path)
 {
 #if BK_X86
     if (path == BK_PATH_AVX512)
-        return bk_tile_avx512;
+        return (bk_path_fns){bk_tile_avx512, bk_float_avx512, bk_bits_avx512, bk_peak_avx512};
     if (path == BK_PATH_AVX2)
-        return bk_tile_avx2;
+        return (bk_path_fns){bk_tile_avx2, bk_float_avx2, bk_bits_avx2, bk_peak_avx2};
 #endif
     (void)path;
-    return bk_tile_scalar;
-}
-
-static bk_epi_fn float_fn(int path)
-{
-#if BK_X86
-    if (path == BK_PATH_AVX512)
-        return bk_float_avx512;
-    if (path == BK_PATH_AVX2)
-        return bk_float_avx2;
-#endif
-    (void)path;
-    return bk_float_scalar;
-}
-
-static bk_epi_fn bits_fn(int path)
-{
-#if BK_X86
-    if (path == BK_PATH_AVX512)
-        return bk_bits_avx512;
-    if (path == BK_PATH_AVX2)
-        return bk_bits_avx2;
-#endif
-    (void)path;
-    return bk_bits_scalar;
+    return (bk_path_fns){bk_tile_scalar, bk_float_scalar, bk_bits_scalar, bk_peak_scalar};
 }
 
 double bk_peak(int path, int64_t iters)
 {
-#if BK_X86
-    if (path == BK_PATH_AVX512)
-        return bk_peak_avx512(iters);
-    if (path == BK_PATH_AVX2)
-        return bk_peak_avx2(iters);
-#endif
-    (void)path;
-    return bk_peak_scalar(iters);
+    return path_fns(path).peak(iters);
 }
 
 /* ---- the driver ------------------------------------------------------------------------ */
@@ -148,9 +123,10 @@ static int conv_row_pointers(const bk_job *job, int64_t img, int64_t oh, int64_t
 
 void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
 {
-    const bk_tile_fn tile = tile_fn(job->path);
-    const bk_epi_fn epi = job->out_mode == BK_OUT_FLOAT ? float_fn(job->path)
-                        : job->out_mode == BK_OUT_BITS ? bits_fn(job->path) : int32_out;
+    const bk_path_fns fns = path_fns(job->path);
+    const bk_tile_fn tile = fns.tile;
+    const bk_epi_fn epi = job->out_mode == BK_OUT_FLOAT ? fns.float_out
+                        : job->out_mode == BK_OUT_BITS ? fns.bits_out : int32_out;
     const int ntaps = job->ntaps, cw = job->cw;
     const int64_t panel_words = (int64_t)ntaps * cw * BK_NC;
     /* panel blocks of about 256 KiB: B stays in L2 while the rows of A stream past it */
