@@ -9,8 +9,9 @@ here (independent xor + popcount + add on the widest registers, ``measure_peak``
 ResNet-18 layer (3x3, 64->64, 56x56, padding 1) at batch 1 and 32: ``bconv2d`` (packed NHWC in,
 float out) and the layer's full path (float NCHW in and out, packing included) against NumPy's
 im2col + sgemm convolution, 1 thread each. Every kernel result is checked against NumPy before
-it is timed. Timings are the best of many short repeats (the machine may be shared; ``--repeat N``
-runs everything N times and keeps the best of each); the load average is printed.
+it is timed. Timings are the best of many short repeats, and each kernel is timed in rounds
+interleaved with the peak measurement it is compared with (``--rounds``), so that both see the
+same state of a shared machine; the load average is printed.
 
 BLAS: the NumPy columns are measured with the environment as given; if OPENBLAS_CORETYPE or
 OPENBLAS_L2_SIZE is set, they are measured again in a subprocess with both unset.
@@ -88,20 +89,27 @@ def bitwise_count_matmul(aw, bw, k):
     return out
 
 
-class Peaks(dict):
-    """Measured peaks (binary op/s) per (path, threads): the best of short runs, measured again
-    before every shape; the fractions use the best seen in the whole run (a busy machine only ever
-    lowers a measurement)."""
-
-    def measure(self):
-        for path in K.supported_paths():
-            for threads in (1, 2):
-                best = max(K.measure_peak(path, threads, seconds=0.01) for _ in range(20))
-                self[(path, threads)] = max(self.get((path, threads), 0.0), best)
-        return self
+def interleaved(rates, rounds):
+    """Best of each rate (a callable returning GOP/s) over ``rounds`` rounds that take each in turn,
+    so that a kernel and the peak it is compared with see the same machine state (the clock of a
+    shared machine drifts)."""
+    best = dict.fromkeys(rates, 0.0)
+    for _ in range(rounds):
+        for name, rate in rates.items():
+            best[name] = max(best[name], rate())
+    return best
 
 
-def bench_gemm(shape, rng, peaks, numpy_only=False):
+def peak_rate(path, threads):
+    """The measured peak (binary GOP/s): independent xor + popcount + add, the best of short runs."""
+    return lambda: max(K.measure_peak(path, threads, seconds=0.005) for _ in range(3)) / 1e9
+
+
+def kernel_rate(ops, f, budget=0.05):
+    return lambda: ops / best_time(f, budget, min_repeats=3) / 1e9
+
+
+def bench_gemm(shape, rng, rounds, numpy_only=False):
     m, n, k = shape
     a = np.where(rng.random((m, k)) < 0.5, -1.0, 1.0).astype(np.float32)
     b = np.where(rng.random((n, k)) < 0.5, -1.0, 1.0).astype(np.float32)
@@ -116,23 +124,20 @@ def bench_gemm(shape, rng, peaks, numpy_only=False):
         c = a @ b.T
     if numpy_only:
         return row
-    peaks.measure()
     aw, bw = K.pack_bits(a), K.pack_bits(b)
     out = np.empty((m, n), np.int32)
-    assert np.array_equal(K.bgemm(aw, bw, k, out=out), c), "bgemm disagrees with the float matmul"
     for path in K.supported_paths():
-        if path != K.supported_paths()[0] and not np.array_equal(K.bgemm(aw, bw, k, path=path), c):
+        if not np.array_equal(K.bgemm(aw, bw, k, out=out, path=path), c):
             raise AssertionError(f"bgemm ({path}) disagrees with the float matmul")
-    best = K.supported_paths()[0]
-    row["path"] = best
-    for threads in (1, 2):
-        t = best_time(lambda: K.bgemm(aw, bw, k, threads=threads, out=out, path=best))
-        row[f"bgemm_{threads}t"] = ops / t / 1e9
+    best = row["path"] = K.supported_paths()[0]
+    rates = {f"bgemm_{t}t": kernel_rate(ops, lambda t=t: K.bgemm(aw, bw, k, threads=t, out=out, path=best))
+             for t in (1, 2)}
+    rates.update({f"peak_{t}t": peak_rate(best, t) for t in (1, 2)})
     for path in K.supported_paths()[1:]:
-        t = best_time(lambda: K.bgemm(aw, bw, k, threads=1, out=out, path=path), budget=0.3, min_repeats=2)
-        row[f"bgemm_{path}_1t"] = ops / t / 1e9
-    small = m * n * k <= 2**32
-    if small:
+        rates[f"bgemm_{path}_1t"] = kernel_rate(ops, lambda p=path: K.bgemm(aw, bw, k, threads=1, out=out, path=p))
+        rates[f"peak_{path}_1t"] = peak_rate(path, 1)
+    row.update(interleaved(rates, rounds))
+    if m * n * k <= 2**32:
         assert np.array_equal(bitwise_count_matmul(aw, bw, k), c)
         row["numpy_bitwise_count"] = ops / best_time(lambda: bitwise_count_matmul(aw, bw, k), 0.3, 2) / 1e9
     else:  # 4096^3 would take minutes; time one block of rows and scale
@@ -144,7 +149,7 @@ def bench_gemm(shape, rng, peaks, numpy_only=False):
     return row
 
 
-def bench_conv(batch, rng, peaks):
+def bench_conv(batch, rng, rounds):
     """ResNet-18 layer: 3x3, 64 -> 64, 56x56, padding 1 (zero padding, exact), 1 thread."""
     c = o = 64
     x = np.where(rng.random((batch, c, 56, 56)) < 0.5, -1.0, 1.0).astype(np.float32)
@@ -156,8 +161,6 @@ def bench_conv(batch, rng, peaks):
     out = np.empty((batch, 56, 56, o), np.float32)
     got = K.bconv2d(xw, ww, c, 1, 1, pad_value=0.0, output="float", out=out, threads=1)
     assert np.array_equal(got.transpose(0, 3, 1, 2), ref), "bconv2d disagrees with the NumPy convolution"
-    t_k = best_time(lambda: K.bconv2d(xw, ww, c, 1, 1, pad_value=0.0, output="float", out=out, threads=1))
-    t_k2 = best_time(lambda: K.bconv2d(xw, ww, c, 1, 1, pad_value=0.0, output="float", out=out, threads=2))
 
     def layer_path():   # float NCHW +-1 in -> float NCHW out: packing, kernel, layout, all included
         xs = K.pack_bits(x, axis=1, threads=1)
@@ -165,26 +168,22 @@ def bench_conv(batch, rng, peaks):
                          layout="nchw", threads=1)
 
     assert np.array_equal(layer_path(), ref)
-    t_layer = best_time(layer_path, 0.6, 3)
-    peaks.measure()
     ops = 2 * batch * 56 * 56 * o * c * 9
-    return {"batch": batch, "ops": ops, "numpy_im2col_sgemm_ms": 1e3 * t_np, "bconv2d_ms": 1e3 * t_k,
-            "bconv2d_2t_ms": 1e3 * t_k2, "layer_path_ms": 1e3 * t_layer,
+
+    def conv(threads):
+        return lambda: K.bconv2d(xw, ww, c, 1, 1, pad_value=0.0, output="float", out=out, threads=threads)
+
+    r = interleaved({"bconv2d": kernel_rate(ops, conv(1), 0.1), "bconv2d_2t": kernel_rate(ops, conv(2), 0.1),
+                     "layer_path": kernel_rate(ops, layer_path, 0.1),
+                     "peak_1t": peak_rate(K.supported_paths()[0], 1)}, rounds)
+    return {"batch": batch, "numpy_im2col_sgemm_ms": 1e3 * t_np, "bconv2d_ms": ops / r["bconv2d"] / 1e6,
+            "bconv2d_2t_ms": ops / r["bconv2d_2t"] / 1e6, "layer_path_ms": ops / r["layer_path"] / 1e6,
+            "bconv2d_gops": r["bconv2d"], "peak_1t": r["peak_1t"],
             "packed_weight_bytes": ww.nbytes, "float32_weight_bytes": w.nbytes}
 
 
-def merge(a, b):
-    """Two runs' measurements of the same thing: the best of each (the shortest time, the highest
-    throughput); a busy machine only ever makes a measurement worse."""
-    out = dict(a)
-    for key, v in b.items():
-        if isinstance(v, float) and isinstance(a.get(key), float):
-            out[key] = min(a[key], v) if key.endswith("_ms") else max(a[key], v)
-    return out
-
-
-def derive(rows, convs, peaks, best):
-    """Ratios and fractions of the peak, from the (merged) measurements."""
+def derive(rows, convs):
+    """Ratios, and fractions of the peak measured beside each kernel."""
     for r in rows:
         if r["numpy_sgemm_1t"]:
             r["vs_sgemm_1t"] = r["bgemm_1t"] / r["numpy_sgemm_1t"]
@@ -192,14 +191,13 @@ def derive(rows, convs, peaks, best):
         r["two_threads_speedup"] = r["bgemm_2t"] / r["bgemm_1t"]
         r["vs_bitwise_count"] = r["bgemm_1t"] / r["numpy_bitwise_count"]
         for t in (1, 2):
-            r[f"frac_peak_{t}t"] = r[f"bgemm_{t}t"] * 1e9 / peaks[(r["path"], t)]
+            r[f"frac_peak_{t}t"] = r[f"bgemm_{t}t"] / r[f"peak_{t}t"]
         for p in K.supported_paths()[1:]:
-            r[f"frac_peak_{p}_1t"] = r[f"bgemm_{p}_1t"] * 1e9 / peaks[(p, 1)]
+            r[f"frac_peak_{p}_1t"] = r[f"bgemm_{p}_1t"] / r[f"peak_{p}_1t"]
     for c in convs:
         c["speedup"] = c["numpy_im2col_sgemm_ms"] / c["bconv2d_ms"]
         c["speedup_layer_path"] = c["numpy_im2col_sgemm_ms"] / c["layer_path_ms"]
-        c["bconv2d_gops"] = c["ops"] / c["bconv2d_ms"] / 1e6
-        c["frac_peak"] = c["bconv2d_gops"] * 1e9 / peaks[(best, 1)]
+        c["frac_peak"] = c["bconv2d_gops"] / c["peak_1t"]
 
 
 def blas_report():
@@ -233,8 +231,8 @@ def main(argv=None):
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--shapes", nargs="*", help="M,N,K triples (default: the issue's six)")
     p.add_argument("--quick", action="store_true", help="skip the 4096^3 shape and the batch-32 layer")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="run everything N times and keep the best of each measurement (a shared machine)")
+    p.add_argument("--rounds", type=int, default=6,
+                   help="interleaved rounds per measurement; the best of each is kept (a shared machine)")
     p.add_argument("--numpy-only", action="store_true", help=argparse.SUPPRESS)  # the BLAS-env subprocess
     args = p.parse_args(argv)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
@@ -242,23 +240,17 @@ def main(argv=None):
         shapes = [s for s in shapes if s != (4096, 4096, 4096)]
     rng = np.random.default_rng(0)
     if args.numpy_only:
-        rows = [bench_gemm(s, rng, None, numpy_only=True) for s in shapes]
+        rows = [bench_gemm(s, rng, 0, numpy_only=True) for s in shapes]
         json.dump({"rows": rows, "blas": blas_report()}, sys.stdout)
         return 0
 
     load0 = os.getloadavg()
     best = K.supported_paths()[0]
-    peaks = Peaks().measure()
-    rows, convs = None, None
-    for _ in range(args.repeat):
-        r = [bench_gemm(s, rng, peaks) for s in shapes]
-        c = [bench_conv(b, rng, peaks) for b in ((1,) if args.quick else (1, 32))]
-        rows = r if rows is None else [merge(x, y) for x, y in zip(rows, r)]
-        convs = c if convs is None else [merge(x, y) for x, y in zip(convs, c)]
-    derive(rows, convs, peaks, best)
-    result = {"repeat": args.repeat, "machine": {"platform": platform.platform(), "cpu": _cpu_name(), "cores": os.cpu_count(),
+    rows = [bench_gemm(s, rng, args.rounds) for s in shapes]
+    convs = [bench_conv(b, rng, args.rounds) for b in ((1,) if args.quick else (1, 32))]
+    derive(rows, convs)
+    result = {"rounds": args.rounds, "machine": {"platform": platform.platform(), "cpu": _cpu_name(), "cores": os.cpu_count(),
                           "kernels": K.info(), "loadavg_before": load0, "loadavg_after": os.getloadavg()},
-              "peak_gops": {f"{p}_{t}t": v / 1e9 for (p, t), v in peaks.items()},
               "blas": blas_report(), "gemm": rows, "conv": convs}
     if any(os.environ.get(v) for v in BLAS_VARS):
         env = {k: v for k, v in os.environ.items() if k not in BLAS_VARS}
@@ -296,13 +288,13 @@ def print_tables(r, best):
     arch = [i.get("architecture") for i in r["blas"]["threadpool_info"]] if threadpool_info else "?"
     print(f"BLAS: {arch}; {', '.join(f'{k}={v}' for k, v in env.items())}"
           + ("" if "blas_unset" in r else " (both unset: the shipped environment is the unset one)"))
-    print("measured peak (xor+popcount+add, binary GOP/s): "
-          + ", ".join(f"{k} {v:.0f}" for k, v in r["peak_gops"].items()))
+    print("peak: xor+popcount+add on the widest registers, binary GOP/s, measured in rounds interleaved with "
+          "each kernel")
     paths = [p for p in K.supported_paths() if p != best]
     head = (f"{'M,N,K':>17} | {'bgemm 1T':>8} {'%peak':>5} | {'bgemm 2T':>8} {'2T/1T':>5} | "
             + " ".join(f"{p + ' 1T':>9}" for p in paths)
             + f" | {'sgemm 1T':>8} {'sgemm 2T':>8} | {'x sgemm1':>8} {'x sgemm2':>8} | {'bitcount':>8} {'x bitc':>6}"
-            + f" | {'W bytes/ch':>10}")
+            + f" | {'W bytes/ch':>12} | {'peak 1T/2T':>11}")
     print("\nbgemm (binary GOP/s = 2MNK/t) vs NumPy float32 matmul (GFLOP/s) on the same +-1 data")
     print(head)
     print("-" * len(head))
@@ -313,7 +305,8 @@ def print_tables(r, best):
               + f" | {_f(g['numpy_sgemm_1t'], '{:8.1f}')} {_f(g['numpy_sgemm_2t'], '{:8.1f}')} | "
               f"{_f(g.get('vs_sgemm_1t'), '{:8.1f}')} {_f(g.get('vs_sgemm_2t'), '{:8.1f}')} | "
               f"{g['numpy_bitwise_count']:8.1f} {g['vs_bitwise_count']:6.0f} | "
-              f"{g['packed_weight_bytes_per_channel']:>4} / {g['float32_weight_bytes_per_channel']}")
+              f"{g['packed_weight_bytes_per_channel']:>4} / {g['float32_weight_bytes_per_channel']:<5} | "
+              f"{g['peak_1t']:5.0f}/{g['peak_2t']:5.0f}")
     if "blas_unset" in r:
         print("\nNumPy sgemm with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset (GFLOP/s, 1T / 2T): "
               + "; ".join(f"{tuple(g['shape'])}: {_f(g['numpy_sgemm_1t_blas_unset'], '{:.1f}')} / "

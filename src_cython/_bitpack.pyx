@@ -111,6 +111,7 @@ PANEL_COLUMNS = BK_NC
 TILE_ROWS = BK_MR
 MAX_TAPS = 1024
 MAX_K = 2 ** 30                 # dot products and popcounts stay in int32
+_U64, _I32 = np.dtype(np.uint64), np.dtype(np.int32)
 _INT32_MIN, _INT32_MAX = -2 ** 31, 2 ** 31 - 1
 
 
@@ -220,14 +221,18 @@ def _pair(v, name, minimum):
     return _int(v[0], name, minimum), _int(v[1], name, minimum)
 
 
-def _check_out(out, name, shape, dtype):
+def _check_out(out, name, tuple shape, dtype):
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name}: expected a NumPy array, got {type(out).__name__}")
     cdef cnp.ndarray arr = <cnp.ndarray>out
-    if cnp.PyArray_TYPE(arr) != np.dtype(dtype).num:
-        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {out.dtype}")
-    if out.shape != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {out.shape}")
+    cdef int i, nd = len(shape)
+    if cnp.PyArray_TYPE(arr) != (<cnp.dtype>dtype).type_num:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {out.dtype}")
+    cdef bint same = cnp.PyArray_NDIM(arr) == nd
+    for i in range(nd):
+        same = same and cnp.PyArray_DIM(arr, i) == shape[i]
+    if not same:
+        raise ValueError(f"{name}: expected shape {shape}, got {out.shape}")
     if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
         raise ValueError(f"{name}: expected a C-contiguous array")
     if not cnp.PyArray_ISALIGNED(arr):
@@ -273,7 +278,8 @@ class Workspace:
     def get(self, name, n, dtype):
         """An aligned array of ``n`` elements (at least 1) named ``name``; grows, never shrinks."""
         n = max(int(n), 1)
-        dtype = np.dtype(dtype)                      # the builtin dtypes are singletons
+        if not isinstance(dtype, np.dtype):
+            dtype = np.dtype(dtype)                  # the builtin dtypes are singletons
         buf = self._bufs.get(name)
         if buf is None or buf.dtype is not dtype or buf.size < n:
             raw = np.empty(n * dtype.itemsize + 64, np.uint8)
@@ -385,14 +391,14 @@ def bgemm(a_words, b_words, k, threads=None, out=None, path=None, workspace=None
     if out is None:
         out = np.empty((m, n), np.int32)
     else:
-        _check_out(out, "out", (m, n), np.int32)
+        _check_out(out, "out", (m, n), _I32)
     pth = _PATH_ID[resolve_path(path)]
     nt = _threads(threads)
     if m == 0 or n == 0:
         return out
     ws = workspace if workspace is not None else default_workspace()
     npanels = (n + BK_NC - 1) // BK_NC
-    panels = ws.get("panels", npanels * kw * BK_NC, np.uint64)
+    panels = ws.get("panels", npanels * kw * BK_NC, _U64)
     cdef uint64_t tail = _tailmask(k)
     bk_pack_panels(<const uint64_t *><size_t>_addr(b), n, 1, kw, b.strides[0] // 8, 0, tail,
                    <uint64_t *><size_t>_addr(panels))
@@ -534,7 +540,7 @@ def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=
     if out is None:
         out = np.empty(shape, dtype)
     else:
-        _check_out(out, "out", shape, dtype)
+        _check_out(out, "out", shape, np.dtype(dtype))
     pth = _PATH_ID[resolve_path(path)]
     nt = _threads(threads)
     if m == 0:
@@ -650,7 +656,7 @@ def bmaxpool2d(x_words, kernel_size, stride=None, padding=0, threads=None, out=N
     if out is None:
         out = np.empty(shape, np.uint64)
     else:
-        _check_out(out, "out", shape, np.uint64)
+        _check_out(out, "out", shape, _U64)
     cdef int nt = _threads(threads)
     cdef int64_t rows = nimg * ho
     if out.size == 0:

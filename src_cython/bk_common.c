@@ -228,15 +228,20 @@ void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
 void bk_pack_panels(const uint64_t *b, int64_t n, int ntaps, int cw, int64_t s_row, int64_t s_tap,
                     uint64_t tailmask, uint64_t *panels)
 {
-    /* column by column: each B row is read once, front to back, and its words land BK_NC apart */
+    /* 8 columns at a time: 8 B rows are read front to back side by side, and each of their words
+       lands in one 64-byte line of the panel */
     const int64_t npanels = (n + BK_NC - 1) / BK_NC;
-    for (int64_t j = 0; j < npanels * BK_NC; j++) {
-        uint64_t *dst = panels + (j / BK_NC) * ntaps * cw * BK_NC + j % BK_NC;
-        for (int t = 0; t < ntaps; t++) {
-            const uint64_t *src = j < n ? b + j * s_row + t * s_tap : NULL;
-            for (int w = 0; w < cw; w++, dst += BK_NC)
-                *dst = !src ? 0 : w == cw - 1 ? src[w] & tailmask : src[w];
-        }
+    for (int64_t j0 = 0; j0 < npanels * BK_NC; j0 += 8) {
+        uint64_t *dst = panels + (j0 / BK_NC) * ntaps * cw * BK_NC + j0 % BK_NC;
+        const uint64_t *src[8];
+        for (int c = 0; c < 8; c++)
+            src[c] = j0 + c < n ? b + (j0 + c) * s_row : NULL;
+        for (int t = 0; t < ntaps; t++)
+            for (int w = 0; w < cw; w++, dst += BK_NC) {
+                const uint64_t mask = w == cw - 1 ? tailmask : ~(uint64_t)0;
+                for (int c = 0; c < 8; c++)
+                    dst[c] = src[c] ? src[c][t * s_tap + w] & mask : 0;
+            }
     }
 }
 
