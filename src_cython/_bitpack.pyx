@@ -73,6 +73,7 @@ cdef extern from "bitkernels.h" nogil:
     int bk_path_supported(int path)
     int bk_scalar_hw_popcount()
     void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
+    void bk_gemm_columns(const bk_job *job, const uint64_t *b, int64_t s_row, int64_t p0, int64_t p1)
     void bk_pack_panels(const uint64_t *b, int64_t n, int ntaps, int cw, int64_t s_row, int64_t s_tap,
                         uint64_t tailmask, uint64_t *panels)
     void bk_tap_sums(const uint64_t *panels, int64_t npanels, int ntaps, int cw, int32_t bits_per_tap,
@@ -393,23 +394,28 @@ def bgemm(a_words, b_words, k, threads=None, out=None, path=None, workspace=None
     else:
         _check_out(out, "out", (m, n), _I32)
     pth = _PATH_ID[resolve_path(path)]
-    nt = _threads(threads)
+    cdef int nt = _threads(threads)
     if m == 0 or n == 0:
         return out
     ws = workspace if workspace is not None else default_workspace()
-    npanels = (n + BK_NC - 1) // BK_NC
+    cdef int64_t npanels = (n + BK_NC - 1) // BK_NC
     panels = ws.get("panels", npanels * kw * BK_NC, _U64)
-    cdef uint64_t tail = _tailmask(k)
-    bk_pack_panels(<const uint64_t *><size_t>_addr(b), n, 1, kw, b.strides[0] // 8, 0, tail,
-                   <uint64_t *><size_t>_addr(panels))
     cdef bk_job job
-    _job_defaults(&job, pth, m, n, 1, kw, k, tail, panels, npanels)
+    _job_defaults(&job, pth, m, n, 1, kw, k, _tailmask(k), panels, npanels)
     job.a = <const uint64_t *><size_t>_addr(a)
     job.lda = a.strides[0] // 8
     job.out_mode = BK_OUT_INT32
     job.out = <void *><size_t>_addr(out)
     job.rows_per_img, job.out_img, job.out_row, job.out_col = m, 0, n, 1
-    _run(&job, nt, split_columns=m < n)
+    cdef const uint64_t *bp = <const uint64_t *><size_t>_addr(b)
+    cdef int64_t s_row = b.strides[0] // 8, c
+    if nt > 1 and npanels >= nt and m <= 4 * n:
+        # by columns: each thread packs and computes its own panels for every row (only A is shared)
+        for c in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
+            bk_gemm_columns(&job, bp, s_row, c * npanels // nt, (c + 1) * npanels // nt)
+    else:   # tall A: pack every panel, then split the rows
+        bk_pack_panels(bp, n, 1, kw, s_row, 0, job.tailmask, <uint64_t *><size_t>_addr(panels))
+        _run(&job, nt)
     return out
 
 
@@ -424,29 +430,18 @@ cdef void _job_defaults(bk_job *job, int path, int64_t m, int64_t n, int ntaps, 
     job.lo, job.hi = _INT32_MIN, _INT32_MAX
 
 
-cdef _run(bk_job *job, int threads, bint split_columns):
-    """Split the rows (or the panels) of a job into one contiguous range per thread."""
+cdef _run(bk_job *job, int threads):
+    """Split the rows of a job into one contiguous range (of whole tiles) per thread; each thread
+    computes every panel of its rows (as bit-packed output needs)."""
     cdef int64_t nblocks = (job.m + BK_MR - 1) // BK_MR
-    cdef int64_t np_ = job.npanels
-    cdef int64_t nchunks, c, r0, r1, p0, p1
-    if split_columns and job.out_mode != BK_OUT_BITS and np_ >= threads:
-        nchunks = min(threads, np_)
-    else:
-        split_columns = False
-        nchunks = min(threads, nblocks)
+    cdef int64_t nchunks = min(threads, nblocks), c
     if nchunks <= 1:
         with nogil:
-            bk_run(job, 0, job.m, 0, np_)
+            bk_run(job, 0, job.m, 0, job.npanels)
         return
     for c in prange(nchunks, nogil=True, num_threads=nchunks, schedule="static", chunksize=1):
-        if split_columns:
-            p0 = c * np_ // nchunks
-            p1 = (c + 1) * np_ // nchunks
-            bk_run(job, 0, job.m, p0, p1)
-        else:
-            r0 = min(c * nblocks // nchunks * BK_MR, job.m)
-            r1 = min((c + 1) * nblocks // nchunks * BK_MR, job.m)
-            bk_run(job, r0, r1, 0, np_)
+        bk_run(job, min(c * nblocks // nchunks * BK_MR, job.m), min((c + 1) * nblocks // nchunks * BK_MR, job.m),
+               0, job.npanels)
 
 
 # ---- convolution --------------------------------------------------------------------------------
@@ -610,7 +605,7 @@ def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=
                     job.mul = <const float *><size_t>(_addr(mulp) + gi * npg * BK_NC * 4)
                 if biap is not None:
                     job.bias = <const float *><size_t>(_addr(biap) + gi * npg * BK_NC * 4)
-        _run(&job, nt, split_columns=False)
+        _run(&job, nt)
     return out
 
 

@@ -83,6 +83,9 @@ typedef struct {
 /* Compute rows [r0, r1) of panels [p0, p1). BK_OUT_BITS needs all panels of a row in one call. */
 void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1);
 
+/* A GEMM (ntaps == 1) by columns: pack panels [p0, p1) of B into job->bpanels, then compute them. */
+void bk_gemm_columns(const bk_job *job, const uint64_t *b, int64_t s_row, int64_t p0, int64_t p1);
+
 /* B (n rows of ntaps x cw words; word (j, t, w) at b[j*s_row + t*s_tap + w]) -> zero-padded
    panels, each tap's last word masked with tailmask. */
 void bk_pack_panels(const uint64_t *b, int64_t n, int ntaps, int cw, int64_t s_row, int64_t s_tap,

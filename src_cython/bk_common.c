@@ -223,6 +223,16 @@ void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
     }
 }
 
+/* A GEMM's panels [p0, p1): pack them from B (rows j at b + j * s_row), then compute them for
+   every row. Threads that split a GEMM by columns each pack only the panels they use. */
+void bk_gemm_columns(const bk_job *job, const uint64_t *b, int64_t s_row, int64_t p0, int64_t p1)
+{
+    const int64_t first = p0 * BK_NC, count = job->n - first < (p1 - p0) * BK_NC ? job->n - first : (p1 - p0) * BK_NC;
+    bk_pack_panels(b + first * s_row, count, 1, job->cw, s_row, 0, job->tailmask,
+                   (uint64_t *)job->bpanels + p0 * job->cw * BK_NC);
+    bk_run(job, 0, job->m, p0, p1);
+}
+
 /* ---- packing ------------------------------------------------------------------------------ */
 
 void bk_pack_panels(const uint64_t *b, int64_t n, int ntaps, int cw, int64_t s_row, int64_t s_tap,
