@@ -163,9 +163,11 @@ def cmd_crosscheck(args) -> int:
 
 
 def info() -> dict:
+    """Versions, the kernel backends, and the compiled kernels' SIMD paths: which are compiled in,
+    which this CPU supports, which one runs (the fastest, or $REFBNN_KERNEL_PATH), OpenMP threads."""
     return {"refbnn": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "machine": platform.machine(), "kernel_backends": kernels.available_backends(),
-            "unavailable_backends": kernels.backend_errors()}
+            "unavailable_backends": kernels.backend_errors(), "kernel_paths": kernels.kernel_paths()}
 
 
 def cmd_info(args) -> int:
@@ -174,7 +176,12 @@ def cmd_info(args) -> int:
         print(json.dumps(data, indent=2))
     else:
         for k, v in data.items():
-            print(f"{k}: {v}")
+            if isinstance(v, dict) and v:
+                print(f"{k}:")
+                for kk, vv in v.items():
+                    print(f"  {kk}: {vv}")
+            else:
+                print(f"{k}: {v}")
     return 0
 
 

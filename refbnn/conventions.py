@@ -104,9 +104,12 @@ def get_convention(c) -> Convention:
 def sign(x, zero: float = 1.0):
     """sign(x) in x's dtype, with sign(0) = ``zero`` (+1: papers and Larq; 0: torch.sign)."""
     xp = array_module(x)
-    y = xp.sign(x)  # in x's dtype; 0 at 0 (and NaN at NaN), fixed below
-    y[~((x > 0) | (x < 0))] = zero
-    return y
+    one = x.dtype.type(1)
+    if zero == 1.0:      # the same values as the general form below, in one pass
+        return xp.where(x < 0, -one, one)
+    if zero == -1.0:
+        return xp.where(x > 0, one, -one)
+    return xp.where(x > 0, one, xp.where(x < 0, -one, x.dtype.type(zero)))
 
 
 def clip_mask(x, clip_value: float, inclusive: bool = True):

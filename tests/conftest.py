@@ -1,9 +1,26 @@
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # "ci": the default profile, bounded so the suite stays fast; REFBNN_HYPOTHESIS_EXAMPLES raises the
 # example count for long fuzzing runs (e.g. 100000).
 settings.register_profile("ci", max_examples=int(os.environ.get("REFBNN_HYPOTHESIS_EXAMPLES", "25")), deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                 HealthCheck.function_scoped_fixture])
 settings.load_profile("ci")
+
+KERNEL_PATHS = ("avx512", "avx2", "scalar")
+
+
+@pytest.fixture(params=KERNEL_PATHS)
+def kernel_path(request, monkeypatch):
+    """Each SIMD path of the compiled kernels in turn, forced through $REFBNN_KERNEL_PATH; the
+    paths this CPU lacks are skipped."""
+    from refbnn.kernels import compiled  # noqa: PLC0415 - the kernel tests need the extension
+
+    supported = compiled().supported_paths()
+    if request.param not in supported:
+        pytest.skip(f"this CPU does not support the {request.param} path (supported: {supported})")
+    monkeypatch.setenv("REFBNN_KERNEL_PATH", request.param)
+    return request.param

@@ -172,3 +172,18 @@ def test_distillation(seed, n, k, temperature):
     onehot_teacher = np.eye(k)[np.zeros(n, int)] * 60.0
     ce, _ = ops.softmax_cross_entropy_forward(z, np.zeros(n, np.int64))
     assert np.isclose(ops.distillation_forward(z, onehot_teacher, 1.0)[0], ce)
+
+
+@given(seeds, st.integers(0, 6), st.sampled_from([0.0, 1.0, -1.0]))
+def test_conv2d_backward_from_input_in_slices(seed, n, pad_value):
+    """The backward that builds the columns a few samples at a time equals the whole-batch one."""
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((n, 4, 6, 6)), rng.standard_normal((6, 2, 3, 3))
+    args = ((2, 1), (1, 1), (1, 2), 2, pad_value)
+    out, cache = ops.conv2d_forward(x, w, None, *args)
+    dout = rng.standard_normal(out.shape)
+    dx, grads = ops.conv2d_backward(dout, cache)
+    # chunk_bytes=1: one sample per slice
+    dx1, grads1 = ops.conv2d_backward_from_input(dout, x, w, *args, chunk_bytes=1)
+    assert np.array_equal(dx1, dx)
+    np.testing.assert_allclose(grads1["weight"], grads["weight"], rtol=1e-12, atol=1e-12)

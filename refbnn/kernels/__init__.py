@@ -9,6 +9,10 @@ specification) and may have faster implementations that must agree with it bit f
 
 ``backend="auto"`` picks the fastest implementation that exists for the arrays given; the arrays
 choose between CPU and GPU, never a global switch.
+
+The bit-packed kernels themselves (``pack_bits``, ``bgemm``, ``bconv2d``, ``bmaxpool2d``,
+``measure_peak``, ``Workspace``; see ``refbnn.kernels._bitpack``) are importable from here once
+built; ``unpack_bits`` and ``threshold_fold`` are NumPy and always available.
 """
 from __future__ import annotations
 
@@ -16,14 +20,49 @@ import importlib
 
 from ..checks import array_module, check_float_array, pair
 from . import reference
+from .fold import threshold_fold
+from .reference import unpack_bits
 
 BACKENDS = ("numpy", "cython", "cupy")
+__all__ = ["BACKENDS", "available_backends", "backend_errors", "binary_conv2d", "binary_matmul", "compiled",
+           "kernel_paths", "reference", "resolve_backend", "threshold_fold", "unpack_bits"]
 
 # name -> module path of an optional compiled backend; each exposes binary_matmul / binary_conv2d
 # with the reference's signatures.
 _OPTIONAL = {"cython": "refbnn.kernels.cython_backend", "cupy": "refbnn.kernels.cupy_backend"}
 _loaded: dict[str, object] = {}
 _load_errors: dict[str, str] = {}
+
+
+BUILD_HINT = ("build them with `pip install .` (needs a C compiler; Cython and NumPy come with the build), "
+              "or `python setup.py build_ext --inplace` in a source checkout")
+# names served by the compiled module refbnn.kernels._bitpack, imported on first use
+_COMPILED = ("pack_bits", "bgemm", "bconv2d", "bmaxpool2d", "measure_peak", "Workspace")
+
+
+def compiled():
+    """The compiled kernel module; ImportError saying how to build it when it is missing."""
+    try:
+        from . import _bitpack  # noqa: PLC0415 - optional extension
+    except ImportError as exc:
+        raise ImportError(f"the bit-packed kernels (refbnn.kernels._bitpack) are not built ({exc}); "
+                          f"{BUILD_HINT}") from exc
+    return _bitpack
+
+
+def __getattr__(name):
+    if name in _COMPILED:
+        return getattr(compiled(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def kernel_paths() -> dict:
+    """The compiled kernels' SIMD paths (compiled, supported, active), OpenMP and its threads;
+    ``{"error": why}`` when the extension is not built."""
+    try:
+        return compiled().info()
+    except ImportError as exc:
+        return {"error": str(exc)}
 
 
 def _load(name: str):
@@ -65,8 +104,7 @@ def resolve_backend(backend: str, x):
         raise ValueError("backend 'cupy' runs on CuPy arrays; got a NumPy array (use 'cython', 'numpy' or 'auto')")
     mod = _load(backend)
     if mod is None:
-        hint = ("build it with `pip install .` (needs a C compiler)" if backend == "cython"
-                else "install CuPy for your CUDA version")
+        hint = BUILD_HINT if backend == "cython" else "install CuPy for your CUDA version"
         raise ImportError(f"kernel backend {backend!r} is not available ({_load_errors.get(backend)}); {hint}")
     return mod
 

@@ -8,6 +8,8 @@ does not depend on summation order: fast kernels must match it bit for bit.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..checks import array_module
 
 
@@ -99,3 +101,48 @@ def binary_conv2d(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1
     """
     cols = im2col(x, w.shape[2], w.shape[3], stride, padding, dilation, pad_value)
     return conv2d_cols_matmul(cols, w, groups)
+
+
+# ---- the bit layout of the packed kernels -------------------------------------------------------
+
+POLARITIES = ("lce", "dabnn", "bitorch")
+
+
+def pack_bits(x, axis=-1, polarity="lce"):
+    """Signs of ``x`` along ``axis`` -> uint64 words, the packed axis moved last.
+
+    Element i of the axis is bit i % 64 of word i // 64 (least significant bit first): a word is
+    sum_i bit_i 2**i. Bit values by ``polarity``: ``"lce"`` (Larq Compute Engine) bit = x < 0, so
+    bit 1 = -1 and 0.0 packs as +1; ``"dabnn"`` bit = x > 0; ``"bitorch"`` bit = x >= 0. The tail
+    bits past the axis length are 0.
+    """
+    xp = array_module(x)
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity: expected one of {POLARITIES}, got {polarity!r}")
+    bits = {"lce": x < 0, "dabnn": x > 0, "bitorch": x >= 0}[polarity]
+    bits = xp.moveaxis(bits, axis, -1)
+    n = bits.shape[-1]
+    words = -(-n // 64)
+    padded = xp.zeros(bits.shape[:-1] + (words * 64,), dtype=xp.uint64)
+    padded[..., :n] = bits
+    powers = xp.uint64(1) << xp.arange(64, dtype=xp.uint64)
+    return (padded.reshape(bits.shape[:-1] + (words, 64)) * powers).sum(axis=-1, dtype=xp.uint64)
+
+
+def unpack_bits(words, n, axis=-1, polarity="lce", dtype=np.float32):
+    """Inverse of :func:`pack_bits`: uint64 words (..., ceil(n/64)) -> +-1 values of ``dtype``
+    with the n-long axis at ``axis``. ``"lce"``: bit 1 -> -1, bit 0 -> +1; ``"dabnn"`` and
+    ``"bitorch"``: bit 1 -> +1, bit 0 -> -1. Bits past n are not read."""
+    xp = array_module(words)
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity: expected one of {POLARITIES}, got {polarity!r}")
+    if getattr(words, "dtype", None) != np.uint64:
+        raise TypeError(f"words: expected a uint64 array (packed words), got {getattr(words, 'dtype', type(words))}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n: expected a non-negative int, got {n!r}")
+    if words.ndim < 1 or words.shape[-1] != -(-n // 64):
+        raise ValueError(f"words: {n} values need {-(-n // 64)} words on the last axis, got shape {words.shape}")
+    bits = (words[..., None] >> xp.arange(64, dtype=xp.uint64)) & xp.uint64(1)
+    bits = bits.reshape(words.shape[:-1] + (-1,))[..., :n].astype(dtype)
+    values = 1 - 2 * bits if polarity == "lce" else 2 * bits - 1
+    return xp.moveaxis(values, -1, axis)

@@ -15,9 +15,14 @@ Scale ``alpha`` (per output channel, broadcast over the batch and spatial axes):
 - ``"learned"``: a parameter ``alpha`` trained by backprop, dL/dalpha_o = sum dy * op(xq, wq)
   (XNOR-Net++, ReCU's code), initialised to ones or U[0, 1) (``scale_init="uniform"``, ReCU's code).
 
-When both quantizers output exactly +-1 (``quantizer.binary``) and the layer is in eval mode, the
-product runs through the kernel interface (``refbnn.kernels``), so a packed kernel may compute it;
-the result is bit-identical to the float path by construction.
+When both quantizers output exactly +-1 (``quantizer.binary``), the product runs through the kernel
+interface (``refbnn.kernels``), so a packed kernel may compute it; the result is bit-identical to
+the float path by construction. In eval mode always; in training mode when ``backend`` resolves to
+a compiled kernel: the backward then builds the im2col columns it needs (the float forward would
+have built them anyway), a few samples at a time (``ops.conv2d_backward_from_input``), so the
+packed forward replaces the forward GEMM and the columns are never held for the whole batch. The
+gradients are the same values; dW is summed slice by slice, so its float rounding may differ in
+the last bits from the whole-batch sum. With the NumPy reference, training keeps the float op.
 """
 from __future__ import annotations
 
@@ -71,10 +76,11 @@ class _BinaryLayer(Module):
             self.weight_quantizer.forward(self.params["weight"], training=t)
         return xq, cx, wq, cw
 
-    def _use_kernel(self):
-        """Eval mode with exactly-binary operands: the product may go to a packed kernel."""
-        return (not self.training and self.input_quantizer is not None and self.input_quantizer.binary
-                and self.weight_quantizer is not None and self.weight_quantizer.binary)
+    def _use_kernel(self, xq):
+        """Exactly-binary operands: the product may go to a packed kernel (see the module docstring)."""
+        binary = (self.input_quantizer is not None and self.input_quantizer.binary
+                  and self.weight_quantizer is not None and self.weight_quantizer.binary)
+        return binary and (not self.training or kernels.resolve_backend(self.backend, xq) is not kernels.reference)
 
     def _alpha(self, bshape):
         if self.scale is None:
@@ -125,7 +131,7 @@ class BinaryLinear(_BinaryLayer):
 
     def forward(self, x):
         xq, cx, wq, cw = self._quantize(x)
-        if self._use_kernel():
+        if self._use_kernel(xq):
             check_linear_operands(xq, wq)
             y, op_cache = kernels.binary_matmul(xq, wq, self.backend), (xq, wq, False)
         else:
@@ -178,18 +184,17 @@ class BinaryConv2d(_BinaryLayer):
     def forward(self, x):
         xq, cx, wq, cw = self._quantize(x)
         s, p, d, g, pv = self._conv_args()
-        if self._use_kernel():
+        if self._use_kernel(xq):
             y = kernels.binary_conv2d(xq, wq, s, p, d, g, pv, self.backend)
-            op_cache = {"xq": xq, "wq": wq}  # no im2col columns kept; backward rebuilds them
+            op_cache = {"xq": xq, "wq": wq}  # no im2col columns kept; backward builds them
         else:
             y, op_cache = ops.conv2d_forward(xq, wq, None, s, p, d, g, pv)
         out, alpha = self._finish(y, (1, -1, 1, 1))
         return out, (y, alpha, cx, cw, op_cache)
 
     def _op_backward(self, dy, op_cache):
-        if isinstance(op_cache, dict):  # eval-mode kernel forward: rebuild the im2col columns
-            s, p, d, g, pv = self._conv_args()
-            op_cache = ops.conv2d_forward(op_cache["xq"], op_cache["wq"], None, s, p, d, g, pv)[1]
+        if isinstance(op_cache, dict):  # kernel forward: build the im2col columns now, a few samples at a time
+            return ops.conv2d_backward_from_input(dy, op_cache["xq"], op_cache["wq"], *self._conv_args())
         return ops.conv2d_backward(dy, op_cache)
 
     def backward(self, dout, cache):

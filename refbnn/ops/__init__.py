@@ -6,7 +6,7 @@ parameter names of the op (``{}`` when it has none).
 from .activations import (bias_backward, bias_forward, hardtanh_backward, hardtanh_forward, prelu_backward,
                           prelu_forward, relu_backward, relu_forward, rprelu_backward, rprelu_forward)
 from .batchnorm import batchnorm_backward, batchnorm_forward
-from .conv import conv2d_backward, conv2d_forward
+from .conv import conv2d_backward, conv2d_backward_from_input, conv2d_cache, conv2d_forward
 from .linear import linear_backward, linear_forward
 from .losses import (distillation_backward, distillation_forward, log_softmax, softmax_cross_entropy_backward,
                      softmax_cross_entropy_forward)
@@ -25,6 +25,8 @@ __all__ = [
     "bias_backward",
     "bias_forward",
     "conv2d_backward",
+    "conv2d_backward_from_input",
+    "conv2d_cache",
     "conv2d_forward",
     "distillation_backward",
     "distillation_forward",

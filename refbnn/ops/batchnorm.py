@@ -55,20 +55,26 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training=True, 
         xc = x - running_mean.reshape(bs)
         inv_std = 1.0 / xp.sqrt(running_var + eps)
     inv_std = inv_std.astype(x.dtype, copy=False)
-    xhat = xc * inv_std.reshape(bs)
-    y = gamma.reshape(bs) * xhat + beta.reshape(bs)
+    xhat = xc
+    xhat *= inv_std.reshape(bs)             # in place: xc is not needed any more
+    y = xhat * gamma.reshape(bs)
+    y += beta.reshape(bs)
     return y, (xhat, gamma, inv_std, training)
 
 
 def batchnorm_backward(dout, cache):
     xhat, gamma, inv_std, training = cache
     check_shape(dout, "dout", xhat.shape)
+    xp = array_module(dout)
     axes, bs = _axes(xhat), _bshape(xhat)
-    grads = {"gamma": (dout * xhat).sum(axis=axes), "beta": dout.sum(axis=axes)}
-    dxhat = dout * gamma.reshape(bs)
+    tmp = dout * xhat
+    grads = {"gamma": tmp.sum(axis=axes), "beta": dout.sum(axis=axes)}
+    dx = dout * gamma.reshape(bs)           # dxhat, turned into dx in place below
     if training:
-        dx = (dxhat - dxhat.mean(axis=axes).reshape(bs)
-              - xhat * (dxhat * xhat).mean(axis=axes).reshape(bs)) * inv_std.reshape(bs)
-    else:
-        dx = dxhat * inv_std.reshape(bs)
+        # dx = (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) inv_std, one temporary reused
+        mean_dxhat = dx.mean(axis=axes).reshape(bs)
+        mean_dxhat_xhat = xp.multiply(dx, xhat, out=tmp).mean(axis=axes).reshape(bs)
+        dx -= mean_dxhat
+        dx -= xp.multiply(xhat, mean_dxhat_xhat, out=tmp)
+    dx *= inv_std.reshape(bs)
     return dx, grads

@@ -6,6 +6,8 @@ Ho = floor((H + 2 ph - dh (kh - 1) - 1) / sh) + 1.
 Forward:  y[n, o, p, q] = b[o] + sum_{c, i, j} W[o, c, i, j] xpad[n, g(o) C/g + c, p sh + i dh, q sw + j dw]
 Backward: dW = sum over n, p, q of dy * cols;  dcols = W^T dy;  dx = col2im(dcols) (padding taps dropped);
           db = sum_{n, p, q} dy.
+dW is a batch of per-sample products dy[n] cols[n]^T summed over n: the (huge) columns are read in
+place, never transposed into a copy.
 ``pad_value`` is the value the border is padded with (0 for ordinary convolutions; binary
 convolutions may pad with +-1 after binarization, see refbnn.conventions).
 """
@@ -25,11 +27,40 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, pad_
         check_float_array(b, "bias", ndim=1)
         check_shape(b, "bias", (o,))
     check_same_dtype(("x", x), ("weight", w), ("bias", b))
-    cols = reference.im2col(x, w.shape[2], w.shape[3], stride, padding, dilation, pad_value)
-    out = reference.conv2d_cols_matmul(cols, w, groups)
+    cache = conv2d_cache(x, w, stride, padding, dilation, groups, pad_value, b is not None)
+    out = reference.conv2d_cols_matmul(cache[0], w, groups)
     if b is not None:
         out += b.reshape(1, o, 1, 1)
-    return out, (cols, w, x.shape, stride, padding, dilation, groups, b is not None)
+    return out, cache
+
+
+def conv2d_backward_from_input(dout, x, w, stride, padding, dilation, groups, pad_value=0.0, chunk_bytes=1 << 22):
+    """:func:`conv2d_backward` for a forward pass that kept only its input (a packed binary kernel
+    computed the output): the im2col columns are built for a few samples at a time, at most about
+    ``chunk_bytes`` of them, and dW is summed over those slices. The same values as building the
+    columns of the whole batch at once (up to the order of the dW sum), without ever holding the
+    columns of the batch (9x the input for a 3x3 kernel) or paying for fresh pages to hold them.
+    Returns (dx, {"weight": dW}). Arguments as normalised by :func:`conv2d_forward` (pairs)."""
+    n = x.shape[0]
+    per_sample = w.shape[1] * groups * w.shape[2] * w.shape[3] * dout.shape[2] * dout.shape[3] * x.itemsize
+    step = max(1, chunk_bytes // max(per_sample, 1))
+    dx = array_module(x).empty(x.shape, dtype=dout.dtype)
+    dw = None
+    for s in range(0, n, step):
+        cache = conv2d_cache(x[s:s + step], w, stride, padding, dilation, groups, pad_value)
+        dx[s:s + step], grads = conv2d_backward(dout[s:s + step], cache)
+        dw = grads["weight"] if dw is None else dw + grads["weight"]
+    if dw is None:  # an empty batch
+        dw = array_module(x).zeros(w.shape, dtype=dout.dtype)
+    return dx, {"weight": dw}
+
+
+def conv2d_cache(x, w, stride, padding, dilation, groups, pad_value=0.0, has_bias=False):
+    """What :func:`conv2d_backward` needs (the im2col columns and the geometry), without computing
+    the product: for a forward pass done elsewhere (a packed binary kernel). Arguments as
+    normalised by :func:`conv2d_forward` (pairs)."""
+    cols = reference.im2col(x, w.shape[2], w.shape[3], stride, padding, dilation, pad_value)
+    return cols, w, x.shape, stride, padding, dilation, groups, has_bias
 
 
 def conv2d_backward(dout, cache):
@@ -43,8 +74,7 @@ def conv2d_backward(dout, cache):
     colsg = cols.reshape(n, g, kg, ho * wo)
     doutg = dout.reshape(n, g, o // g, ho * wo)
     # dW[g] = sum_n dout[n, g] @ cols[n, g]^T
-    dw = xp.stack([xp.tensordot(doutg[:, i], colsg[:, i], axes=([0, 2], [0, 2])) for i in range(g)])
-    dw = dw.reshape(w.shape)
+    dw = xp.matmul(doutg, colsg.transpose(0, 1, 3, 2)).sum(axis=0).reshape(w.shape)
     wg = w.reshape(1, g, o // g, kg)
     dcols = xp.matmul(wg.transpose(0, 1, 3, 2), doutg)  # (N, g, kg, L)
     dx = reference.col2im(dcols.reshape(cols.shape), x_shape, stride, padding, dilation)

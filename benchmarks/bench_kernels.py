@@ -1,0 +1,327 @@
+"""Speed of the bit-packed kernels against NumPy on the same +-1 data, in one run.
+
+    python benchmarks/bench_kernels.py [--json PATH] [--shapes 64,64,4096 ...] [--quick]
+
+For each (M, N, K): binary GOP/s (2*M*N*K/t) of ``bgemm`` with 1 and 2 threads (and of the AVX2 and
+scalar paths, 1 thread), NumPy float32 matmul GFLOP/s with 1 and 2 BLAS threads (threadpoolctl),
+the NumPy ``np.bitwise_count`` packed baseline, the ratios, and the fraction of the peak measured
+here (independent xor + popcount + add on the widest registers, ``measure_peak``). Then the
+ResNet-18 layer (3x3, 64->64, 56x56, padding 1) at batch 1 and 32: ``bconv2d`` (packed NHWC in,
+float out) and the layer's full path (float NCHW in and out, packing included) against NumPy's
+im2col + sgemm convolution, 1 thread each. Every kernel result is checked against NumPy before
+it is timed. Timings are the best of many short repeats, and each kernel is timed in rounds
+interleaved with the peak measurement it is compared with (``--rounds``), so that both see the
+same state of a shared machine; the load average is printed.
+
+BLAS: the NumPy columns are measured with the environment as given; if OPENBLAS_CORETYPE or
+OPENBLAS_L2_SIZE is set, they are measured again in a subprocess with both unset.
+
+Needs the compiled kernels (``pip install .``) and threadpoolctl (``pip install threadpoolctl``;
+without it the BLAS thread count cannot be set and those columns say so).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+try:
+    from threadpoolctl import threadpool_info, threadpool_limits
+except ImportError:  # pragma: no cover - reported in the output
+    threadpool_info = threadpool_limits = None
+
+from refbnn.kernels import compiled, reference
+
+K = compiled()
+SHAPES = [(64, 64, 4096), (256, 256, 2304), (1024, 1024, 1024), (4096, 4096, 4096), (3136, 64, 576),
+          (196, 256, 2304)]
+BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+TARGETS = {"frac_peak_k1024": 0.85, "frac_peak_3136": 0.70, "vs_sgemm": 20.0, "two_threads": 1.8,
+           "scalar_gops": 400.0, "conv_vs_numpy": 15.0}
+
+
+def best_time(f, budget=0.4, min_repeats=5):
+    """Best per-call time over short repeats of about 10 ms (robust to a shared, noisy machine)."""
+    t0 = time.perf_counter()
+    f()
+    t1 = max(time.perf_counter() - t0, 1e-7)
+    inner = max(1, int(0.01 / t1))
+    repeats = max(min_repeats, min(200, int(budget / (inner * t1))))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            f()
+        best = min(best, (time.perf_counter() - t0) / inner)
+    return best
+
+
+def blas_threads(n):
+    if threadpool_limits is None:
+        raise RuntimeError("threadpoolctl is not installed")
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def numpy_matmul(a, b, threads):
+    """float32 +-1 matmul GFLOP/s with ``threads`` BLAS threads, and its result."""
+    m, n, k = a.shape[0], b.shape[0], a.shape[1]
+    bt = b.T
+    with blas_threads(threads):
+        t = best_time(lambda: a @ bt, budget=1.0 if m * n * k > 1e10 else 0.4, min_repeats=3)
+        c = a @ bt
+    return 2 * m * n * k / t / 1e9, c
+
+
+def bitwise_count_matmul(aw, bw, k):
+    """The NumPy packed baseline: K - 2 popcount(a ^ b), blocks of rows of A at a time."""
+    m, n = aw.shape[0], bw.shape[0]
+    out = np.empty((m, n), np.int64)
+    rows = max(1, (1 << 22) // max(1, n * aw.shape[1]))
+    for i in range(0, m, rows):
+        x = np.bitwise_count(aw[i:i + rows, None, :] ^ bw[None, :, :])
+        out[i:i + rows] = k - 2 * x.sum(axis=-1, dtype=np.int64)
+    return out
+
+
+def interleaved(rates, rounds):
+    """Best of each rate (a callable returning GOP/s) over ``rounds`` rounds that take each in turn,
+    so that a kernel and the peak it is compared with see the same machine state (the clock of a
+    shared machine drifts)."""
+    best = dict.fromkeys(rates, 0.0)
+    for _ in range(rounds):
+        for name, rate in rates.items():
+            best[name] = max(best[name], rate())
+    return best
+
+
+def peak_rate(path, threads):
+    """The measured peak (binary GOP/s): independent xor + popcount + add, the best of short runs."""
+    return lambda: max(K.measure_peak(path, threads, seconds=0.005) for _ in range(3)) / 1e9
+
+
+def kernel_rate(ops, f, budget=0.05):
+    return lambda: ops / best_time(f, budget, min_repeats=3) / 1e9
+
+
+def bench_gemm(shape, rng, rounds, numpy_only=False):
+    m, n, k = shape
+    a = np.where(rng.random((m, k)) < 0.5, -1.0, 1.0).astype(np.float32)
+    b = np.where(rng.random((n, k)) < 0.5, -1.0, 1.0).astype(np.float32)
+    row = {"shape": [m, n, k]}
+    ops = 2 * m * n * k
+    try:
+        row["numpy_sgemm_1t"], c = numpy_matmul(a, b, 1)
+        row["numpy_sgemm_2t"], _ = numpy_matmul(a, b, 2)
+    except RuntimeError as exc:
+        row["numpy_sgemm_1t"] = row["numpy_sgemm_2t"] = None
+        row["note"] = str(exc)
+        c = a @ b.T
+    if numpy_only:
+        return row
+    aw, bw = K.pack_bits(a), K.pack_bits(b)
+    out = np.empty((m, n), np.int32)
+    for path in K.supported_paths():
+        if not np.array_equal(K.bgemm(aw, bw, k, out=out, path=path), c):
+            raise AssertionError(f"bgemm ({path}) disagrees with the float matmul")
+    best = row["path"] = K.supported_paths()[0]
+    rates = {f"bgemm_{t}t": kernel_rate(ops, lambda t=t: K.bgemm(aw, bw, k, threads=t, out=out, path=best))
+             for t in (1, 2)}
+    rates.update({f"peak_{t}t": peak_rate(best, t) for t in (1, 2)})
+    for path in K.supported_paths()[1:]:
+        rates[f"bgemm_{path}_1t"] = kernel_rate(ops, lambda p=path: K.bgemm(aw, bw, k, threads=1, out=out, path=p))
+        rates[f"peak_{path}_1t"] = peak_rate(path, 1)
+    row.update(interleaved(rates, rounds))
+    if m * n * k <= 2**32:
+        assert np.array_equal(bitwise_count_matmul(aw, bw, k), c)
+        row["numpy_bitwise_count"] = ops / best_time(lambda: bitwise_count_matmul(aw, bw, k), 0.3, 2) / 1e9
+    else:  # 4096^3 would take minutes; time one block of rows and scale
+        rows = 256
+        t = best_time(lambda: bitwise_count_matmul(aw[:rows], bw, k), 0.5, 2)
+        row["numpy_bitwise_count"] = 2 * rows * n * k / t / 1e9
+    row["packed_weight_bytes_per_channel"] = (k + 63) // 64 * 8
+    row["float32_weight_bytes_per_channel"] = 4 * k
+    return row
+
+
+def bench_conv(batch, rng, rounds):
+    """ResNet-18 layer: 3x3, 64 -> 64, 56x56, padding 1 (zero padding, exact), 1 thread."""
+    c = o = 64
+    x = np.where(rng.random((batch, c, 56, 56)) < 0.5, -1.0, 1.0).astype(np.float32)
+    w = np.where(rng.random((o, c, 3, 3)) < 0.5, -1.0, 1.0).astype(np.float32)
+    with blas_threads(1):
+        ref = reference.binary_conv2d(x, w, (1, 1), (1, 1), (1, 1), 1, 0.0)
+        t_np = best_time(lambda: reference.binary_conv2d(x, w, (1, 1), (1, 1), (1, 1), 1, 0.0), 0.6, 3)
+    xw, ww = K.pack_bits(x, axis=1), K.pack_bits(w, axis=1)        # NHWC words, OHWI words
+    out = np.empty((batch, 56, 56, o), np.float32)
+    got = K.bconv2d(xw, ww, c, 1, 1, pad_value=0.0, output="float", out=out, threads=1)
+    assert np.array_equal(got.transpose(0, 3, 1, 2), ref), "bconv2d disagrees with the NumPy convolution"
+
+    def layer_path():   # float NCHW +-1 in -> float NCHW out: packing, kernel, layout, all included
+        xs = K.pack_bits(x, axis=1, threads=1)
+        return K.bconv2d(xs, K.pack_bits(w, axis=1, threads=1), c, 1, 1, pad_value=0.0, output="float",
+                         layout="nchw", threads=1)
+
+    assert np.array_equal(layer_path(), ref)
+    ops = 2 * batch * 56 * 56 * o * c * 9
+
+    def conv(threads):
+        return lambda: K.bconv2d(xw, ww, c, 1, 1, pad_value=0.0, output="float", out=out, threads=threads)
+
+    r = interleaved({"bconv2d": kernel_rate(ops, conv(1), 0.1), "bconv2d_2t": kernel_rate(ops, conv(2), 0.1),
+                     "layer_path": kernel_rate(ops, layer_path, 0.1),
+                     "peak_1t": peak_rate(K.supported_paths()[0], 1)}, rounds)
+    return {"batch": batch, "numpy_im2col_sgemm_ms": 1e3 * t_np, "bconv2d_ms": ops / r["bconv2d"] / 1e6,
+            "bconv2d_2t_ms": ops / r["bconv2d_2t"] / 1e6, "layer_path_ms": ops / r["layer_path"] / 1e6,
+            "bconv2d_gops": r["bconv2d"], "peak_1t": r["peak_1t"],
+            "packed_weight_bytes": ww.nbytes, "float32_weight_bytes": w.nbytes}
+
+
+def derive(rows, convs):
+    """Ratios, and fractions of the peak measured beside each kernel."""
+    for r in rows:
+        if r["numpy_sgemm_1t"]:
+            r["vs_sgemm_1t"] = r["bgemm_1t"] / r["numpy_sgemm_1t"]
+            r["vs_sgemm_2t"] = r["bgemm_2t"] / r["numpy_sgemm_2t"]
+        r["two_threads_speedup"] = r["bgemm_2t"] / r["bgemm_1t"]
+        r["vs_bitwise_count"] = r["bgemm_1t"] / r["numpy_bitwise_count"]
+        for t in (1, 2):
+            r[f"frac_peak_{t}t"] = r[f"bgemm_{t}t"] / r[f"peak_{t}t"]
+        for p in K.supported_paths()[1:]:
+            r[f"frac_peak_{p}_1t"] = r[f"bgemm_{p}_1t"] / r[f"peak_{p}_1t"]
+    for c in convs:
+        c["speedup"] = c["numpy_im2col_sgemm_ms"] / c["bconv2d_ms"]
+        c["speedup_layer_path"] = c["numpy_im2col_sgemm_ms"] / c["layer_path_ms"]
+        c["frac_peak"] = c["bconv2d_gops"] / c["peak_1t"]
+
+
+def blas_report():
+    info = threadpool_info() if threadpool_info else "threadpoolctl not installed"
+    return {"env": {v: os.environ.get(v) for v in BLAS_VARS}, "threadpool_info": info}
+
+
+def targets(rows, convs):
+    """Each target of the issue: measured vs wanted."""
+    out = []
+    for r in rows:
+        m, n, k = r["shape"]
+        if k >= 1024 or (m, n, k) == (3136, 64, 576):
+            want = TARGETS["frac_peak_k1024"] if k >= 1024 else TARGETS["frac_peak_3136"]
+            out.append((f"bgemm 1T fraction of peak {tuple(r['shape'])}", r["frac_peak_1t"], want))
+        if r.get("vs_sgemm_1t") is not None:
+            out.append((f"bgemm 1T / NumPy sgemm 1T {tuple(r['shape'])}", r["vs_sgemm_1t"], TARGETS["vs_sgemm"]))
+        if m >= 256 and n >= 256:
+            out.append((f"bgemm 2T / 1T {tuple(r['shape'])}", r["two_threads_speedup"], TARGETS["two_threads"]))
+        if "bgemm_scalar_1t" in r:
+            out.append((f"scalar path GOP/s {tuple(r['shape'])} ({100 * r['frac_peak_scalar_1t']:.0f}% of the scalar "
+                        f"peak)", r["bgemm_scalar_1t"], TARGETS["scalar_gops"]))
+    for c in convs:
+        out.append((f"bconv2d / NumPy conv, ResNet-18 layer, batch {c['batch']}", c["speedup"],
+                    TARGETS["conv_vs_numpy"]))
+    return [{"target": name, "measured": v, "wanted": w, "met": bool(v >= w)} for name, v, w in out]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--shapes", nargs="*", help="M,N,K triples (default: the issue's six)")
+    p.add_argument("--quick", action="store_true", help="skip the 4096^3 shape and the batch-32 layer")
+    p.add_argument("--rounds", type=int, default=6,
+                   help="interleaved rounds per measurement; the best of each is kept (a shared machine)")
+    p.add_argument("--numpy-only", action="store_true", help=argparse.SUPPRESS)  # the BLAS-env subprocess
+    args = p.parse_args(argv)
+    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes] if args.shapes else SHAPES
+    if args.quick:
+        shapes = [s for s in shapes if s != (4096, 4096, 4096)]
+    rng = np.random.default_rng(0)
+    if args.numpy_only:
+        rows = [bench_gemm(s, rng, 0, numpy_only=True) for s in shapes]
+        json.dump({"rows": rows, "blas": blas_report()}, sys.stdout)
+        return 0
+
+    load0 = os.getloadavg()
+    best = K.supported_paths()[0]
+    rows = [bench_gemm(s, rng, args.rounds) for s in shapes]
+    convs = [bench_conv(b, rng, args.rounds) for b in ((1,) if args.quick else (1, 32))]
+    derive(rows, convs)
+    result = {"rounds": args.rounds, "machine": {"platform": platform.platform(), "cpu": _cpu_name(), "cores": os.cpu_count(),
+                          "kernels": K.info(), "loadavg_before": load0, "loadavg_after": os.getloadavg()},
+              "blas": blas_report(), "gemm": rows, "conv": convs}
+    if any(os.environ.get(v) for v in BLAS_VARS):
+        env = {k: v for k, v in os.environ.items() if k not in BLAS_VARS}
+        cmd = [sys.executable, __file__, "--numpy-only", "--shapes", *[",".join(map(str, s)) for s in shapes]]
+        res = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)
+        result["blas_unset"] = res
+        for r, u in zip(rows, res["rows"]):
+            r["numpy_sgemm_1t_blas_unset"], r["numpy_sgemm_2t_blas_unset"] = u["numpy_sgemm_1t"], u["numpy_sgemm_2t"]
+    result["targets"] = targets(rows, convs)
+    print_tables(result, best)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2, default=str)
+        print(f"\nwritten to {args.json}")
+    return 0
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def _f(v, fmt="{:.0f}"):
+    return "-" if v is None else fmt.format(v)
+
+
+def print_tables(r, best):
+    m = r["machine"]
+    print(f"{m['cpu']}, {m['cores']} cores; kernels: {m['kernels']}")
+    print(f"load average before/after: {m['loadavg_before']} / {m['loadavg_after']} (a shared machine skews timings)")
+    env = r["blas"]["env"]
+    arch = [i.get("architecture") for i in r["blas"]["threadpool_info"]] if threadpool_info else "?"
+    print(f"BLAS: {arch}; {', '.join(f'{k}={v}' for k, v in env.items())}"
+          + ("" if "blas_unset" in r else " (both unset: the shipped environment is the unset one)"))
+    print("peak: xor+popcount+add on the widest registers, binary GOP/s, measured in rounds interleaved with "
+          "each kernel")
+    paths = [p for p in K.supported_paths() if p != best]
+    head = (f"{'M,N,K':>17} | {'bgemm 1T':>8} {'%peak':>5} | {'bgemm 2T':>8} {'2T/1T':>5} | "
+            + " ".join(f"{p + ' 1T':>9}" for p in paths)
+            + f" | {'sgemm 1T':>8} {'sgemm 2T':>8} | {'x sgemm1':>8} {'x sgemm2':>8} | {'bitcount':>8} {'x bitc':>6}"
+            + f" | {'W bytes/ch':>12} | {'peak 1T/2T':>11}")
+    print("\nbgemm (binary GOP/s = 2MNK/t) vs NumPy float32 matmul (GFLOP/s) on the same +-1 data")
+    print(head)
+    print("-" * len(head))
+    for g in r["gemm"]:
+        print(f"{','.join(map(str, g['shape'])):>17} | {g['bgemm_1t']:8.0f} {100 * g['frac_peak_1t']:4.0f}% | "
+              f"{g['bgemm_2t']:8.0f} {g['two_threads_speedup']:5.2f} | "
+              + " ".join(f"{g[f'bgemm_{p}_1t']:9.0f}" for p in paths)
+              + f" | {_f(g['numpy_sgemm_1t'], '{:8.1f}')} {_f(g['numpy_sgemm_2t'], '{:8.1f}')} | "
+              f"{_f(g.get('vs_sgemm_1t'), '{:8.1f}')} {_f(g.get('vs_sgemm_2t'), '{:8.1f}')} | "
+              f"{g['numpy_bitwise_count']:8.1f} {g['vs_bitwise_count']:6.0f} | "
+              f"{g['packed_weight_bytes_per_channel']:>4} / {g['float32_weight_bytes_per_channel']:<5} | "
+              f"{g['peak_1t']:5.0f}/{g['peak_2t']:5.0f}")
+    if "blas_unset" in r:
+        print("\nNumPy sgemm with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset (GFLOP/s, 1T / 2T): "
+              + "; ".join(f"{tuple(g['shape'])}: {_f(g['numpy_sgemm_1t_blas_unset'], '{:.1f}')} / "
+                          f"{_f(g['numpy_sgemm_2t_blas_unset'], '{:.1f}')}" for g in r["gemm"]))
+    print("\nResNet-18 layer 3x3 64->64 56x56 pad 1 (zero padding), 1 thread, ms")
+    print(f"{'batch':>5} | {'NumPy im2col+sgemm':>18} | {'bconv2d':>8} {'speedup':>7} {'%peak':>5} | "
+          f"{'bconv2d 2T':>10} | {'layer path':>10} {'speedup':>7} | weights packed/float32 bytes")
+    for c in r["conv"]:
+        print(f"{c['batch']:>5} | {c['numpy_im2col_sgemm_ms']:18.2f} | {c['bconv2d_ms']:8.3f} {c['speedup']:7.1f} "
+              f"{100 * c['frac_peak']:4.0f}% | {c['bconv2d_2t_ms']:10.3f} | {c['layer_path_ms']:10.3f} "
+              f"{c['speedup_layer_path']:7.1f} | {c['packed_weight_bytes']} / {c['float32_weight_bytes']}")
+    print("\ntargets")
+    for t in r["targets"]:
+        print(f"  {'met ' if t['met'] else 'MISS'}  {t['target']}: {t['measured']:.2f} (wanted >= {t['wanted']})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""One training step of the ResNet-20 BNN (batch 128, 3x32x32 inputs, 10 classes): refbnn against
+the same network in PyTorch CPU eager, in one run.
+
+    python benchmarks/bench_train_step.py [--json PATH] [--batch 128] [--steps 5] [--threads 2]
+
+refbnn: ``build_model("resnet20", LayerFactory(get_method("bnn")), (3, 32, 32), 10)`` with the
+packed kernels (backend "auto") and with the NumPy reference (backend "numpy"); a step is
+zero_grad, forward, softmax cross-entropy, backward, Adam step, latent weight clip. PyTorch: the
+same architecture (Bi-Real double-skip blocks, option-A shortcuts, sign with sign(0) = +1, the
+clipped straight-through estimator on activations and the identity one on weights, zero padding
+of the binarized input, hardtanh, BatchNorm1d head) and the same step. Skipped if torch is absent
+(``pip install torch==2.13.0`` installs a CPU build here). Times are the best of ``--steps`` steps
+after a warm-up step; both use ``--threads`` threads (torch.set_num_threads, OpenMP/BLAS).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def best_step_time(step, steps):
+    """The best of ``steps`` timed calls of ``step``, after a warm-up call."""
+    step()
+    best = float("inf")
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def refbnn_step_time(batch, steps, backend, seed=0):
+    from refbnn import ops
+    from refbnn.methods import LayerFactory, get_method
+    from refbnn.models import build_model
+    from refbnn.optim import Adam, WeightClip, no_decay_bn_and_bias, param_groups
+
+    method = get_method("bnn")
+    model = build_model("resnet20", LayerFactory(method, rng=seed, backend=backend), (3, 32, 32), 10)
+    opt = Adam(param_groups(model, 0.0, no_decay_bn_and_bias), lr=method.lr)
+    clip = WeightClip(method.latent_clip)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+
+    def step():
+        model.zero_grad()
+        logits, cache = model.forward(x)
+        loss, lcache = ops.softmax_cross_entropy_forward(logits, y)
+        model.backward(ops.softmax_cross_entropy_backward(lcache), cache)
+        opt.step()
+        clip.apply(model)
+        return loss
+
+    return best_step_time(step, steps), model.num_parameters()
+
+
+def torch_step_time(batch, steps, threads, seed=0):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+
+    class SignSTE(torch.autograd.Function):
+        """sign with sign(0) = +1; backward: dy * 1[|x| <= clip] (clip None: identity)."""
+
+        @staticmethod
+        def forward(ctx, x, clip):
+            ctx.save_for_backward(x)
+            ctx.clip = clip
+            return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+        @staticmethod
+        def backward(ctx, dy):
+            (x,) = ctx.saved_tensors
+            return (dy if ctx.clip is None else dy * (x.abs() <= ctx.clip).to(dy.dtype)), None
+
+    class BinaryConv(nn.Conv2d):
+        def forward(self, x):
+            return nn.functional.conv2d(SignSTE.apply(x, 1.0), SignSTE.apply(self.weight, None), None,
+                                        self.stride, self.padding)
+
+    class ShortcutA(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            extra = cout - cin
+            self.stride, self.pad = stride, (extra // 2, extra - extra // 2)
+
+        def forward(self, x):
+            x = x[:, :, ::self.stride, ::self.stride]
+            return nn.functional.pad(x, (0, 0, 0, 0, *self.pad))
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = BinaryConv(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = BinaryConv(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.short = ShortcutA(cin, cout, stride) if stride != 1 or cin != cout else nn.Identity()
+
+        def forward(self, x):
+            h = nn.functional.hardtanh(self.bn1(self.conv1(x)) + self.short(x))
+            return nn.functional.hardtanh(self.bn2(self.conv2(h)) + h)
+
+    layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.Hardtanh()]
+    prev = 16
+    for stage, c in enumerate((16, 32, 64)):
+        for b in range(3):
+            layers.append(Block(prev, c, 2 if stage > 0 and b == 0 else 1))
+            prev = c
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.BatchNorm1d(prev), nn.Linear(prev, 10)]
+    model = nn.Sequential(*layers).train()
+    binary = [m.weight for m in model.modules() if isinstance(m, BinaryConv)]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, 32, 32, generator=gen)
+    y = torch.randint(0, 10, (batch,), generator=gen)
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for w in binary:
+                w.clamp_(-1.0, 1.0)
+        return float(loss.detach())
+
+    return best_step_time(step, steps), sum(p.numel() for p in model.parameters()), torch.__version__
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    args = p.parse_args(argv)
+    res = {"batch": args.batch, "threads": args.threads, "loadavg_before": os.getloadavg()}
+    try:
+        from threadpoolctl import threadpool_limits
+        limiter = threadpool_limits(args.threads)
+    except ImportError:
+        limiter = None
+        res["note"] = "threadpoolctl not installed: BLAS/OpenMP threads not set"
+    from refbnn.kernels import kernel_paths
+
+    res["kernels"] = kernel_paths()
+    res["refbnn_s"], res["parameters"] = refbnn_step_time(args.batch, args.steps, "auto")
+    res["refbnn_numpy_backend_s"], _ = refbnn_step_time(args.batch, args.steps, "numpy")
+    try:
+        res["torch_s"], torch_params, res["torch"] = torch_step_time(args.batch, args.steps, args.threads)
+        assert torch_params == res["parameters"], (torch_params, res["parameters"])
+        res["refbnn_vs_torch"] = res["refbnn_s"] / res["torch_s"]
+    except ImportError:
+        res["torch_s"] = None
+        res["note"] = "torch is not installed: install it with `pip install torch==2.13.0` for the comparison"
+    if limiter is not None:
+        limiter.unregister()
+    res["loadavg_after"] = os.getloadavg()
+    print(f"ResNet-20 BNN training step, batch {args.batch}, {args.threads} threads, "
+          f"{res['parameters']} parameters; load average {res['loadavg_before']} -> {res['loadavg_after']}")
+    print(f"  refbnn (packed kernels, {res['kernels'].get('active', 'not built')}): {1e3 * res['refbnn_s']:8.1f} ms")
+    print(f"  refbnn (NumPy reference backend):            {1e3 * res['refbnn_numpy_backend_s']:8.1f} ms")
+    if res["torch_s"] is not None:
+        print(f"  PyTorch {res['torch']} CPU eager:               {1e3 * res['torch_s']:8.1f} ms")
+        print(f"  refbnn / PyTorch: {res['refbnn_vs_torch']:.2f}x the time "
+              f"({'no slower' if res['refbnn_vs_torch'] <= 1 else 'slower'} than PyTorch)")
+    else:
+        print(f"  PyTorch: skipped ({res['note']})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+/* The AVX-512 VPOPCNTDQ path: a register tile of BK_MR rows x 32 columns (4 zmm of 8 columns per
+ * row, 64-bit accumulators). Each k step loads the panel's 32 words once, broadcasts one A word per
+ * row and does xor + vpopcntq + add per accumulator: the xor-popcount-add triple the peak counts.
+ */
+#include "bk_epilogue.h"
+
+#if BK_X86
+#include <immintrin.h>
+
+#define T512 __attribute__((target("avx512f,avx512vpopcntdq")))
+
+#define BK_TRIPLES(MR, AV)                                                                      \
+    do {                                                                                        \
+        const __m512i b0 = _mm512_load_si512((const void *)bp);                                 \
+        const __m512i b1 = _mm512_load_si512((const void *)(bp + 8));                           \
+        const __m512i b2 = _mm512_load_si512((const void *)(bp + 16));                          \
+        const __m512i b3 = _mm512_load_si512((const void *)(bp + 24));                          \
+        for (int r = 0; r < MR; r++) {                                                          \
+            const __m512i av = _mm512_set1_epi64((long long)(AV));                              \
+            acc[r][0] = _mm512_add_epi64(acc[r][0], _mm512_popcnt_epi64(_mm512_xor_si512(av, b0))); \
+            acc[r][1] = _mm512_add_epi64(acc[r][1], _mm512_popcnt_epi64(_mm512_xor_si512(av, b1))); \
+            acc[r][2] = _mm512_add_epi64(acc[r][2], _mm512_popcnt_epi64(_mm512_xor_si512(av, b2))); \
+            acc[r][3] = _mm512_add_epi64(acc[r][3], _mm512_popcnt_epi64(_mm512_xor_si512(av, b3))); \
+        }                                                                                       \
+        bp += BK_NC;                                                                            \
+    } while (0)
+
+T512 static inline __attribute__((always_inline)) void tile512(const int MR, int ntaps, int cw, uint64_t tailmask,
+                                                               const uint64_t *const *ap, const int64_t *tapoff,
+                                                               const uint64_t *bp, int32_t kbits, int32_t *dst,
+                                                               int64_t ldd)
+{
+    __m512i acc[BK_MR][4];
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < 4; j++)
+            acc[r][j] = _mm512_setzero_si512();
+    const int kfull = tailmask == ~(uint64_t)0 ? cw : cw - 1;
+    for (int t = 0; t < ntaps; t++) {
+        const uint64_t *a[BK_MR];
+        for (int r = 0; r < MR; r++)
+            a[r] = bk_arow(ap, tapoff, t, r);
+        for (int k = 0; k < kfull; k++)
+            BK_TRIPLES(MR, a[r][k]);
+        if (kfull < cw)
+            BK_TRIPLES(MR, a[r][kfull] & tailmask);
+    }
+    /* dot = K - 2 popcount: the low 32-bit halves of two accumulators (16 columns) in one register */
+    const __m512i kv = _mm512_set1_epi32(kbits);
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < 4; j += 2) {
+            const __m512i pop = _mm512_permutex2var_epi32(acc[r][j], even, acc[r][j + 1]);
+            _mm512_storeu_si512((void *)(dst + r * ldd + 8 * j), _mm512_sub_epi32(kv, _mm512_slli_epi32(pop, 1)));
+        }
+}
+
+T512 void bk_tile_avx512(int mr, int ntaps, int cw, uint64_t tailmask, const uint64_t *const *ap,
+                         const int64_t *tapoff, const uint64_t *bp, int32_t kbits, int32_t *dst, int64_t ldd)
+{
+    switch (mr) {
+    case 6: tile512(6, ntaps, cw, tailmask, ap, tapoff, bp, kbits, dst, ldd); break;
+    case 5: tile512(5, ntaps, cw, tailmask, ap, tapoff, bp, kbits, dst, ldd); break;
+    case 4: tile512(4, ntaps, cw, tailmask, ap, tapoff, bp, kbits, dst, ldd); break;
+    case 3: tile512(3, ntaps, cw, tailmask, ap, tapoff, bp, kbits, dst, ldd); break;
+    case 2: tile512(2, ntaps, cw, tailmask, ap, tapoff, bp, kbits, dst, ldd); break;
+    default: tile512(1, ntaps, cw, tailmask, ap, tapoff, bp, kbits, dst, ldd); break;
+    }
+}
+
+T512 void bk_float_avx512(const bk_job *job, const int32_t *tile, int mr, const int64_t *rowoff, int64_t p)
+{
+    float y[BK_MR * BK_NC] __attribute__((aligned(64)));
+    const __m512i lo = _mm512_set1_epi32(job->lo), hi = _mm512_set1_epi32(job->hi);
+    const float *mul = job->mul ? job->mul + p * BK_NC : NULL, *bias = job->bias ? job->bias + p * BK_NC : NULL;
+    const int64_t c0 = p * BK_NC;
+    const int nc = job->n - c0 < BK_NC ? (int)(job->n - c0) : BK_NC;
+    const uint32_t valid = nc == 32 ? 0xFFFFFFFFu : (1u << nc) - 1;
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < BK_NC; j += 16) {
+            const __m512i d = _mm512_loadu_si512((const void *)(tile + i * BK_NC + j));
+            __m512 v = _mm512_cvtepi32_ps(_mm512_min_epi32(_mm512_max_epi32(d, lo), hi));
+            if (mul)
+                v = _mm512_mul_ps(v, _mm512_loadu_ps(mul + j));
+            if (bias)
+                v = _mm512_add_ps(v, _mm512_loadu_ps(bias + j));   /* no FMA: rounds as NumPy */
+            if (job->out_col == 1)
+                _mm512_mask_storeu_ps((float *)job->out + rowoff[i] + c0 + j, (__mmask16)(valid >> j), v);
+            else
+                _mm512_store_ps(y + i * BK_NC + j, v);
+        }
+    if (job->out_col != 1)
+        bk_float_store(job, y, mr, rowoff, p);
+}
+
+T512 void bk_bits_avx512(const bk_job *job, const int32_t *tile, int mr, const int64_t *rowoff, int64_t p)
+{
+    const int32_t *thr = job->thr + p * BK_NC;
+    const __m512i t0 = _mm512_loadu_si512((const void *)thr), t1 = _mm512_loadu_si512((const void *)(thr + 16));
+    for (int i = 0; i < mr; i++) {
+        const __m512i d0 = _mm512_loadu_si512((const void *)(tile + i * BK_NC));
+        const __m512i d1 = _mm512_loadu_si512((const void *)(tile + i * BK_NC + 16));
+        const uint32_t bits = (uint32_t)_mm512_cmplt_epi32_mask(d0, t0)
+                            | (uint32_t)_mm512_cmplt_epi32_mask(d1, t1) << 16;
+        bk_store_bits(job, rowoff[i], p, bits);
+    }
+}
+
+T512 double bk_peak_avx512(int64_t iters)
+{
+    __m512i a = _mm512_set1_epi64(0x9E3779B97F4A7C15ll), b[12], s[12];
+    for (int j = 0; j < 12; j++) {
+        b[j] = _mm512_set1_epi64((long long)((uint64_t)(j + 1) * 0xD1B54A32D192ED03ull));
+        s[j] = _mm512_setzero_si512();
+    }
+    for (int64_t it = 0; it < iters; it++) {
+        for (int j = 0; j < 12; j++)
+            s[j] = _mm512_add_epi64(s[j], _mm512_popcnt_epi64(_mm512_xor_si512(a, b[j])));
+        __asm__ volatile("" : "+v"(a));
+    }
+    __m512i sum = _mm512_setzero_si512();
+    for (int j = 0; j < 12; j++)
+        sum = _mm512_add_epi64(sum, s[j]);
+    __asm__ volatile("" : : "v"(sum));
+    return (double)iters * 12 * 512 * 2;
+}
+#endif
