@@ -54,17 +54,7 @@ def parse_param(text: str):
     if "=" not in text:
         raise ValueError(f"--param: expected KEY=VALUE, got {text!r}")
     key, raw = (s.strip() for s in text.split("=", 1))
-    low = raw.lower()
-    if low in ("true", "false"):
-        return key, low == "true"
-    if low in ("none", "null"):
-        return key, None
-    for conv in (int, float):
-        try:
-            return key, conv(raw)
-        except ValueError:
-            pass
-    return key, raw
+    return key, crosscheck.parse_value(raw)
 
 
 def cmd_train(args) -> int:
@@ -90,7 +80,7 @@ CROSSCHECK_EXAMPLES = """examples:
   refbnn crosscheck mine.npz --method bnn --convention paper --part input   # the input quantizer alone
   refbnn crosscheck larq.npz --input-quantizer ste_sign --kernel-quantizer ste_sign --padding same
   refbnn crosscheck q.npz --quantizer ste_sign --param clip_value=1.25
-  refbnn crosscheck tau.npz --schedule recu_tau
+  refbnn crosscheck tau.npz --schedule recu_tau --convention official   # epoch, epochs, tau_min, tau_max, tau
   refbnn crosscheck --export refs/ --method bnn --convention official --dtype float32
 exit status: 0 every tensor agrees, 1 some tensor differs, 2 bad input (the message says what)"""
 
@@ -107,9 +97,11 @@ def _add_crosscheck(sub):
     what.add_argument("--input-quantizer", help="Larq-style layer: the input quantizer (a quantizer name or none)")
     what.add_argument("--kernel-quantizer", help="Larq-style layer: the kernel quantizer (a quantizer name or none)")
     what.add_argument("--quantizer", help="one quantizer: the bundle holds x, grad_out, out, grad_x")
-    what.add_argument("--schedule", help="a schedule: the bundle holds epoch (vector), epochs, parameters, values")
+    what.add_argument("--schedule", help="a schedule (recu_tau, irnet_tk, ...; --list): the bundle holds epoch "
+                      "(vector), epochs, parameters, values; a quantizer schedule needs --convention (its clock)")
     p.add_argument("--convention", choices=sorted(PRESETS),
-                   help="paper or official-code conventions (sign(0), padding, statistics, schedule clock)")
+                   help="paper or official-code conventions (sign(0), padding, statistics, schedule clock); "
+                   "required with --method and with a quantizer --schedule")
     p.add_argument("--part", choices=crosscheck.PARTS, help="layer (default), or only the method's weight or input "
                    "quantizer applied to x")
     p.add_argument("--layer", choices=("conv2d", "linear", "dense"), help="default: from the weight's rank")

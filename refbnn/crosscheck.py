@@ -7,22 +7,28 @@ A *reference bundle* is an ``.npz`` of named arrays (read with ``allow_pickle=Fa
   ``grad_bias``, ``grad_alpha``; gradients are those of L = sum(out * grad_out);
 - settings as 0-d arrays: ``stride``, ``padding`` (an int, a pair, or ``"same"``/``"valid"``),
   ``dilation``, ``groups``, ``pad_value`` (Larq: ``pad_values``), ``training``, ``epoch``/``epochs``
-  (the method's per-epoch hooks set schedule values), and any quantizer parameter (``clip_value``,
-  ``beta``, ...), schedule value (``tau``, ``t``, ``k``, ...), convention field (``sign_zero``, ...) or
-  method field (``scale``) by name;
+  (``Method.on_epoch`` sets the method's schedule values at the convention's clock), and any quantizer
+  parameter (``clip_value``, ``beta``, ...), schedule value (``tau``, ``t``, ``k``, ...), schedule
+  parameter (``T_min``, ``tau_min``, ...), convention field (``sign_zero``, ...) or method field
+  (``scale``, ``weight_quantizer``, ``input_quantizer``) by name;
 - optionally how it was made, as 0-d strings: ``method``, ``convention``, ``quantizer``,
   ``input_quantizer``, ``kernel_quantizer``, ``schedule``, ``part``, ``layer``, ``layout`` (written by
   :func:`export_bundles`; they act as defaults, and a conflicting command-line value is an error).
 
 :func:`crosscheck` runs refbnn on the bundle's inputs and compares every expected output it holds;
-:func:`export_bundles` writes bundles computed by refbnn. Both are generic over the registries: a
-method is looked up in ``refbnn.methods.METHODS``, a quantizer in ``refbnn.quantizers.QUANTIZERS``,
-a schedule in the tables and functions of ``refbnn.schedules`` (see :func:`schedule_table`), and a
-named value goes to every place that has that name (:class:`_Namespace`): layer settings, convention
-fields, method fields, quantizer constructor parameters (``config()`` keys, rebuilt through the
-constructor) and quantizer schedule state (``state()`` keys, through ``set_state``). A name that
-nothing takes is an error, so a typo in a bundle is never ignored. Prefix a name with
-``weight_quantizer.``, ``kernel_quantizer.`` or ``input_quantizer.`` to reach one quantizer only.
+:func:`export_bundles` writes bundles computed by refbnn. Both are generic over the registries and
+build everything through the catalogue's own paths: a method's layer with
+``LayerFactory(method, convention=..., params=...)`` (``Method.with_params`` routes the named values
+to the method's fields, quantizer constructors and schedule), its epoch with ``Method.on_epoch``, a
+quantizer with ``get_quantizer``/``from_convention``, a schedule from the tables of
+``refbnn.schedules`` (``QUANTIZER_SCHEDULES``, evaluated with ``QuantizerSchedule.at`` at the
+convention's clock, and the learning-rate schedules; see :func:`schedule_table`). Layer settings
+(geometry, ``pad_value``, ``training``, ``epoch``/``epochs``) and convention fields are taken here;
+every other name goes to the method's (or the Larq layer's, or the quantizer's) parameters. A name
+that nothing takes is an error, so a typo in a bundle is never ignored. Prefix a name with
+``weight_quantizer.``, ``kernel_quantizer.`` or ``input_quantizer.`` (or ``Method.with_params``'s
+``weight.``/``input.``) to reach one quantizer only. Schedule values given by name (``tau``, ``t``,
+``k``) win over those ``epoch``/``epochs`` set.
 
 Arrays are compared element-wise after casting to float64: ``max_abs = max |refbnn - yours|``,
 ``max_rel = max_abs / max(max |refbnn|, max |yours|)`` (relative to the tensor's scale, so exact
@@ -43,8 +49,9 @@ import numpy as np
 from . import schedules as _schedules
 from .conventions import PRESETS, Convention, get_convention
 from .layers import BinaryConv2d, BinaryLinear
-from .methods import LayerFactory, Method, get_method
-from .quantizers import QUANTIZERS, Quantizer, get_quantizer
+from .methods import METHOD_FIELDS, LayerFactory, Method, get_method
+from .quantizers import QUANTIZERS, get_quantizer
+from .schedules import QuantizerSchedule
 
 # (rtol, atol) per computation dtype: float64 about 1e-10 relative, float32 about 1e-5.
 DEFAULT_TOLERANCES = {"float64": (1e-10, 1e-12), "float32": (1e-5, 1e-6)}
@@ -55,10 +62,13 @@ PARTS = ("layer", "weight", "input")
 META_KEYS = ("method", "convention", "quantizer", "input_quantizer", "kernel_quantizer", "schedule", "part", "layer",
              "layout")
 GEOMETRY = ("stride", "padding", "dilation", "groups")
-QUANTIZER_PREFIXES = {"weight_quantizer": "weight", "kernel_quantizer": "weight", "input_quantizer": "input"}
-# Method fields that do not change one layer's forward/backward (so a bundle may not set them).
-_METHOD_FIELDS_NOT_LAYER = {"name", "description", "weight_quantizer", "input_quantizer", "epoch_hooks", "activation",
-                            "latent_clip", "optimizer", "lr", "weight_decay", "scale_init"}
+# name prefixes that reach one quantizer: crosscheck's spelling and Method.with_params' own
+QUANTIZER_PREFIXES = {"weight_quantizer": "weight", "kernel_quantizer": "weight", "input_quantizer": "input",
+                      "weight": "weight", "input": "input"}
+CONVENTION_FIELDS = tuple(f.name for f in dataclasses.fields(Convention) if f.name != "name")
+# Method.with_params fields that do not change one layer's forward/backward (so a bundle may not set them):
+# the alpha comes from the bundle, the activation and the latent clip are outside the layer.
+_METHOD_FIELDS_NOT_LAYER = ("scale_init", "activation", "latent_clip")
 
 
 class BundleError(ValueError):
@@ -199,6 +209,7 @@ class Report:
     rtol: float
     atol: float
     settings: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -215,7 +226,7 @@ class Report:
 
     def as_dict(self):
         return {"passed": self.passed, "rtol": self.rtol, "atol": self.atol, "settings": self.settings,
-                "tensors": [r.as_dict() for r in self.rows]}
+                "tensors": [r.as_dict() for r in self.rows], "notes": list(self.notes)}
 
     def to_json(self, indent=2) -> str:
         return json.dumps(self.as_dict(), indent=indent, default=str)
@@ -239,6 +250,7 @@ class Report:
                          f"refbnn {r.refbnn:.10g}, yours {r.yours:.10g})")
             lines.append(line)
         n_bad = sum(not r.passed for r in self.rows)
+        lines += [f"note: {n}" for n in self.notes]
         lines.append("PASS: every tensor agrees with refbnn" if self.passed
                      else f"FAIL: {n_bad} of {len(self.rows)} tensors differ from refbnn")
         return "\n".join(lines)
@@ -289,14 +301,20 @@ def _is_schedule_fn(obj):
     return names[:2] == ["epoch", "epochs"]
 
 
+def _is_schedule(obj):
+    return isinstance(obj, QuantizerSchedule) or _is_schedule_fn(obj)
+
+
 def schedule_table() -> dict:
-    """Every schedule in ``refbnn.schedules``: the entries of its upper-case name -> function tables
-    (``LR_SCHEDULES``, and any other the catalogue adds, e.g. ``SCHEDULES``) and its public functions
-    whose first two parameters are ``(epoch, epochs)`` (``recu_tau``, ``irnet_tk``, ``cosine_lr``, ...)."""
+    """Every schedule in ``refbnn.schedules``: the entries of its upper-case name -> schedule tables
+    (``QUANTIZER_SCHEDULES``: ``irnet_tk``, ``recu_tau``, ...; ``LR_SCHEDULES``: ``cosine``, ...; and any
+    table the catalogue adds) and its public functions whose first two parameters are ``(epoch, epochs)``
+    (``cosine_lr``, ...). A value is a :class:`~refbnn.schedules.QuantizerSchedule` (evaluated at the
+    convention's clock) or a function ``f(epoch, epochs, **params)``."""
     table = {}
     for attr, obj in vars(_schedules).items():
         if attr.isupper() and isinstance(obj, dict):
-            table.update({k: f for k, f in obj.items() if isinstance(k, str) and callable(f)})
+            table.update({k: f for k, f in obj.items() if isinstance(k, str) and _is_schedule(f)})
     for attr, obj in vars(_schedules).items():
         if not attr.startswith("_") and inspect.isfunction(obj) and _is_schedule_fn(obj):
             table.setdefault(attr, obj)
@@ -310,19 +328,14 @@ def get_schedule(name):
     return table[name]
 
 
-# The value names of the spec's schedules (algorithms.md sections 3.3 and 4.6), used when the function
-# returns a plain tuple or number and has no ``outputs`` attribute of its own.
-SPEC_OUTPUTS = {"irnet_tk": ("t", "k"), "recu_tau": ("tau",)}
-
-
-def _schedule_outputs(fn, value, name=None):
-    """Names of a schedule's values: a dict's keys, a namedtuple's fields, ``fn.outputs``, or
-    :data:`SPEC_OUTPUTS`; ``None`` for one unnamed number."""
+def _schedule_outputs(fn, value):
+    """Names and values of one evaluation: a dict's keys, a namedtuple's fields, ``fn.outputs``; names
+    ``None`` for one unnamed number."""
     if isinstance(value, dict):
         return tuple(value), tuple(value.values())
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return tuple(value._fields), tuple(value)
-    names = getattr(fn, "outputs", None) or SPEC_OUTPUTS.get(name) or SPEC_OUTPUTS.get(getattr(fn, "__name__", None))
+    names = getattr(fn, "outputs", None)
     if isinstance(value, (tuple, list)):
         if names is None or len(names) != len(value):
             raise BundleError(f"schedule {getattr(fn, '__name__', fn)} returns {len(value)} unnamed values; it needs "
@@ -333,7 +346,7 @@ def _schedule_outputs(fn, value, name=None):
 
 def _default_output_name(fn):
     """The name an unnamed single value is exported under: ``fn.outputs[0]``, else the function name's
-    last word (``recu_tau`` -> ``tau``, ``cosine_lr`` -> ``lr``), else ``value``."""
+    last word (``cosine_lr`` -> ``lr``), else ``value``."""
     names = getattr(fn, "outputs", None)
     if names:
         return names[0]
@@ -395,6 +408,17 @@ class Request:
                     raise BundleError(f"--method {r.method} needs --convention: one of {', '.join(sorted(PRESETS))} "
                                       f"(they differ in sign(0), statistics and schedules)")
                 r.convention = "paper"
+        if r.schedule is not None:
+            sched = get_schedule(r.schedule)
+            if isinstance(sched, QuantizerSchedule) and r.convention is None:
+                if require_convention:
+                    raise BundleError(f"--schedule {r.schedule} needs --convention: one of {', '.join(sorted(PRESETS))} "
+                                      f"(its clock: paper p = e / (E - 1), the end value is reached; official "
+                                      f"p = e / E, as the official code)")
+                r.convention = "paper"
+            elif not isinstance(sched, QuantizerSchedule) and r.convention is not None:
+                raise BundleError(f"--convention {r.convention}: schedule {r.schedule} is a function of (epoch, "
+                                  f"epochs) that no convention changes; remove --convention")
         if r.convention is not None:
             get_convention(r.convention)
         if r.quantizer is not None:
@@ -406,8 +430,6 @@ class Request:
         if r.larq:  # an unnamed Larq quantizer is absent, as in Larq (None)
             r.input_quantizer = r.input_quantizer or "none"
             r.kernel_quantizer = r.kernel_quantizer or "none"
-        if r.schedule is not None:
-            get_schedule(r.schedule)
         for name, allowed in (("part", PARTS), ("layer", LAYERS + ("dense",)), ("layout", LAYOUTS)):
             v = getattr(r, name)
             if v is not None and v not in allowed:
@@ -433,27 +455,14 @@ class Request:
 
 
 def _check_quantizer_name(name):
-    if name not in QUANTIZERS:
-        raise BundleError(f"unknown quantizer {name!r}; known quantizers: {', '.join(sorted(QUANTIZERS))}")
-
-
-def _rebuild(q: Quantizer, overrides: dict) -> Quantizer:
-    """The same quantizer with some constructor parameters changed (``config()`` holds them all)."""
-    cfg = {**q.config(), **overrides}
-    try:
-        return type(q)(**cfg)
-    except (TypeError, ValueError) as exc:
-        raise BundleError(f"{q.name}: cannot set {overrides}: {exc}") from exc
+    """The catalogue's check (an unknown name lists the known ones)."""
+    get_quantizer(name)
 
 
 class _Namespace:
-    """Named values (bundle settings and --param) routed to every place that has the name.
-
-    Targets, in the order they are applied: layer settings (geometry, ``pad_value``, ``training``,
-    ``epoch``/``epochs``), convention fields, method fields, quantizer constructor parameters
-    (``config()`` keys; the quantizer is rebuilt) and quantizer state (``state()`` keys, set after the
-    per-epoch hooks so that an explicit ``tau``/``t``/``k`` wins over the schedule).
-    """
+    """Named values: the bundle's settings and ``--param``, one value per name (a different value in both
+    is an error). ``take`` marks a name used; every name must end up used by someone (see
+    :func:`_check_all_used`)."""
 
     def __init__(self, bundle_values: dict, params: dict):
         values = {("pad_value" if k == "pad_values" else k): v for k, v in bundle_values.items()}
@@ -474,32 +483,44 @@ class _Namespace:
     def has(self, name):
         return name in self.values
 
-    def targeted(self, role):
-        """name -> value for a quantizer role ('weight'/'input'): plain names and prefixed ones."""
-        out = {}
-        for k, v in self.values.items():
-            prefix, dot, rest = k.partition(".")
-            if dot and prefix in QUANTIZER_PREFIXES:
-                if QUANTIZER_PREFIXES[prefix] == role:
-                    out[rest] = (k, v)
-            elif not dot:
-                out[k] = (k, v)
-        return out
+    def rest(self, exclude=()) -> dict:
+        """The names not used yet and not excluded: name -> value."""
+        return {k: v for k, v in self.values.items() if k not in self.used and k not in exclude}
 
     def check_all_used(self, known):
         unused = sorted(set(self.values) - self.used)
         if unused:
-            raise BundleError(f"{', '.join(repr(u) for u in unused)}: not a setting of this check, so "
-                              f"{'it' if len(unused) == 1 else 'they'} would have no effect; settings known here: "
-                              f"{', '.join(sorted(known))}")
+            raise _no_effect(unused, known)
 
 
-def _convention_with(conv: Convention, ns: _Namespace, only=None) -> Convention:
+def _no_effect(names, known):
+    return BundleError(f"{', '.join(repr(u) for u in names)}: not a setting of this check, so "
+                       f"{'it' if len(names) == 1 else 'they'} would have no effect; settings known here: "
+                       f"{', '.join(sorted(known))}")
+
+
+def _param_key(name):
+    """A name in ``Method.with_params``' spelling: ``weight_quantizer.X``/``kernel_quantizer.X`` ->
+    ``weight.X``, ``input_quantizer.X`` -> ``input.X``; other names unchanged."""
+    prefix, dot, rest = name.partition(".")
+    return f"{QUANTIZER_PREFIXES[prefix]}.{rest}" if dot and prefix in QUANTIZER_PREFIXES else name
+
+
+def _with_prefixes(names):
+    """Accepted ``with_params`` names as a message shows them: ``weight.X`` as ``weight_quantizer.X``,
+    ``input.X`` as ``input_quantizer.X``."""
+    return {(f"{n.partition('.')[0]}_quantizer.{n.partition('.')[2]}" if n.partition(".")[0] in ("weight", "input")
+             and n.partition(".")[1] else n) for n in names}
+
+
+def _convention_with(conv: Convention, ns: _Namespace) -> Convention:
+    """The convention with the fields the named values set (``sign_zero``, ``pad_value``, ...)."""
     changes = {}
-    for f in dataclasses.fields(Convention):
-        if f.name != "name" and ns.has(f.name) and (only is None or f.name in only):
-            v = ns.take(f.name)
-            changes[f.name] = float(v) if isinstance(v, (int, float)) and f.type in ("float", float) \
+    for name in CONVENTION_FIELDS:
+        if ns.has(name):
+            v = ns.take(name)
+            ftype = {f.name: f.type for f in dataclasses.fields(Convention)}[name]
+            changes[name] = float(v) if ftype in ("float", float) and isinstance(v, (int, float)) \
                 and not isinstance(v, bool) else v
     if not changes:
         return conv
@@ -509,50 +530,69 @@ def _convention_with(conv: Convention, ns: _Namespace, only=None) -> Convention:
         raise BundleError(f"convention: {exc}") from exc
 
 
-def _configure_quantizer(q, role, ns: _Namespace, convention: Convention | None):
-    """Apply constructor parameters (from the convention, then named values) to one quantizer."""
-    if q is None:
-        return None
-    cfg = q.config()
-    overrides = {}
-    if convention is not None:
-        overrides.update({f.name: getattr(convention, f.name) for f in dataclasses.fields(Convention)
-                          if f.name in cfg and f.name != "name"})
-    for name, (key, v) in ns.targeted(role).items():
-        if name in cfg:
-            ns.used.add(key)
-            overrides[name] = v
-    overrides = {k: v for k, v in overrides.items() if not _same_value(cfg[k], v) or type(cfg[k]) is not type(v)}
-    return _rebuild(q, overrides) if overrides else q
+def _configured_method(method: Method, ns: _Namespace, settings, what) -> tuple:
+    """``method.with_params`` with every named value not taken by the layer settings: returns the
+    configured method and the parameters (in ``with_params``' spelling). Unknown names and names with no
+    effect on one layer are errors that list the names known here."""
+    params = {_param_key(k): v for k, v in ns.rest(exclude=settings).items()}
+    originals = {_param_key(k): k for k in ns.rest(exclude=settings)}
+    fields = {k: v for k, v in params.items() if k in METHOD_FIELDS and k not in _METHOD_FIELDS_NOT_LAYER}
+    try:
+        base = method.with_params(**fields) if fields else method
+    except ValueError as exc:
+        raise BundleError(f"{what}: {exc}") from exc
+    accepted = [k for k in base.accepted_params() if k not in _METHOD_FIELDS_NOT_LAYER]
+    unknown = [originals[k] for k in params if k not in accepted]
+    known = set(settings) | _with_prefixes(accepted)
+    if unknown:
+        raise _no_effect(sorted(unknown), known)
+    try:
+        configured = method.with_params(**params) if params else method
+    except ValueError as exc:
+        raise BundleError(f"{what}: {exc}") from exc
+    ns.used |= set(originals.values())
+    return configured, params, known
 
 
-def _set_state(q, role, ns: _Namespace):
-    if q is None:
-        return {}
-    state = q.state()
-    values = {}
-    for name, (key, v) in ns.targeted(role).items():
-        if name in state:
-            ns.used.add(key)
-            values[name] = v
-    if values:
-        q.set_state(**values)
-    return values
-
-
-def _set_training(quantizers, training):
-    for q in quantizers:
-        if q is not None and hasattr(q, "training"):
-            q.training = bool(training)
-
-
-def _known_names(quantizers, extra=()):
-    names = set(extra)
+def _set_explicit_state(quantizers: dict, params: dict) -> dict:
+    """Schedule values given by name (``tau``, ``t``, ``k``; ``weight.t`` for one quantizer) set on the
+    quantizers that have them, after ``Method.on_epoch`` (so they win over the epoch's values)."""
+    done = {}
     for role, q in quantizers.items():
-        if q is not None:
-            names |= set(q.config()) | set(q.state())
-            names |= {f"{p}.{k}" for p, r in QUANTIZER_PREFIXES.items() if r == role for k in (*q.config(), *q.state())}
-    return names
+        if q is None:
+            continue
+        mine = {}
+        for key, v in params.items():
+            prefix, dot, rest = key.partition(".")
+            if dot and prefix != role:
+                continue
+            name = rest if dot else key
+            if name in q.state():
+                mine[name] = v
+        if mine:
+            try:
+                q.set_state(**mine)
+            except ValueError as exc:
+                raise BundleError(str(exc)) from exc
+            done.update({f"{role}_quantizer.{k}": v for k, v in mine.items()})
+    return done
+
+
+def _on_epoch(method: Method, model, ns: _Namespace, conv: Convention) -> dict:
+    """``Method.on_epoch`` at the bundle's ``epoch`` of ``epochs``: the schedule's values at the convention's
+    clock (and any extra per-epoch hooks); returns the values set."""
+    epoch, epochs = ns.take("epoch"), ns.take("epochs")
+    if epoch is None or epochs is None:
+        missing = "epochs" if epoch is not None else "epoch"
+        raise BundleError(f"the bundle lacks {missing!r} (a 0-d integer): epoch (0-based) and epochs go together")
+    epoch, epochs = _int("epoch", epoch), _int("epochs", epochs)
+    if method.schedule is None and not method.epoch_hooks:
+        raise BundleError(f"epoch/epochs: method {method.name} has no per-epoch schedule, so they would have no "
+                          f"effect; remove them from the bundle")
+    try:
+        return method.on_epoch(model, epoch, epochs, conv)
+    except ValueError as exc:
+        raise BundleError(f"epoch {epoch} of {epochs}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -758,47 +798,64 @@ def _validate_layer_arrays(arrays, geo, layout, scale, bundle_doc):
                           f"{', '.join(wants_grads)}")
 
 
+def _larq_method(req: Request) -> Method:
+    """A Larq-style layer as a method of its two quantizers (so ``Method.with_params`` routes the named values)."""
+    names = [None if n in (None, "none") else n for n in (req.kernel_quantizer, req.input_quantizer)]
+    return Method("larq", "a Larq-style layer", weight_quantizer=names[0], input_quantizer=names[1])
+
+
+def _larq_quantizers(method: Method, conv: Convention | None):
+    """(kernel quantizer, input quantizer): the quantizers' own defaults (Larq's), or the convention's."""
+    if conv is not None:
+        return method.build_quantizers(conv)
+    return (get_quantizer(method.weight_quantizer, **method.weight_params),
+            get_quantizer(method.input_quantizer, **method.input_params))
+
+
 def _build_layer(req: Request, geo, dtype, ns: _Namespace):
-    """The refbnn layer for a layer-mode request, configured by the named values."""
-    layer_kind = geo["layer"]
+    """The refbnn layer for a layer-mode request: a method's from ``LayerFactory`` (the convention's pad value
+    and quantizers, the method's scale), a Larq layer's from its two quantizers. Returns the layer, the
+    configured method (None for Larq), the convention, the ``with_params`` parameters and the names known."""
+    kind = geo["layer"]
+    settings = _layer_settings_names(req, kind)
     if req.mode == "method":
-        method = get_method(req.method)
         conv = _convention_with(get_convention(req.convention), ns)
-        changes = {}
-        for f in dataclasses.fields(Method):
-            if f.name not in _METHOD_FIELDS_NOT_LAYER and ns.has(f.name):
-                changes[f.name] = ns.take(f.name)
-        if changes:
-            method = dataclasses.replace(method, **changes)
+        method, params, known = _configured_method(get_method(req.method), ns, settings, f"method {req.method}")
         factory = LayerFactory(method, rng=0, dtype=dtype, convention=conv, backend="numpy")
-        if layer_kind == "conv2d":
-            c = geo["in_channels"]
-            layer = factory.binary_conv(c, geo["out_channels"], geo["kernel"], 1, 0)
+        if kind == "conv2d":
+            layer = factory.binary_conv(geo["in_channels"], geo["out_channels"], geo["kernel"], 1, 0)
         else:
-            layer = factory.binary_linear(geo.get("in_features", 1), geo["out_channels"])
-        return layer, method, conv
+            layer = factory.binary_linear(geo["in_features"], geo["out_channels"])
+        return layer, method, conv, params, known | settings
     conv = get_convention(req.convention) if req.convention else None
-    pad_value = conv.pad_value if conv is not None else 0.0  # Larq's default pad_values = 0.0
-    iq = None if req.input_quantizer in (None, "none") else get_quantizer(req.input_quantizer)
-    kq = None if req.kernel_quantizer in (None, "none") else get_quantizer(req.kernel_quantizer)
-    if ns.has("pad_value"):
-        pad_value = ns.take("pad_value")
-    if layer_kind == "conv2d":
+    pad_value = conv.pad_value if conv is not None else 0.0  # Larq's default pad_values = 0
+    if kind == "conv2d":
+        pad_value = ns.take("pad_value", pad_value)
+    larq, params, known = _configured_method(_larq_method(req), ns, settings, "Larq layer")
+    try:
+        kq, iq = _larq_quantizers(larq, conv)
+    except ValueError as exc:
+        raise BundleError(f"Larq layer: {exc}") from exc
+    if kind == "conv2d":
         layer = BinaryConv2d(geo["in_channels"], geo["out_channels"], geo["kernel"], weight_quantizer=kq,
                              input_quantizer=iq, pad_value=float(pad_value), backend="numpy", dtype=dtype)
     else:
-        layer = BinaryLinear(1, geo["out_channels"], kq, iq, backend="numpy", dtype=dtype)
-    return layer, None, conv
+        layer = BinaryLinear(geo["in_features"], geo["out_channels"], kq, iq, backend="numpy", dtype=dtype)
+    return layer, None, conv, params, known | settings
 
 
 def _layer_settings_names(req, layer_kind):
+    """The names a layer check takes itself (the rest are the method's or the quantizers' parameters)."""
     names = {"training"}
     if layer_kind == "conv2d":
         names |= set(GEOMETRY) | {"pad_value", "pad_values"}
     if req.mode == "method":
-        names |= {"epoch", "epochs"} | {f.name for f in dataclasses.fields(Convention) if f.name != "name"}
-        names |= {f.name for f in dataclasses.fields(Method) if f.name not in _METHOD_FIELDS_NOT_LAYER}
+        names |= {"epoch", "epochs"} | set(CONVENTION_FIELDS)
     return names
+
+
+def _layer_quantizers(layer) -> dict:
+    return {"weight": getattr(layer, "weight_quantizer", None), "input": getattr(layer, "input_quantizer", None)}
 
 
 def _run_layer(req: Request, arrays: dict, ns: _Namespace, want_grads: bool):
@@ -810,7 +867,7 @@ def _run_layer(req: Request, arrays: dict, ns: _Namespace, want_grads: bool):
     dtype = x.dtype
     if geo["layer"] == "linear":
         geo["in_features"] = w.shape[1] if layout == "nchw" else w.shape[0]
-    layer, method, conv = _build_layer(req, geo, dtype, ns)
+    layer, method, conv, params, known = _build_layer(req, geo, dtype, ns)
     scale = getattr(layer, "scale", None)
     bundle_doc = f"method {req.method}" if req.mode == "method" else "a Larq layer"
     _validate_layer_arrays(arrays, geo, layout, scale, bundle_doc)
@@ -824,31 +881,20 @@ def _run_layer(req: Request, arrays: dict, ns: _Namespace, want_grads: bool):
     layer.zero_grad()
     if geo["layer"] == "conv2d":
         layer.stride, layer.dilation, layer.groups = geo["stride"], geo["dilation"], geo["groups"]
-        if hasattr(layer, "in_channels"):
-            layer.in_channels = geo["in_channels"]
         top, bottom, left, right = geo["pads"]
         layer.padding = (top, left)
         asymmetric = (top, left) != (bottom, right)
     else:
-        layer.in_features = geo["in_features"]
         asymmetric = False
 
-    # quantizers: constructor parameters, per-epoch hooks, explicit schedule state, training mode
-    quantizers = {"weight": getattr(layer, "weight_quantizer", None), "input": getattr(layer, "input_quantizer", None)}
-    for role, attr in (("weight", "weight_quantizer"), ("input", "input_quantizer")):
-        if quantizers[role] is not None:
-            quantizers[role] = _configure_quantizer(quantizers[role], role, ns, conv if req.mode == "larq" else None)
-            setattr(layer, attr, quantizers[role])
-    hooked = {}
-    if method is not None and (ns.has("epoch") or ns.has("epochs")):
-        hooked = _apply_epoch_hooks(method, layer, ns, conv)
-    state = {}
-    for role, q in quantizers.items():
-        state.update({f"{role}_quantizer.{k}": v for k, v in _set_state(q, role, ns).items()})
+    # the epoch's schedule values, then explicit ones (they win), then the mode
+    quantizers = _layer_quantizers(layer)
+    hooked = _on_epoch(method, layer, ns, conv) if method is not None and (ns.has("epoch") or ns.has("epochs")) \
+        else {}
+    state = _set_explicit_state(quantizers, params)
     training = bool(ns.take("training", True))
-    layer.train(training)
-    _set_training(quantizers.values(), training)
-    ns.check_all_used(_layer_settings_names(req, geo["layer"]) | _known_names(quantizers))
+    layer.train(training)  # the layer hands ``training`` to its quantizers' forward
+    ns.check_all_used(known)
 
     xin = _to_nchw(x) if layout == "nhwc" and x.ndim == 4 else x
     g = arrays.get("grad_out")
@@ -888,7 +934,7 @@ def _forward_backward_prepadded(layer, x, g, pads):
     the layer's pad value, run the layer unpadded without its input quantizer, and chain the gradients back."""
     top, bottom, left, right = pads
     iq = getattr(layer, "input_quantizer", None)  # a float Conv2d has none, and pads with zeros
-    xq, cx = (x, None) if iq is None else iq.forward(x)
+    xq, cx = (x, None) if iq is None else iq.forward(x, training=layer.training)
     xp = np.pad(xq, ((0, 0), (0, 0), (top, bottom), (left, right)),
                 constant_values=getattr(layer, "pad_value", 0.0))
     if iq is not None:
@@ -904,21 +950,6 @@ def _forward_backward_prepadded(layer, x, g, pads):
             layer.input_quantizer = iq
     dxq = dxp[:, :, top:top + x.shape[2], left:left + x.shape[3]]
     return out, (dxq if iq is None else iq.backward(dxq, cx))
-
-
-def _apply_epoch_hooks(method, model, ns: _Namespace, conv):
-    epoch, epochs = ns.take("epoch"), ns.take("epochs")
-    if epoch is None or epochs is None:
-        missing = "epochs" if epoch is not None else "epoch"
-        raise BundleError(f"the bundle lacks {missing!r} (a 0-d integer): epoch (0-based) and epochs go together")
-    epoch, epochs = _int("epoch", epoch), _int("epochs", epochs)
-    if not method.epoch_hooks:
-        raise BundleError(f"epoch/epochs: method {method.name} has no per-epoch schedule, so they would have no "
-                          f"effect; remove them from the bundle")
-    values = {}
-    for hook in method.epoch_hooks:
-        values.update(hook(model, epoch, epochs, conv) or {})
-    return values
 
 
 def _check_input_dtypes(arrays, names):
@@ -959,6 +990,53 @@ def _from_refbnn(a, layout, role):
     return _to_nhwc(a) if a.ndim == 4 else a
 
 
+def _method_part_quantizer(req: Request, role, dtype, ns: _Namespace):
+    """A method's weight or input quantizer, built as in its layers (``LayerFactory``), at the bundle's epoch."""
+    conv = _convention_with(get_convention(req.convention), ns)
+    settings = {"training", "epoch", "epochs"} | set(CONVENTION_FIELDS)
+    method, params, known = _configured_method(get_method(req.method), ns, settings, f"method {req.method}")
+    holder = LayerFactory(method, rng=0, dtype=dtype, convention=conv, backend="numpy").binary_linear(1, 1)
+    quantizers = _layer_quantizers(holder)  # a layer holds them, so that Method.on_epoch reaches them
+    if quantizers[role] is None:
+        what = "binarizes nothing" if not method.is_binary else (
+            "has no input quantizer (its activations stay real)" if role == "input" else "has no weight quantizer")
+        has = [p for p, q in quantizers.items() if q is not None]
+        raise BundleError(f"--part {role}: method {method.name} {what}; parts to check: {', '.join(has + ['layer'])}")
+    hooked = _on_epoch(method, holder, ns, conv) if ns.has("epoch") or ns.has("epochs") else {}
+    state = _set_explicit_state({role: quantizers[role]}, params)
+    return quantizers[role], hooked, state, known | settings
+
+
+def _single_quantizer(req: Request, role, ns: _Namespace):
+    """``--quantizer NAME`` with the named values as constructor parameters (``get_quantizer``, or
+    ``from_convention`` with ``--convention``). A prefixed name must match ``--part`` (any prefix without it)."""
+    cls = QUANTIZERS[req.quantizer]
+    names = cls.parameter_names()
+    params, unknown = {}, []
+    for key, v in ns.rest(exclude={"training"}).items():
+        prefix, dot, rest = key.partition(".")
+        if dot and prefix in QUANTIZER_PREFIXES and (role is None or QUANTIZER_PREFIXES[prefix] == role):
+            name = rest
+        else:
+            name = key
+        if name not in names:
+            unknown.append(key)
+        elif name in params and not _same_value(params[name], v):
+            raise BundleError(f"{name} is given twice with different values ({params[name]!r}, {v!r})")
+        else:
+            params[name] = v
+            ns.used.add(key)
+    known = {"training"} | set(names)
+    if unknown:
+        raise _no_effect(sorted(unknown), known)
+    try:
+        if req.convention is not None:
+            return cls.from_convention(get_convention(req.convention), **params), known
+        return get_quantizer(req.quantizer, **params), known
+    except ValueError as exc:
+        raise BundleError(str(exc)) from exc
+
+
 def _run_quantizer(req: Request, arrays, ns: _Namespace, want_grads):
     x = _need(arrays, "x", "(any shape)", " (the quantizer's input)")
     _check_input_dtypes(arrays, QUANTIZER_INPUTS)
@@ -966,44 +1044,16 @@ def _run_quantizer(req: Request, arrays, ns: _Namespace, want_grads):
     if req.layout == "nhwc" and role is None and x.ndim in (2, 4):
         raise BundleError("--layout nhwc with --quantizer: say whether x is a kernel (--part weight: HWIO or "
                           "(in, out)) or an activation (--part input: NHWC)")
-    hooked = {}
+    hooked, state = {}, {}
     if req.mode == "method":
-        method = get_method(req.method)
-        conv = _convention_with(get_convention(req.convention), ns)
-        factory = LayerFactory(method, rng=0, dtype=x.dtype, convention=conv, backend="numpy")
-        holder = factory.binary_linear(1, 1)  # a real layer holding the method's quantizers, for its hooks
-        q = getattr(holder, f"{role}_quantizer", None)
-        if q is None:
-            what = "binarizes nothing" if not method.is_binary else (
-                "has no input quantizer (its activations stay real)" if role == "input" else "has no weight quantizer")
-            has = [p for p in ("weight", "input") if getattr(holder, f"{p}_quantizer", None) is not None]
-            raise BundleError(f"--part {role}: method {method.name} {what}; parts to check: "
-                              f"{', '.join(has + ['layer'])}")
-        q = _configure_quantizer(q, role, ns, None)
-        setattr(holder, f"{role}_quantizer", q)
-        if ns.has("epoch") or ns.has("epochs"):
-            hooked = _apply_epoch_hooks(method, holder, ns, conv)
-        q = getattr(holder, f"{role}_quantizer")
-        known = {"training", "epoch", "epochs"} | {f.name for f in dataclasses.fields(Convention) if f.name != "name"}
+        q, hooked, state, known = _method_part_quantizer(req, role, x.dtype, ns)
     else:
-        conv = get_convention(req.convention) if req.convention else None
-        convention_keys = {f.name for f in dataclasses.fields(Convention)}
-        q0 = get_quantizer(req.quantizer)
-        cfg_keys = set(q0.config())
-        conv = _convention_with(conv, ns, only=cfg_keys) if conv is not None else None
-        q = _configure_quantizer(q0, role or "weight", ns, conv)
-        if role is None:  # no role: prefixed names for either role apply to this one quantizer
-            q = _configure_quantizer(q, "input", ns, None)
-        known = {"training"} | (cfg_keys & convention_keys)
-    state = _set_state(q, role or "weight", ns)
-    if role is None:
-        state.update(_set_state(q, "input", ns))
+        q, known = _single_quantizer(req, role, ns)
     training = bool(ns.take("training", True))
-    _set_training([q], training)
-    ns.check_all_used(known | _known_names({role or "weight": q}))
+    ns.check_all_used(known)
 
     xin = _to_refbnn(x, req.layout, role)
-    y, cache = q.forward(xin)
+    y, cache = q.forward(xin, training=training)
     out = _from_refbnn(y, req.layout, role)
     results = {"out": out}
     _expect_shape(arrays, "out", out.shape, "(the quantizer's output)")
@@ -1027,52 +1077,79 @@ def _run_quantizer(req: Request, arrays, ns: _Namespace, want_grads):
 # Schedule mode (--schedule NAME)
 # ---------------------------------------------------------------------------------------------
 
-def _schedule_call_args(fn, arrays, ns: _Namespace, convention):
-    sig = inspect.signature(fn)
-    params = [p for p in list(sig.parameters.values())[2:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+def _schedule_parameters(sched) -> tuple:
+    """(the names a schedule's parameters may have, their defaults)."""
+    if isinstance(sched, QuantizerSchedule):
+        defaults = {**sched.params, **{a: sched.params[c] for a, c in sched.aliases.items()}}
+        return list(sched.params) + list(sched.aliases), defaults
+    params = [p for p in list(inspect.signature(sched).parameters.values())[2:]
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return [p.name for p in params], {p.name: p.default for p in params if p.default is not p.empty}
+
+
+def _schedule_call_args(sched, name, arrays, ns: _Namespace):
+    """The schedule's parameters the bundle (or --param) gives; (kwargs, every accepted name)."""
+    names, defaults = _schedule_parameters(sched)
     kwargs = {}
-    for p in params:
-        if p.name in arrays:
-            a = arrays[p.name]
-            kwargs[p.name] = _scalar(p.name, a) if a.ndim == 0 else tuple(v.item() for v in a.reshape(-1))
-        elif ns.has(p.name):
-            kwargs[p.name] = ns.take(p.name)
-        elif convention is not None and hasattr(convention, p.name) and p.name != "name":
-            kwargs[p.name] = getattr(convention, p.name)
-        elif p.default is p.empty:
-            raise BundleError(f"the bundle lacks {p.name!r} (a 0-d value), a parameter of schedule "
-                              f"{getattr(fn, '__name__', fn)}{sig}")
-    return kwargs, {p.name for p in params}
+    for n in names:
+        if n in arrays:
+            a = np.asarray(arrays[n])
+            kwargs[n] = _scalar(n, a) if a.ndim == 0 else tuple(v.item() for v in a.reshape(-1))
+        elif ns.has(n):
+            kwargs[n] = ns.take(n)
+    missing = [n for n in names if n not in kwargs and n not in defaults]
+    if missing:
+        raise BundleError(f"the bundle lacks {missing[0]!r} (a 0-d value), a parameter of schedule "
+                          f"{name}{inspect.signature(sched)}")
+    return kwargs, set(names)
 
 
-def _evaluate_schedule(fn, epochs_vec, epochs, kwargs, name=None):
-    rows = []
-    names = None
+def _evaluate_schedule(sched, name, epochs_vec, epochs, kwargs, convention):
+    """(value names, table of shape (len(epochs_vec), values), every parameter's value). A quantizer schedule
+    is configured with ``QuantizerSchedule.with_params`` and evaluated with ``at`` at the convention's clock."""
+    if isinstance(sched, QuantizerSchedule):
+        try:
+            configured = sched.with_params(**kwargs)
+        except ValueError as exc:
+            raise BundleError(f"schedule {name}: {exc}") from exc
+        full = dict(configured.params)
+
+        def evaluate(e):
+            return configured.at(e, epochs, convention.schedule_clock)
+    else:
+        full = {**{k: v for k, v in _schedule_parameters(sched)[1].items() if v is not None}, **kwargs}
+
+        def evaluate(e):
+            return sched(e, epochs, **kwargs)
+    rows, names = [], None
     for e in epochs_vec:
         try:
-            value = fn(int(e), epochs, **kwargs)
+            value = evaluate(int(e))
         except (TypeError, ValueError) as exc:
-            raise BundleError(f"schedule {getattr(fn, '__name__', name)}(epoch={int(e)}, epochs={epochs}, "
-                              f"{', '.join(f'{k}={v!r}' for k, v in kwargs.items())}): {exc}") from exc
-        n, vals = _schedule_outputs(fn, value, name)
+            raise BundleError(f"schedule {name}(epoch={int(e)}, epochs={epochs}, "
+                              f"{', '.join(f'{k}={v!r}' for k, v in full.items())}): {exc}") from exc
+        n, vals = _schedule_outputs(sched, value)
         names = n if names is None else names
         rows.append([float(v) for v in vals])
-    return names, np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+    return names, np.array(rows, dtype=np.float64).reshape(len(rows), -1), full
 
 
-def _run_schedule(req: Request, arrays, ns: _Namespace):
-    fn = get_schedule(req.schedule)
+def _schedule_epochs(arrays, ns: _Namespace):
     epoch = _need(arrays, "epoch", "(E,) or ()", " (the 0-based epoch indices to evaluate)")
     if epoch.dtype.kind not in "iuf" or not np.all(epoch == np.round(epoch)):
         raise BundleError(f"epoch: expected integer epoch indices, got dtype {epoch.dtype}")
     epochs = arrays.get("epochs")
     if epochs is None and not ns.has("epochs"):
         raise BundleError("the bundle lacks 'epochs' (a 0-d integer: the total number of epochs E)")
-    epochs = _int("epochs", _scalar("epochs", epochs) if epochs is not None else ns.take("epochs"))
+    return epoch, _int("epochs", _scalar("epochs", epochs) if epochs is not None else ns.take("epochs"))
+
+
+def _run_schedule(req: Request, arrays, ns: _Namespace):
+    sched = get_schedule(req.schedule)
+    epoch, epochs = _schedule_epochs(arrays, ns)
     conv = get_convention(req.convention) if req.convention else None
-    kwargs, param_names = _schedule_call_args(fn, arrays, ns, conv)
-    flat = np.asarray(epoch).reshape(-1)
-    names, table = _evaluate_schedule(fn, flat, epochs, kwargs, req.schedule)
+    kwargs, param_names = _schedule_call_args(sched, req.schedule, arrays, ns)
+    names, table, full = _evaluate_schedule(sched, req.schedule, np.asarray(epoch).reshape(-1), epochs, kwargs, conv)
     consumed = {"epoch", "epochs"} | param_names
     expected = [k for k in arrays if k not in consumed]
     if names is None:  # one unnamed value: the bundle's one other array names it
@@ -1089,8 +1166,31 @@ def _run_schedule(req: Request, arrays, ns: _Namespace):
     results = {n: table[:, i].reshape(np.shape(epoch)) for i, n in enumerate(names)}
     for n in expected:
         _expect_shape(arrays, n, np.shape(epoch), "(one value per entry of epoch)")
-    info = {"schedule": req.schedule, "epochs": epochs, "parameters": kwargs, "dtype": "float64"}
+    info = {"schedule": req.schedule, "epochs": epochs, "parameters": full, "dtype": "float64"}
+    if conv is not None:
+        info["clock"] = conv.schedule_clock
     return results, info, expected
+
+
+def _other_clock_notes(req: Request, arrays, rows, rtol, atol) -> list:
+    """For a failing quantizer schedule: the other conventions whose clock reproduces the bundle."""
+    if req.mode != "schedule" or all(r.passed for r in rows) or \
+            not isinstance(get_schedule(req.schedule), QuantizerSchedule):
+        return []
+    notes = []
+    for other in sorted(PRESETS):
+        if other == req.convention:
+            continue
+        try:
+            results, info, expected = _run_schedule(dataclasses.replace(req, convention=other), arrays,
+                                                    _Namespace({}, req.params))
+        except BundleError:
+            continue
+        if all(compare(k, results[k], arrays[k], rtol, atol).passed for k in expected):
+            p = "e / E" if info["clock"] == "epoch" else "e / (E - 1)"
+            notes.append(f"the expected values match --convention {other} instead (schedule clock "
+                         f"{info['clock']!r}: p = {p})")
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1170,7 +1270,7 @@ def crosscheck(bundle, method=None, convention=None, part=None, layer=None, layo
     atol = d_atol if atol is None else float(atol)
     rows = [compare(k, results[k], arrays[k], rtol, atol) for k in expected]
     settings_out = {**req.describe(), **info, "params": req.params or None}
-    return Report(rows, rtol, atol, settings_out)
+    return Report(rows, rtol, atol, settings_out, notes=_other_clock_notes(req, arrays, rows, rtol, atol))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1266,15 +1366,16 @@ def export_bundles(directory, method=None, convention=None, part=None, layer=Non
 
     x_shape, weight_shape = _parse_shape(x_shape, "x_shape"), _parse_shape(weight_shape, "weight_shape")
     if req.mode == "quantizer":
-        q = get_quantizer(req.quantizer)
+        role = req.part if req.part in ("weight", "input") else None
+        q, _ = _single_quantizer(req, role, _Namespace({}, {k: v for k, v in req.params.items() if k != "training"}))
         inputs = given or _random_part_inputs(req, rng, dtype, _specials([q]), x_shape, weight_shape)
         run_and_save(f"{req.quantizer}{'-' + req.convention if req.convention else ''}.npz", req, inputs)
         return paths
-    specials = _specials(_request_quantizers(req))
+    (wq, iq), scale = _request_quantizers(req)
+    specials = _specials([wq, iq])
     parts = [req.part]
     if req.mode == "method" and part is None and "part" not in meta and not given:
-        m = get_method(req.method)
-        parts += [p for p, f in (("weight", m.weight_quantizer), ("input", m.input_quantizer)) if f is not None]
+        parts += [p for p, q in (("weight", wq), ("input", iq)) if q is not None]
     stem = (f"{req.method}-{req.convention}" if req.mode == "method"
             else f"larq-{req.input_quantizer}-{req.kernel_quantizer}")
     for p in parts:
@@ -1285,7 +1386,7 @@ def export_bundles(directory, method=None, convention=None, part=None, layer=Non
             else:
                 kind = req.layer or ("linear" if weight_shape is not None and len(weight_shape) == 2 else "conv2d")
             r = dataclasses.replace(r, layer=kind)
-            inputs = given or _random_layer_inputs(r, rng, dtype, specials, x_shape, weight_shape, bias)
+            inputs = given or _random_layer_inputs(r, rng, dtype, specials, x_shape, weight_shape, bias, scale)
             run_and_save(f"{stem}-{kind}-{r.layout}.npz", r, inputs)
         else:
             inputs = given or _random_part_inputs(r, rng, dtype, specials, x_shape if len(parts) == 1 else None,
@@ -1295,36 +1396,42 @@ def export_bundles(directory, method=None, convention=None, part=None, layer=Non
 
 
 def _export_schedule(directory, req: Request, given):
-    fn = get_schedule(req.schedule)
+    sched = get_schedule(req.schedule)
     p = dict(req.params)
     epochs = _int("epochs", p.pop("epochs", _scalar("epochs", given["epochs"]) if "epochs" in given else 10))
     b = {"epoch": np.arange(epochs), "epochs": np.array(epochs)}
     b.update({k: v for k, v in given.items() if k not in ("epochs",)})
     conv = get_convention(req.convention) if req.convention else None
     ns = _Namespace({}, p)
-    kwargs, param_names = _schedule_call_args(fn, b, ns, conv)
+    kwargs, param_names = _schedule_call_args(sched, req.schedule, b, ns)
     ns.check_all_used(param_names)
-    for prm in list(inspect.signature(fn).parameters.values())[2:]:  # write the defaults too: explicit bundles
-        if prm.name not in kwargs and prm.default is not prm.empty and prm.default is not None \
-                and prm.kind not in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD):
-            kwargs[prm.name] = prm.default
-    names, table = _evaluate_schedule(fn, np.asarray(b["epoch"]).reshape(-1), epochs, kwargs, req.schedule)
-    names = names or (_default_output_name(fn),)
-    b.update({k: np.array(v) for k, v in kwargs.items()})
+    names, table, full = _evaluate_schedule(sched, req.schedule, np.asarray(b["epoch"]).reshape(-1), epochs, kwargs,
+                                            conv)
+    names = names or (_default_output_name(sched),)
+    b = {k: v for k, v in b.items() if k not in param_names}  # every parameter, explicitly, by its own name
+    b.update({k: np.array(v) for k, v in full.items()})
     b.update({n: table[:, i].reshape(np.shape(b["epoch"])) for i, n in enumerate(names)})
     b.update(_meta(dataclasses.replace(req, params={})))
-    return _save(os.path.join(directory, f"schedule-{req.schedule}.npz"), b)
+    return _save(os.path.join(directory, f"schedule-{req.schedule}{'-' + req.convention if conv else ''}.npz"), b)
 
 
 def _request_quantizers(req):
+    """((weight quantizer, input quantizer), the layer's scale) of a method or Larq-layer export, built as the
+    check builds them."""
+    ns = _Namespace({}, req.params)
+    settings = _layer_settings_names(req, "conv2d")
     if req.mode == "method":
-        m = get_method(req.method)
-        c = get_convention(req.convention)
-        return [m.weight_quantizer(c) if m.weight_quantizer else None, m.input_quantizer(c) if m.input_quantizer else None]
-    return [None if n in (None, "none") else get_quantizer(n) for n in (req.input_quantizer, req.kernel_quantizer)]
+        conv = _convention_with(get_convention(req.convention), ns)
+        method, _, _ = _configured_method(get_method(req.method), ns, settings, f"method {req.method}")
+        return method.build_quantizers(conv), method.scale_for(conv)
+    larq, _, _ = _configured_method(_larq_method(req), ns, settings, "Larq layer")
+    try:
+        return _larq_quantizers(larq, get_convention(req.convention) if req.convention else None), None
+    except ValueError as exc:
+        raise BundleError(f"Larq layer: {exc}") from exc
 
 
-def _random_layer_inputs(req, rng, dtype, specials, x_shape, weight_shape, bias):
+def _random_layer_inputs(req, rng, dtype, specials, x_shape, weight_shape, bias, scale=None):
     """Random inputs for a layer export; a shape not given is derived from the other one."""
     kind, nhwc = req.layer, req.layout == "nhwc"
     nd = 4 if kind == "conv2d" else 2
@@ -1352,10 +1459,8 @@ def _random_layer_inputs(req, rng, dtype, specials, x_shape, weight_shape, bias)
     o = weight_shape[-1] if nhwc else weight_shape[0]
     if bias:
         out["bias"] = rng.standard_normal(o).astype(dtype)
-    if req.mode == "method":
-        scale = req.params.get("scale", get_method(req.method).scale)
-        if scale == "learned":
-            out["alpha"] = rng.uniform(0.5, 1.5, o).astype(dtype)
+    if scale == "learned":
+        out["alpha"] = rng.uniform(0.5, 1.5, o).astype(dtype)
     if kind == "conv2d" and req.padding is None and "padding" not in req.params:
         out["padding"] = np.array(1)  # exercise the border (the pad value) by default
     ns = _Namespace({k: _scalar(k, v) for k, v in out.items() if k not in LAYER_INPUTS}, req.params)

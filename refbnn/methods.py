@@ -24,9 +24,10 @@ Overriding parameters. ``Method.with_params(**params)`` returns a copy with para
   ("hardtanh", "relu"), ``latent_clip`` (a float or None);
 - ``weight.NAME`` / ``input.NAME``: a constructor parameter of that quantizer only;
 - a plain name: every place that accepts it -- the schedule's parameters (``T_min``, ``T_max``,
-  ``tau_start``, ``tau_end``, ``beta_start``, ``beta_end``, ``mu_start``, ``mu_end``) and the
-  constructor parameters of the weight and/or input quantizer (``clip_value`` reaches both of
-  ``bnn``'s quantizers that accept it). An unknown key raises ValueError listing the accepted ones.
+  ``tau_start``, ``tau_end`` (alias ``tau_min``, ``tau_max``: the ReCU code's options), ``beta_start``,
+  ``beta_end``, ``mu_start``, ``mu_end``) and the constructor parameters of the weight and/or input
+  quantizer (``clip_value`` reaches both of ``bnn``'s quantizers that accept it). An unknown key
+  raises ValueError listing the accepted ones.
 
 Schedules. ``Method.on_epoch(model, epoch, epochs, convention, rng)`` runs once before each
 epoch: it evaluates the method's :class:`~refbnn.schedules.QuantizerSchedule` at the convention's
@@ -50,7 +51,7 @@ import numpy as np
 from .conventions import Convention, get_convention
 from .layers import BinaryConv2d, BinaryLinear, Conv2d, Hardtanh, Linear, ReLU
 from .quantizers import QUANTIZERS
-from .schedules import EDE_SCHEDULE, RECU_SCHEDULE, QuantizerSchedule, beta_state, mu_state
+from .schedules import BETA_SCHEDULE, EDE_SCHEDULE, MU_SCHEDULE, RECU_SCHEDULE, QuantizerSchedule
 
 METHOD_FIELDS = ("weight_quantizer", "input_quantizer", "scale", "scale_init", "activation", "latent_clip")
 
@@ -102,7 +103,7 @@ class Method:
     def accepted_params(self) -> list[str]:
         keys = list(METHOD_FIELDS)
         if self.schedule is not None:
-            keys += list(self.schedule.params)
+            keys += list(self.schedule.params) + list(self.schedule.aliases)
         for role, prefix in (("weight_quantizer", "weight."), ("input_quantizer", "input.")):
             q = getattr(self, role)
             if q is not None:
@@ -132,7 +133,7 @@ class Method:
                 elif key in names:
                     store[key] = value
                     claimed = True
-            if m.schedule is not None and key in m.schedule.params:
+            if m.schedule is not None and m.schedule.accepts(key):
                 sp[key] = value
                 claimed = True
             if not claimed:
@@ -242,9 +243,6 @@ def _recu_scale(c: Convention):
     paper's analytic alpha is applied by the weight quantizer (paper)."""
     return "learned" if c.recu_alpha == "learned" else None
 
-
-BETA_SCHEDULE = QuantizerSchedule("beta", beta_state, {"beta_start": 5.0, "beta_end": 100.0})
-MU_SCHEDULE = QuantizerSchedule("mu", mu_state, {"mu_start": 0.0, "mu_end": 1.0})
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("float", "full precision (the baseline every BNN is compared with)", activation="relu"),

@@ -23,7 +23,8 @@ epoch, before the epoch, and p comes from the convention's clock (``schedule_pro
 | ``beta_state``  | beta = beta_s (beta_e / beta_s)^p  [reconstructed, BNN++]      | refbnn's choice           |
 | ``mu_state``    | mu = mu_s + (mu_e - mu_s) p  [reconstructed, ProxConnect]      | refbnn's choice           |
 
-A :class:`QuantizerSchedule` bundles one of these with its parameters for a method.
+A :class:`QuantizerSchedule` bundles one of these with its parameters for a method; ``QUANTIZER_SCHEDULES``
+names them (``irnet_tk``, ``recu_tau``, ``bnnpp_beta``, ``pc_mu``).
 """
 from __future__ import annotations
 
@@ -146,19 +147,38 @@ def mu_state(progress: float, mu_start: float = 0.0, mu_end: float = 1.0) -> dic
 
 @dataclass(frozen=True)
 class QuantizerSchedule:
-    """A quantizer schedule with its parameters: ``values(progress, **params) -> {state: value}``."""
+    """A quantizer schedule with its parameters: ``values(progress, **params) -> {state: value}``.
+
+    ``aliases`` maps other names of a parameter to the schedule's own (the official code's option
+    names: ReCU's ``--tau_min``/``--tau_max`` are ``tau_start``/``tau_end``); ``with_params`` accepts both."""
 
     name: str
     values: Callable[..., dict]
     params: Mapping = field(default_factory=dict)
+    aliases: Mapping = field(default_factory=dict)
+
+    def canonical(self, params: Mapping) -> dict:
+        """``params`` with aliases replaced by the schedule's own names (both for one parameter is an error)."""
+        out = {}
+        for k, v in params.items():
+            name = self.aliases.get(k, k)
+            if name in out:
+                raise ValueError(f"schedule {self.name}: {name} is given twice (as {name} and as its alias)")
+            out[name] = v
+        return out
+
+    def accepts(self, name: str) -> bool:
+        return name in self.params or name in self.aliases
 
     def with_params(self, **params) -> "QuantizerSchedule":
+        params = self.canonical(params)
         unknown = sorted(set(params) - set(self.params))
         if unknown:
-            raise ValueError(f"schedule {self.name}: unknown parameter(s) {unknown}; accepted: {sorted(self.params)}")
+            raise ValueError(f"schedule {self.name}: unknown parameter(s) {unknown}; accepted: "
+                             f"{sorted(self.params) + sorted(self.aliases)}")
         new = {**self.params, **params}
         self.values(0.0, **new)  # validate now, not at the first epoch
-        return QuantizerSchedule(self.name, self.values, new)
+        return QuantizerSchedule(self.name, self.values, new, self.aliases)
 
     def at(self, epoch: int, epochs: int, clock: str = "epoch") -> dict:
         """The state values for epoch ``epoch`` of ``epochs`` under ``clock``."""
@@ -166,4 +186,11 @@ class QuantizerSchedule:
 
 
 EDE_SCHEDULE = QuantizerSchedule("ede", ede_state, {"T_min": 0.1, "T_max": 10.0})
-RECU_SCHEDULE = QuantizerSchedule("recu", recu_state, {"tau_start": 0.85, "tau_end": 0.99})
+RECU_SCHEDULE = QuantizerSchedule("recu", recu_state, {"tau_start": 0.85, "tau_end": 0.99},
+                                  aliases={"tau_min": "tau_start", "tau_max": "tau_end"})  # cifar/utils/options.py
+BETA_SCHEDULE = QuantizerSchedule("beta", beta_state, {"beta_start": 5.0, "beta_end": 100.0})
+MU_SCHEDULE = QuantizerSchedule("mu", mu_state, {"mu_start": 0.0, "mu_end": 1.0})
+
+# The quantizer schedules by name (``refbnn crosscheck --schedule NAME``; the methods use them).
+QUANTIZER_SCHEDULES = {"irnet_tk": EDE_SCHEDULE, "recu_tau": RECU_SCHEDULE, "bnnpp_beta": BETA_SCHEDULE,
+                       "pc_mu": MU_SCHEDULE}

@@ -16,6 +16,7 @@ from refbnn.cli import main
 from refbnn.conventions import Convention
 from refbnn.methods import METHODS, Method
 from refbnn.quantizers import QUANTIZERS, Quantizer
+from refbnn.schedules import QuantizerSchedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,7 +96,7 @@ def test_unknown_names_list_the_known_ones(tmp_path):
     b = exported(tmp_path)
     with pytest.raises(ValueError, match="known methods: float, bc, bnn"):
         xc.crosscheck(b, method="xnor_typo", convention="paper")
-    with pytest.raises(ValueError, match="known quantizers: identity_ste_sign, ste_sign"):
+    with pytest.raises(ValueError, match="known quantizers: approx_sign, .*ste_sign"):
         xc.crosscheck(b, input_quantizer="approx_sing", kernel_quantizer="ste_sign")
     with pytest.raises(ValueError, match="known schedules: .*cosine"):
         xc.crosscheck({"epoch": np.arange(3), "epochs": np.array(3), "tau": np.zeros(3)}, schedule="recu_tua")
@@ -202,55 +203,56 @@ def test_params_override_and_route_by_name(tmp_path):
 # --- genericity: quantizers, methods and schedules the catalogue adds later --------------------------
 
 class ToyTanhSign(Quantizer):
-    """A stand-in for a catalogue quantizer with schedule state (like IR-Net's EDE): sign forward,
-    backward k t (1 - tanh^2(t x)) * 1[|x| <= clip_value]; ``training`` switches a factor 2 on grad."""
+    """A stand-in for a catalogue quantizer with schedule state (like IR-Net's EDE): sign forward (sign(0) =
+    ``sign_zero``, read from the convention), backward k t (1 - tanh^2(t x)) * 1[|x| <= clip_value]; in eval
+    mode the gradient is doubled (a quantizer whose ``training`` argument changes its estimator)."""
     name = "toy_tanh_sign"
     precision = 1
-    binary = True
 
-    def __init__(self, clip_value=2.0, sign_zero=1.0):
-        self.clip_value, self.sign_zero, self.t, self.k, self.training = clip_value, sign_zero, 1.0, 1.0, True
+    def __init__(self, clip_value=2.0, sign_zero=1.0, t=1.0, k=1.0):
+        self.clip_value, self.sign_zero, self.t, self.k = clip_value, sign_zero, float(t), float(k)
 
-    def config(self):
-        return {"clip_value": self.clip_value, "sign_zero": self.sign_zero}
+    @classmethod
+    def convention_kwargs(cls, c):
+        return {"sign_zero": c.sign_zero}
+
+    @property
+    def binary(self):
+        return self.sign_zero != 0.0
 
     def state(self):
         return {"t": self.t, "k": self.k}
 
-    def forward(self, x):
-        return np.where(x > 0, 1.0, np.where(x < 0, -1.0, self.sign_zero)).astype(x.dtype), x
+    def forward(self, x, training=True):
+        return np.where(x > 0, 1.0, np.where(x < 0, -1.0, self.sign_zero)).astype(x.dtype), (x, training)
 
-    def backward(self, dy, x):
+    def backward(self, dy, cache):
+        x, training = cache
         g = self.k * self.t * (1 - np.tanh(self.t * x) ** 2) * (np.abs(x) <= self.clip_value)
-        return dy * g * (1.0 if self.training else 2.0)
+        return dy * g * (1.0 if training else 2.0)
 
 
-def toy_tk(epoch, epochs, T_min=0.1, T_max=10.0):
-    t = T_min * 10 ** (epoch / epochs * math.log10(T_max / T_min))
+def toy_state(progress, T_min=0.1, T_max=10.0):
+    t = T_min * 10 ** (progress * math.log10(T_max / T_min))
     return {"t": t, "k": max(1 / t, 1.0)}
 
 
-def toy_hook(model, epoch, epochs, convention):
-    v = toy_tk(epoch, epochs)
-    for _, m in model.modules():
-        for q in (getattr(m, "weight_quantizer", None), getattr(m, "input_quantizer", None)):
-            if q is not None and "t" in q.state():
-                q.set_state(**v)
-    return v
+TOY_SCHEDULE = QuantizerSchedule("toy", toy_state, {"T_min": 0.1, "T_max": 10.0})
+
+
+def toy_fn(epoch, epochs, T_min=0.1, T_max=10.0):
+    """A schedule written as a function of (epoch, epochs), in an upper-case table of refbnn.schedules."""
+    return toy_state(epoch / epochs, T_min, T_max)
 
 
 @pytest.fixture
 def catalogue(monkeypatch):
     monkeypatch.setitem(QUANTIZERS, "toy_tanh_sign", ToyTanhSign)
-    monkeypatch.setitem(METHODS, "toy", Method("toy", "toy EDE-like method", weight_quantizer=lambda c: ToyTanhSign(
-        sign_zero=c.sign_zero), input_quantizer=lambda c: ToyTanhSign(sign_zero=c.sign_zero), scale="learned",
-        epoch_hooks=(toy_hook,)))
-    monkeypatch.setattr(schedules, "SCHEDULES", {"toy_tk": toy_tk}, raising=False)
-
-    def toy_tau(epoch, epochs, tau_min=0.85, tau_max=0.99):
-        a = (tau_max - tau_min) / (math.e - 1)
-        return a * math.exp(epoch / epochs) + tau_min - a
-    monkeypatch.setattr(schedules, "recu_tau", toy_tau, raising=False)
+    monkeypatch.setitem(METHODS, "toy", Method("toy", "toy EDE-like method", weight_quantizer="toy_tanh_sign",
+                                               input_quantizer="toy_tanh_sign", scale="learned",
+                                               schedule=TOY_SCHEDULE))
+    monkeypatch.setitem(schedules.QUANTIZER_SCHEDULES, "toy_tk", TOY_SCHEDULE)
+    monkeypatch.setattr(schedules, "SCHEDULES", {"toy_fn": toy_fn}, raising=False)
 
 
 def toy_expected(x, g, t, k, clip=2.0, zero=1.0, training=True):
@@ -268,20 +270,23 @@ def test_a_new_quantizer_with_state_and_parameters(catalogue):
     assert xc.crosscheck(bundle, quantizer="toy_tanh_sign").passed
     assert not xc.crosscheck(dict(bundle, t=np.array(0.6)), quantizer="toy_tanh_sign").passed
     assert not xc.crosscheck(dict(bundle, clip_value=np.array(2.0)), quantizer="toy_tanh_sign").passed
-    # training is handed to quantizers that have the attribute
+    # training is the quantizer's forward argument
     _, grad_eval = toy_expected(x, g, t=0.5, k=2.0, clip=1.5, training=False)
     assert xc.crosscheck(dict(bundle, grad_x=grad_eval, training=np.array(False)), quantizer="toy_tanh_sign").passed
-    # the convention reaches constructor parameters of the same name (sign_zero)
+    assert not xc.crosscheck(dict(bundle, grad_x=grad_eval), quantizer="toy_tanh_sign").passed
+    # the convention reaches the quantizer through its convention_kwargs (from_convention)
     x0 = np.array([[0.0, 1.0]])
     b0 = {"x": x0, "out": np.array([[0.0, 1.0]])}
     assert xc.crosscheck(b0, quantizer="toy_tanh_sign", convention="official").passed
     assert not xc.crosscheck(b0, quantizer="toy_tanh_sign", convention="paper").passed
-    # Python-side registry changes show up in the known names
+    # Python-side registry changes show up in the known names; unknown parameters list the accepted ones
     with pytest.raises(ValueError, match="toy_tanh_sign"):
         xc.crosscheck(bundle, quantizer="nope")
+    with pytest.raises(xc.BundleError, match="'clip_valu'.*no effect.*clip_value"):
+        xc.crosscheck(dict(bundle, clip_valu=np.array(1.0)), quantizer="toy_tanh_sign")
 
 
-def test_a_new_method_with_epoch_hooks_and_learned_scale(catalogue, tmp_path):
+def test_a_new_method_with_a_schedule_and_learned_scale(catalogue, tmp_path):
     paths = xc.export_bundles(tmp_path, method="toy", convention="paper", params={"epoch": 3, "epochs": 8})
     assert len(paths) == 3
     for p in paths:
@@ -290,16 +295,19 @@ def test_a_new_method_with_epoch_hooks_and_learned_scale(catalogue, tmp_path):
     layer = dict(np.load(paths[0], allow_pickle=False))
     assert "alpha" in layer and "grad_alpha" in layer and int(layer["epoch"]) == 3
     rep = xc.crosscheck(paths[0])
-    assert rep.settings["schedule_values"] == toy_tk(3, 8)
+    v = toy_state(3 / 7)  # the paper convention's clock: p = e / (E - 1)
+    assert rep.settings["schedule_values"] == pytest.approx(v)
     # another epoch means other t, k: the gradients differ, the forward does not
     rep = xc.crosscheck(dict(layer, epoch=np.array(6)))
     assert rep.row("out").passed and not rep.row("grad_x").passed
-    # explicit t/k win over the hook, and reach both quantizers (or one, by prefix)
-    v = toy_tk(3, 8)
+    # explicit t/k win over the epoch's, and reach both quantizers (or one, by prefix)
+    assert xc.crosscheck(dict(layer, epoch=np.array(6), t=np.array(v["t"]), k=np.array(v["k"]))).passed
     no_epoch = {k: a for k, a in layer.items() if k not in ("epoch", "epochs")}
     assert xc.crosscheck(dict(no_epoch, t=np.array(v["t"]), k=np.array(v["k"]))).passed
     rep = xc.crosscheck(dict(no_epoch, **{"input_quantizer.t": np.array(v["t"]), "input_quantizer.k": np.array(v["k"])}))
     assert not rep.row("grad_weight").passed  # the weight quantizer kept t = k = 1
+    # the schedule's parameters are method parameters: another T_min changes the epoch's values
+    assert not xc.crosscheck(layer, params={"T_min": 0.2}).row("grad_x").passed
     # the weight part against the formula directly
     wpart = dict(np.load(paths[1], allow_pickle=False))
     out, grad = toy_expected(wpart["x"], wpart["grad_out"], v["t"], v["k"])
@@ -309,20 +317,25 @@ def test_a_new_method_with_epoch_hooks_and_learned_scale(catalogue, tmp_path):
 
 def test_schedules_from_tables_and_functions(catalogue, tmp_path):
     table = xc.schedule_table()
-    assert {"toy_tk", "recu_tau", "cosine", "cosine_lr", "step"} <= set(table)
-    assert "warmup_factor" not in table  # not an (epoch, epochs) function
+    assert {"toy_tk", "toy_fn", "recu_tau", "irnet_tk", "bnnpp_beta", "pc_mu", "cosine", "cosine_lr",
+            "step"} <= set(table)
+    assert "warmup_factor" not in table and "ede_state" not in table  # not schedules of (epoch, epochs)
     e = np.arange(5)
-    tk = [toy_tk(i, 5, 0.001, 10.0) for i in e]
+    tk = [toy_state(i / 5, 0.001, 10.0) for i in e]  # the official clock: p = e / E
     bundle = {"epoch": e, "epochs": np.array(5), "T_min": np.array(0.001), "T_max": np.array(10.0),
               "t": np.array([v["t"] for v in tk]), "k": np.array([v["k"] for v in tk])}
-    assert xc.crosscheck(bundle, schedule="toy_tk").passed
-    shifted = dict(bundle, t=np.array([toy_tk(i + 1, 5, 0.001, 10.0)["t"] for i in e]))  # progress (e+1)/E
-    rep = xc.crosscheck(shifted, schedule="toy_tk")
+    assert xc.crosscheck(bundle, schedule="toy_tk", convention="official").passed
+    assert xc.crosscheck(bundle, schedule="toy_fn").passed  # the same values as a function of (epoch, epochs)
+    rep = xc.crosscheck(bundle, schedule="toy_tk", convention="paper")  # p = e / (E - 1)
     assert not rep.row("t").passed and not rep.passed
-    # a single unnamed value (recu_tau: the spec's name 'tau'), exported and checked back
-    (path,) = xc.export_bundles(tmp_path, schedule="recu_tau", params={"epochs": 6})
+    assert any("--convention official" in n for n in rep.notes) and "note: " in rep.table()
+    shifted = dict(bundle, t=np.array([toy_state((i + 1) / 5, 0.001, 10.0)["t"] for i in e]))  # 1-based epochs
+    rep = xc.crosscheck(shifted, schedule="toy_tk", convention="official")
+    assert not rep.row("t").passed and not rep.notes
+    # exported and checked back
+    (path,) = xc.export_bundles(tmp_path, schedule="recu_tau", convention="official", params={"epochs": 6})
     b = dict(np.load(path, allow_pickle=False))
-    assert b["tau"][0] == pytest.approx(0.85) and b["tau"].shape == (6,)
+    assert b["tau"][0] == pytest.approx(0.85) and b["tau"].shape == (6,) and str(b["convention"]) == "official"
     assert xc.crosscheck(path).passed
     with pytest.raises(xc.BundleError, match="not a parameter or a value"):
         xc.crosscheck(dict(bundle, tau=np.zeros(5)), schedule="toy_tk")
@@ -330,6 +343,78 @@ def test_schedules_from_tables_and_functions(catalogue, tmp_path):
         xc.crosscheck({"epoch": e, "epochs": np.array(5), "tau": np.zeros(4)}, schedule="recu_tau")
     with pytest.raises(xc.BundleError, match="lacks 'epochs'"):
         xc.crosscheck({"epoch": e, "tau": np.zeros(5)}, schedule="recu_tau")
+    with pytest.raises(xc.BundleError, match="T_min: expected > 0"):
+        xc.crosscheck(dict(bundle, T_min=np.array(0.0)), schedule="irnet_tk")
+    with pytest.raises(xc.BundleError, match="no convention changes"):
+        xc.crosscheck(bundle, schedule="toy_fn", convention="paper")
+
+
+def tau_by_hand(e, E, tau_min, tau_max, clock):
+    """ReCU Eq. 24 / cifar/main.py L160-167 (algorithms.md 4.6): tau = A exp(p) + B, A = (tau_max - tau_min)/(e - 1),
+    B = tau_min - A; p = e / E in the code, e / (E - 1) in the paper convention (the end value is reached)."""
+    a = (tau_max - tau_min) / (math.e - 1)
+    p = e / E if clock == "official" else e / (E - 1)
+    return a * np.exp(p) + tau_min - a
+
+
+def tk_by_hand(e, E, T_min, T_max, clock):
+    """IR-Net Eq. 18 / trainer.py L130-143 (algorithms.md 3.3): t = 10^(log10 T_min + (log10 T_max - log10 T_min) p),
+    k = 1/t if t < 1 else 1."""
+    p = e / E if clock == "official" else e / (E - 1)
+    t = 10.0 ** (math.log10(T_min) + (math.log10(T_max) - math.log10(T_min)) * p)
+    return t, np.where(t < 1, 1 / t, 1.0)
+
+
+@pytest.mark.parametrize("convention", ["official", "paper"])
+def test_recu_tau_and_irnet_tk_schedules_by_hand(convention, tmp_path):
+    """--schedule recu_tau / irnet_tk with the catalogue's schedules, at each convention's clock."""
+    other = "paper" if convention == "official" else "official"
+    e, E = np.arange(600), 600
+    tau = tau_by_hand(e, E, 0.85, 0.99, convention)
+    bundle = {"epoch": e, "epochs": np.array(E), "tau_min": np.array(0.85), "tau_max": np.array(0.99), "tau": tau}
+    assert xc.crosscheck(bundle, schedule="recu_tau", convention=convention).passed
+    if convention == "official":  # the code's values (algorithms.md 4.6): tau(599) = 0.98963, never 0.99
+        assert tau[[0, 299, 599]] == pytest.approx([0.85, 0.90263, 0.98963], abs=5e-6)
+    rep = xc.crosscheck(bundle, schedule="recu_tau", convention=other)
+    assert not rep.passed and rep.notes == [n for n in rep.notes if f"--convention {convention}" in n] and rep.notes
+    # the catalogue's own parameter names work too, and both names for one parameter are an error
+    renamed = {("tau_start" if k == "tau_min" else "tau_end" if k == "tau_max" else k): v for k, v in bundle.items()}
+    assert xc.crosscheck(renamed, schedule="recu_tau", convention=convention).passed
+    with pytest.raises(xc.BundleError, match="given twice"):
+        xc.crosscheck(dict(bundle, tau_start=np.array(0.85)), schedule="recu_tau", convention=convention)
+    # defaults (tau 0.85 -> 0.99) and --param
+    no_params = {k: v for k, v in bundle.items() if k not in ("tau_min", "tau_max")}
+    assert xc.crosscheck(no_params, schedule="recu_tau", convention=convention).passed
+    assert not xc.crosscheck(no_params, schedule="recu_tau", convention=convention, params={"tau_min": 0.8}).passed
+
+    for T_min in (1e-3, 0.1):  # the ResNet-20 1W/1A code's and the paper's
+        t, k = tk_by_hand(np.arange(400), 400, T_min, 10.0, convention)
+        tk = {"epoch": np.arange(400), "epochs": np.array(400), "T_min": np.array(T_min), "T_max": np.array(10.0),
+              "t": t, "k": k}
+        assert xc.crosscheck(tk, schedule="irnet_tk", convention=convention).passed
+        rep = xc.crosscheck(tk, schedule="irnet_tk", convention=other)
+        assert not rep.row("t").passed and rep.notes
+    # the CLI needs --convention for a quantizer schedule, and exits 1 on the other clock
+    path = tmp_path / "tk.npz"
+    np.savez(path, **tk)
+    assert main(["crosscheck", str(path), "--schedule", "irnet_tk"]) == 2
+    assert main(["crosscheck", str(path), "--schedule", "irnet_tk", "--convention", convention]) == 0
+    assert main(["crosscheck", str(path), "--schedule", "irnet_tk", "--convention", other]) == 1
+
+
+def test_method_epoch_uses_the_conventions_clock(tmp_path):
+    """epoch/epochs in a layer bundle: Method.on_epoch sets tau (ReCU) or t, k (IR-Net) at the convention's clock,
+    the same values as --schedule."""
+    for method, names in (("recu", ("tau",)), ("irnet", ("t", "k"))):
+        for convention in ("official", "paper"):
+            path = xc.export_bundles(tmp_path / method / convention, method=method, convention=convention,
+                                     part="layer", params={"epoch": 5, "epochs": 8})[0]
+            rep = xc.crosscheck(path)
+            assert rep.passed, rep.table()
+            sched = xc.schedule_table()["recu_tau" if method == "recu" else "irnet_tk"]
+            clock = "epoch" if convention == "official" else "progress"
+            assert rep.settings["schedule_values"] == pytest.approx(sched.at(5, 8, clock))
+            assert set(names) <= set(rep.settings["schedule_values"])
 
 
 def test_an_lr_schedule_by_hand():
