@@ -79,9 +79,9 @@ cdef extern from "bitkernels.h" nogil:
     void bk_tap_sums(const uint64_t *panels, int64_t npanels, int ntaps, int cw, int32_t bits_per_tap,
                      int32_t *corr)
     int64_t bk_pack_f32(const float *x, int64_t outer, int64_t len, int64_t inner, int64_t s_outer,
-                        int64_t s_len, int64_t s_inner, int polarity, uint64_t *out)
+                        int64_t s_len, int64_t s_inner, int polarity, int path, uint64_t *out)
     int64_t bk_pack_f64(const double *x, int64_t outer, int64_t len, int64_t inner, int64_t s_outer,
-                        int64_t s_len, int64_t s_inner, int polarity, uint64_t *out)
+                        int64_t s_len, int64_t s_inner, int polarity, int path, uint64_t *out)
     void bk_maxpool(const uint64_t *x, int64_t in_h, int64_t in_w, int64_t cw, int64_t x_img, int64_t x_row,
                     int64_t x_pix, int kh, int kw, int sh, int sw, int ph, int pw, int64_t out_h, int64_t out_w,
                     uint64_t *out, int64_t q0, int64_t q1)
@@ -355,6 +355,7 @@ def _pack(x, int axis, int polarity, int threads, bint binary=False):
     cdef int64_t si = x3.strides[2] // x3.itemsize
     cdef size_t px = _addr(x3), po = _addr(out)
     cdef bint f32 = x3.dtype == np.float32
+    cdef int pth = _PATH_ID[resolve_path()]
     cdef int64_t o, chunk = outer if threads == 1 or outer * length * inner < (1 << 16) else 1
     cdef int64_t nchunks = (outer + chunk - 1) // chunk
     cdef int64_t c, itemsize = x3.itemsize, other = 0
@@ -362,10 +363,10 @@ def _pack(x, int axis, int polarity, int threads, bint binary=False):
         o = c * chunk
         if f32:
             other += bk_pack_f32(<const float *>(px + o * so * itemsize), min(chunk, outer - o), length, inner,
-                                 so, sl, si, polarity, <uint64_t *>po + o * inner * words)
+                                 so, sl, si, polarity, pth, <uint64_t *>po + o * inner * words)
         else:
             other += bk_pack_f64(<const double *>(px + o * so * itemsize), min(chunk, outer - o), length, inner,
-                                 so, sl, si, polarity, <uint64_t *>po + o * inner * words)
+                                 so, sl, si, polarity, pth, <uint64_t *>po + o * inner * words)
     if binary and other:
         raise ValueError(f"expected exactly +-1 values (binary products), found {other} other value(s)")
     return out

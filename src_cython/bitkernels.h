@@ -96,11 +96,12 @@ void bk_tap_sums(const uint64_t *panels, int64_t npanels, int ntaps, int cw, int
 
 /* Signs -> words. x viewed as (outer, L, inner) with element strides; out (outer, inner, ceil(L/64)).
    polarity 0: bit = x < 0 (LCE), 1: bit = x > 0 (daBNN), 2: bit = x >= 0 (bitorch).
-   Returns the number of values that are not exactly +-1. */
+   Returns the number of values that are not exactly +-1. ``path``: BK_PATH_AVX512 packs unit-stride
+   data with AVX-512 compares; the other paths (and other strides) use the portable loop. */
 int64_t bk_pack_f32(const float *x, int64_t outer, int64_t len, int64_t inner, int64_t s_outer, int64_t s_len,
-                    int64_t s_inner, int polarity, uint64_t *out);
+                    int64_t s_inner, int polarity, int path, uint64_t *out);
 int64_t bk_pack_f64(const double *x, int64_t outer, int64_t len, int64_t inner, int64_t s_outer, int64_t s_len,
-                    int64_t s_inner, int polarity, uint64_t *out);
+                    int64_t s_inner, int polarity, int path, uint64_t *out);
 
 /* Binary max pool (AND of the bits, LCE polarity) over packed NHWC words; output rows
    [q0, q1) of the (n * out_h) output rows. Taps outside the image are skipped. */
@@ -145,6 +146,15 @@ void bk_tile_avx512(int, int, int, uint64_t, const uint64_t *const *, const int6
 void bk_float_avx512(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
 void bk_bits_avx512(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
 double bk_peak_avx512(int64_t iters);
+/* packing with AVX-512 (the AVX512 path): a unit-stride row (inner == 1), or unit-stride positions
+   of a channel-first slice of at most 64 channels (inner > 1, out: one word per position); both
+   return the count of values that are not exactly +-1 */
+int64_t bk_pack_row_float_avx512(const float *x, int64_t len, int polarity, uint64_t *out);
+int64_t bk_pack_row_double_avx512(const double *x, int64_t len, int polarity, uint64_t *out);
+int64_t bk_pack_inner_float_avx512(const float *x, int64_t len, int64_t inner, int64_t s_len, int polarity,
+                                   uint64_t *out);
+int64_t bk_pack_inner_double_avx512(const double *x, int64_t len, int64_t inner, int64_t s_len, int polarity,
+                                    uint64_t *out);
 #endif
 
 #endif

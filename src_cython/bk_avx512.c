@@ -3,11 +3,12 @@
  * row and does xor + vpopcntq + add per accumulator: the xor-popcount-add triple the peak counts.
  */
 #include "bk_epilogue.h"
+#include <string.h>
 
 #if BK_X86
 #include <immintrin.h>
 
-#define T512 __attribute__((target("avx512f,avx512vpopcntdq")))
+#define T512 __attribute__((target("avx512f,avx512vpopcntdq,popcnt")))
 
 #define BK_TRIPLES(MR, AV)                                                                      \
     do {                                                                                        \
@@ -123,4 +124,68 @@ T512 double bk_peak_avx512(int64_t iters)
     __asm__ volatile("" : : "v"(sum));
     return (double)iters * 12 * 512 * 2;
 }
+/* ---- packing: signs -> words, 16 floats (8 doubles) per compare ------------------------------ */
+
+/* bits of one vector by polarity (0: x < 0, 1: x > 0, 2: x >= 0; NaN gives 0, as C's comparisons)
+   and the lanes that are not exactly +-1 ("other", NaN included) */
+#define BK_PACK512(T, V, M, LANES, LOAD, CMP, ABS, SET1)                                                 \
+    T512 static inline M bits512_##T(V v, M valid, int polarity)                                        \
+    {                                                                                                   \
+        const V zero = SET1((T)0);                                                                      \
+        return polarity == 0 ? CMP(valid, v, zero, _CMP_LT_OQ)                                          \
+             : polarity == 1 ? CMP(valid, v, zero, _CMP_GT_OQ) : CMP(valid, v, zero, _CMP_GE_OQ);       \
+    }                                                                                                   \
+    /* inner == 1, unit stride: a row of len values -> ceil(len / 64) words */                          \
+    T512 int64_t bk_pack_row_##T##_avx512(const T *x, int64_t len, int polarity, uint64_t *out)         \
+    {                                                                                                   \
+        const V one = SET1((T)1);                                                                       \
+        int64_t other = 0;                                                                              \
+        for (int64_t w = 0; w * 64 < len; w++) {                                                        \
+            uint64_t word = 0;                                                                          \
+            for (int q = 0; q < 64 / LANES && w * 64 + q * LANES < len; q++) {                          \
+                const int64_t i = w * 64 + q * LANES, n = len - i < LANES ? len - i : LANES;             \
+                const M valid = (M)(n == LANES ? ~0u : (1u << n) - 1);                                  \
+                const V v = LOAD(valid, x + i);                                                         \
+                word |= (uint64_t)bits512_##T(v, valid, polarity) << (q * LANES);                        \
+                other += _mm_popcnt_u32((unsigned)CMP(valid, ABS(v), one, _CMP_NEQ_UQ));                \
+            }                                                                                           \
+            out[w] = word;                                                                              \
+        }                                                                                               \
+        return other;                                                                                   \
+    }                                                                                                   \
+    /* inner > 1 with len <= 64 (one word per position), unit inner stride: the channel axis of NCHW   \
+       data. Channels outermost, positions streamed LANES at a time, each position's word ORed in      \
+       place in out (inner words, small enough to stay in cache) */                                   \
+    T512 int64_t bk_pack_inner_##T##_avx512(const T *x, int64_t len, int64_t inner, int64_t s_len,      \
+                                             int polarity, uint64_t *out)                               \
+    {                                                                                                   \
+        const V one = SET1((T)1);                                                                       \
+        int64_t other = 0;                                                                              \
+        memset(out, 0, (size_t)inner * sizeof(uint64_t));                                               \
+        for (int64_t c = 0; c < len; c++) {                                                             \
+            const __m512i bit = _mm512_set1_epi64((long long)(1ull << c));                              \
+            const T *xc = x + c * s_len;                                                                \
+            for (int64_t p0 = 0; p0 < inner; p0 += LANES) {                                             \
+                const int64_t np = inner - p0 < LANES ? inner - p0 : LANES;                             \
+                const M valid = (M)(np == LANES ? ~0u : (1u << np) - 1);                                \
+                const V v = LOAD(valid, xc + p0);                                                       \
+                const unsigned bits = (unsigned)bits512_##T(v, valid, polarity);                        \
+                const __mmask8 vlo = (__mmask8)valid, vhi = (__mmask8)((unsigned)valid >> 8);           \
+                __m512i lo = _mm512_maskz_loadu_epi64(vlo, out + p0);                                   \
+                _mm512_mask_storeu_epi64(out + p0, vlo, _mm512_mask_or_epi64(lo, (__mmask8)bits, lo, bit)); \
+                if (LANES > 8) {                                                                        \
+                    __m512i hi = _mm512_maskz_loadu_epi64(vhi, out + p0 + 8);                           \
+                    _mm512_mask_storeu_epi64(out + p0 + 8, vhi,                                         \
+                                             _mm512_mask_or_epi64(hi, (__mmask8)(bits >> 8), hi, bit)); \
+                }                                                                                       \
+                other += _mm_popcnt_u32((unsigned)CMP(valid, ABS(v), one, _CMP_NEQ_UQ));                \
+            }                                                                                           \
+        }                                                                                               \
+        return other;                                                                                   \
+    }
+
+BK_PACK512(float, __m512, __mmask16, 16, _mm512_maskz_loadu_ps, _mm512_mask_cmp_ps_mask, _mm512_abs_ps,
+           _mm512_set1_ps)
+BK_PACK512(double, __m512d, __mmask8, 8, _mm512_maskz_loadu_pd, _mm512_mask_cmp_pd_mask, _mm512_abs_pd,
+           _mm512_set1_pd)
 #endif

@@ -281,12 +281,26 @@ void bk_tap_sums(const uint64_t *panels, int64_t npanels, int ntaps, int cw, int
    the channel axis of NCHW data) and the words are built in registers when inner == 1.
    Returns how many values are not exactly +-1 (the binary kernels' callers may reject them). */
 #define BK_PACK_BIT(v) (polarity == 0 ? (v) < 0 : polarity == 1 ? (v) > 0 : (v) >= 0)
+#if BK_X86
+#define BK_PACK_SIMD(T)                                                                                   \
+        if (path == BK_PATH_AVX512 && inner == 1 && s_len == 1) {                                         \
+            other += bk_pack_row_##T##_avx512(xo, len, polarity, oo);                                     \
+            continue;                                                                                     \
+        }                                                                                                 \
+        if (path == BK_PATH_AVX512 && inner > 1 && s_inner == 1 && len <= 64) {                           \
+            other += bk_pack_inner_##T##_avx512(xo, len, inner, s_len, polarity, oo);                     \
+            continue;                                                                                     \
+        }
+#else
+#define BK_PACK_SIMD(T)
+#endif
 #define BK_PACK_BODY(T)                                                                                   \
     const int64_t words = (len + 63) / 64;                                                                \
     int64_t other = 0;                                                                                    \
     for (int64_t o = 0; o < outer; o++) {                                                                 \
         const T *xo = x + o * s_outer;                                                                    \
         uint64_t *oo = out + o * inner * words;                                                           \
+        BK_PACK_SIMD(T)                                                                                   \
         if (inner == 1) {                                                                                 \
             for (int64_t w = 0; w < words; w++) {                                                         \
                 const int64_t n = len - w * 64 < 64 ? len - w * 64 : 64;                                  \
@@ -316,13 +330,13 @@ void bk_tap_sums(const uint64_t *panels, int64_t npanels, int ntaps, int cw, int
     return other;
 
 int64_t bk_pack_f32(const float *x, int64_t outer, int64_t len, int64_t inner, int64_t s_outer, int64_t s_len,
-                    int64_t s_inner, int polarity, uint64_t *out)
+                    int64_t s_inner, int polarity, int path, uint64_t *out)
 {
     BK_PACK_BODY(float)
 }
 
 int64_t bk_pack_f64(const double *x, int64_t outer, int64_t len, int64_t inner, int64_t s_outer, int64_t s_len,
-                    int64_t s_inner, int polarity, uint64_t *out)
+                    int64_t s_inner, int polarity, int path, uint64_t *out)
 {
     BK_PACK_BODY(double)
 }

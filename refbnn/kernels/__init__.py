@@ -17,6 +17,13 @@ built; ``unpack_bits`` and ``threshold_fold`` are NumPy and always available.
 from __future__ import annotations
 
 import importlib
+import os
+
+# The compiled kernels run OpenMP threads. Left at libgomp's default (spin-waiting after each
+# parallel region), those threads take the cores from NumPy's BLAS threads that run the float
+# ops between two binary products, and a training step gets slower. Passive waiting costs the
+# kernels nothing measurable; it is set before the extension loads, unless the user chose a policy.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ..checks import array_module, check_float_array, pair
 from . import reference
