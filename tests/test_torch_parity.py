@@ -21,32 +21,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-if os.environ.get("CI") == "true":  # .ci/run installs torch: there a missing torch is an error, not a skip
-    import torch
-else:
-    torch = pytest.importorskip("torch", reason="PyTorch not installed; pip install torch==2.13.0 to run the parity "
-                                "tests")
-F = torch.nn.functional
+from torch_helpers import ROOT, TOL, F, T, rel, seeds, torch  # skips the module without torch
 
-from refbnn import crosscheck as xc  # noqa: E402
-from refbnn import ops  # noqa: E402
-from refbnn.layers import BinaryConv2d, BinaryLinear  # noqa: E402
-from refbnn.quantizers import IdentitySteSign, SteSign  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOL = 1e-10
-seeds = st.integers(0, 2**32 - 1)
-
-
-def rel(a, b):
-    """max |a - b| relative to the larger tensor's scale (floor 1)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max(initial=0.0) / max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0), 1.0))
-
-
-def T(a, grad=True):
-    return torch.tensor(np.asarray(a, np.float64), requires_grad=grad)
+from refbnn import crosscheck as xc
+from refbnn import ops
+from refbnn.layers import BinaryConv2d, BinaryLinear
+from refbnn.quantizers import IdentitySteSign, SteSign
 
 
 def with_specials(rng, shape, specials=(0.0, 1.0, -1.0), frac=0.25):

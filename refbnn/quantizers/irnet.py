@@ -13,6 +13,7 @@ import numpy as np
 from ..checks import array_module
 from ..conventions import sign
 from .base import (Quantizer, check_bool, check_ddof, check_nonnegative, check_positive, check_sign_zero)
+from .sign import ElementwiseSign
 from .standardize import row_standardize_backward, row_standardize_forward, row_standardize_surrogate
 
 
@@ -118,7 +119,7 @@ class LibraPB(_EdeState, Quantizer):
         return not self.bit_shift and self.sign_zero != 0.0
 
 
-class EDE(_EdeState, Quantizer):
+class EDE(_EdeState, ElementwiseSign):
     """IR-Net's Error Decay Estimator on a plain sign (IR-Net's activations; usable for any input).
 
     forward:   y = sign(x)  (sign(0) = ``sign_zero``; IR-Net code: torch.sign, 0)
@@ -130,25 +131,13 @@ class EDE(_EdeState, Quantizer):
     """
 
     name = "ede"
-    precision = 1
 
     def __init__(self, t: float = 0.1, k: float = 10.0, sign_zero: float = 0.0):
         self.t, self.k = check_positive("t", t), check_positive("k", k)
         self.sign_zero = check_sign_zero(sign_zero)
 
-    @classmethod
-    def convention_kwargs(cls, c):
-        return {"sign_zero": c.sign_zero}
-
-    @property
-    def binary(self):
-        return self.sign_zero != 0.0
-
-    def forward(self, x, training=True):
-        return sign(x, self.sign_zero), x
-
-    def backward(self, dy, cache):
-        return (dy * ede_grad(cache, self.t, self.k)).astype(dy.dtype, copy=False)
+    def derivative(self, x):
+        return ede_grad(x, self.t, self.k).astype(x.dtype, copy=False)
 
     def surrogate(self, x, ref=None, training=True):
         return ede_surrogate(x, self.t, self.k)

@@ -55,7 +55,37 @@ def approx_sign_grad(x):
     return array_module(x).maximum(2.0 - 2.0 * abs(x), 0.0).astype(x.dtype, copy=False)
 
 
-class SteSign(Quantizer):
+class ElementwiseSign(Quantizer):
+    """The common shape of the sign quantizers whose estimator is element-wise:
+
+    forward:  y = sign(x), sign(0) = ``sign_zero``;  the cache is the surrogate's derivative at x
+    backward: dx = dy * derivative(x)            (``derivative`` None: the identity, dx = dy)
+
+    Subclasses give ``derivative(x)`` and ``surrogate``. Outputs are exactly +-1 (``binary``) unless
+    sign(0) = 0.
+    """
+
+    precision = 1
+
+    @classmethod
+    def convention_kwargs(cls, c):
+        return {"sign_zero": c.sign_zero}
+
+    @property
+    def binary(self):
+        return self.sign_zero != 0.0
+
+    def derivative(self, x):
+        raise NotImplementedError
+
+    def forward(self, x, training=True):
+        return sign(x, self.sign_zero), self.derivative(x)
+
+    def backward(self, dy, cache):
+        return dy if cache is None else dy * cache
+
+
+class SteSign(ElementwiseSign):
     """Sign with a (clipped) straight-through estimator; Larq's ``ste_sign``.
 
     forward:   y = sign(x), with sign(0) = ``sign_zero`` (+1: BNN paper, Larq; 0: torch.sign)
@@ -81,18 +111,8 @@ class SteSign(Quantizer):
     def convention_kwargs(cls, c):
         return {"sign_zero": c.sign_zero, "clip_inclusive": c.clip_inclusive}
 
-    @property
-    def binary(self):
-        return self.sign_zero != 0.0
-
-    def forward(self, x, training=True):
-        y = sign(x, self.sign_zero)
-        if self.clip_value is None:
-            return y, None
-        return y, clip_mask(x, self.clip_value, self.clip_inclusive)
-
-    def backward(self, dy, cache):
-        return dy if cache is None else dy * cache
+    def derivative(self, x):
+        return None if self.clip_value is None else clip_mask(x, self.clip_value, self.clip_inclusive)
 
     def surrogate(self, x, ref=None, training=True):
         return _clip(x, self.clip_value)
@@ -112,9 +132,7 @@ class IdentitySteSign(SteSign):
     def __init__(self, sign_zero: float = 1.0):
         super().__init__(clip_value=None, sign_zero=sign_zero)
 
-    @classmethod
-    def convention_kwargs(cls, c):
-        return {"sign_zero": c.sign_zero}
+    convention_kwargs = ElementwiseSign.convention_kwargs
 
 
 class StochasticSign(Quantizer):
@@ -174,7 +192,7 @@ class StochasticSign(Quantizer):
         return x
 
 
-class ApproxSign(Quantizer):
+class ApproxSign(ElementwiseSign):
     """Bi-Real Net's ApproxSign estimator; Larq's ``approx_sign``.
 
     forward:   y = sign(x)  (sign(0) = ``sign_zero``, Larq: +1)
@@ -185,30 +203,18 @@ class ApproxSign(Quantizer):
     """
 
     name = "approx_sign"
-    precision = 1
 
     def __init__(self, sign_zero: float = 1.0):
         self.sign_zero = check_sign_zero(sign_zero)
 
-    @classmethod
-    def convention_kwargs(cls, c):
-        return {"sign_zero": c.sign_zero}
-
-    @property
-    def binary(self):
-        return self.sign_zero != 0.0
-
-    def forward(self, x, training=True):
-        return sign(x, self.sign_zero), approx_sign_grad(x)
-
-    def backward(self, dy, cache):
-        return dy * cache
+    def derivative(self, x):
+        return approx_sign_grad(x)
 
     def surrogate(self, x, ref=None, training=True):
         return approx_sign_polynomial(x)
 
 
-class SwishSign(Quantizer):
+class SwishSign(ElementwiseSign):
     """BNN+'s SignSwish estimator; Larq's ``swish_sign``.
 
     forward:   y = sign(x)  (sign(0) = ``sign_zero``, Larq: +1)
@@ -219,25 +225,13 @@ class SwishSign(Quantizer):
     """
 
     name = "swish_sign"
-    precision = 1
 
     def __init__(self, beta: float = 5.0, sign_zero: float = 1.0):
         self.beta = check_positive("beta", beta)
         self.sign_zero = check_sign_zero(sign_zero)
 
-    @classmethod
-    def convention_kwargs(cls, c):
-        return {"sign_zero": c.sign_zero}
-
-    @property
-    def binary(self):
-        return self.sign_zero != 0.0
-
-    def forward(self, x, training=True):
-        return sign(x, self.sign_zero), sign_swish_grad(x, self.beta)
-
-    def backward(self, dy, cache):
-        return dy * cache
+    def derivative(self, x):
+        return sign_swish_grad(x, self.beta)
 
     def surrogate(self, x, ref=None, training=True):
         return sign_swish(x, self.beta)
