@@ -50,11 +50,10 @@ def _add_train(sub):
 
 
 def parse_param(text: str):
-    """``KEY=VALUE`` -> (key, value); VALUE is read as an int, a float, true/false, none, or else a string."""
-    if "=" not in text:
-        raise ValueError(f"--param: expected KEY=VALUE, got {text!r}")
-    key, raw = (s.strip() for s in text.split("=", 1))
-    return key, crosscheck.parse_value(raw)
+    """``KEY=VALUE`` -> (key, value), read as ``refbnn crosscheck --param`` reads it (an int, a float,
+    true/false, none, or else a string)."""
+    ((key, value),) = crosscheck.parse_params([text]).items()
+    return key, value
 
 
 def cmd_train(args) -> int:
