@@ -59,6 +59,33 @@ def test_field_values_are_derived_for_every_field():
         field_values("sign_zeroo")
 
 
+def test_fields_added_later_are_covered(monkeypatch):
+    """A Convention with two more fields (a 3-way Literal and a validated str, as a later refbnn may add): their
+    values are derived without a table entry."""
+    from refbnn.crosscheck import diagnose
+
+    @dataclasses.dataclass(frozen=True)
+    class Wider(Convention):
+        weight_grad: "Literal['autograd', 'detached', 'identity']" = "autograd"  # noqa: F821 - a string here
+        bias_order: str = "after_scale"
+        eps_value: float = 1e-5  # no validation lists its values: only FIELD_VALUES can
+
+        def __post_init__(self):
+            super().__post_init__()
+            if self.bias_order not in ("after_scale", "before_scale"):
+                raise ValueError(f"bias_order: expected 'after_scale' or 'before_scale', got {self.bias_order!r}")
+
+    monkeypatch.setattr(diagnose, "Convention", Wider)
+    assert set(field_values("weight_grad")) == {"autograd", "detached", "identity"}
+    assert set(field_values("bias_order")) == {"after_scale", "before_scale"}
+    assert set(field_values("sign_zero")) == {1.0, 0.0, -1.0}
+    assert field_values("eps_value") == (1e-5,)
+    monkeypatch.setitem(diagnose.FIELD_VALUES, "eps_value", (1e-5, 1e-8))
+    assert set(field_values("eps_value")) == {1e-5, 1e-8}
+    monkeypatch.setitem(diagnose.FIELD_VALUES, "bias_order", ("after_bn",))  # a table entry Convention refuses
+    assert "after_bn" not in field_values("bias_order")                      # is not tried
+
+
 @pytest.mark.parametrize("convention,computed_with", [("official", 1.0), ("paper", 0.0)])
 def test_sign_of_zero(tmp_path, convention, computed_with):
     """The other implementation's sign(0) is +1 where the convention says 0, and the reverse."""
@@ -74,6 +101,21 @@ def test_sign_of_zero(tmp_path, convention, computed_with):
     assert xc.crosscheck(b, method="bnn", convention=convention, params={"sign_zero": computed_with}).passed
     table = rep.table()
     assert f"sign_zero={computed_with}" in table and "every tensor passes with" in table
+
+
+def test_sign_of_zero_in_one_quantizer_only(tmp_path):
+    """torch.sign for the weights, +1 for the activations: the field changed in the input quantizer only; the
+    change of the whole convention fixes grad_weight but breaks grad_x."""
+    b = exported(tmp_path, method="bnn", convention="official", part="layer",
+                 params={"input_quantizer.sign_zero": 1.0})
+    b.pop("input_quantizer.sign_zero")
+    rep = xc.crosscheck(b, method="bnn", convention="official", diagnose=True)
+    best = rep.diagnosis.every_tensor[0]
+    assert [(c.slot, c.detail["value"]) for c in best.changes] == [("convention.sign_zero.input", 1.0)], rep.table()
+    assert "sign_zero=1.0 in the input quantizer only (as input_quantizer.sign_zero=1.0 instead of 0.0)" in rep.table()
+    whole = [f for f in rep.diagnosis.tensors["grad_weight"].fixes if f.changes[0].slot == "convention.sign_zero"]
+    assert whole and whole[0].breaks == ["grad_x"]
+    assert "fixes grad_weight but breaks grad_x" in rep.table()
 
 
 def test_a_correct_bundle_gets_no_diagnosis(tmp_path):

@@ -17,6 +17,8 @@ covered without a change here:
   convention (``--quantizer`` or a Larq layer without ``--convention``) gets the quantizer parameters the
   field decides (the difference of ``convention_kwargs`` between the field's values) or, for a layer
   setting of the same name (``pad_value``), that setting.
+  In a layer with two quantizers, each field is also changed in one quantizer only (through those
+  constructor parameters, which win over the convention): torch.sign in one, +1 in the other.
 - ``estimator``: every catalogue quantizer (``refbnn.quantizers.QUANTIZERS``) in place of each of the
   check's quantizers, kept only where the check's forward output (the quantizer's ``out``, or the layer's)
   equals refbnn's, so that only the estimator differs: for a sign quantizer, the identity and the clipped
@@ -105,8 +107,11 @@ def field_values(name) -> tuple:
     values = list(FIELD_VALUES.get(name, ()))
     if ftype == "bool" or isinstance(f.default, bool):
         values += [True, False]
-    values += [getattr(p, name) for p in PRESETS.values()] + [f.default]
+    values += [getattr(p, name) for p in PRESETS.values() if hasattr(p, name)] + [f.default]
     values += _validated_values(name, ftype)
+    if ftype.startswith(("Literal[", "typing.Literal[")):  # Literal["a", "b"]: its values
+        values += [a or b for a, b in re.findall(r"'([^']*)'|\"([^\"]*)\"", ftype)]
+        values += [float(v) if "." in v else int(v) for v in re.findall(r"(?<![\w'\"])[-+]?\d+(?:\.\d*)?", ftype)]
     out = []
     for v in values:
         if any(type(v) is type(u) and v == u for u in out):
@@ -318,6 +323,52 @@ def _convention_changes(base: _Trial, base_info: dict) -> list:
                     for k, pv, cur in params) + ")"
             out.append(Change("convention", f"convention.{name}", text, {"field": name, "value": v, "was": was},
                               lambda t, n=name, v=v: _apply_field(t, n, v)))
+    return out + _one_quantizer_changes(base, conv, configs)
+
+
+def _role_setting(trial, role, qname, param, conv, configs):
+    """The value one quantizer's parameter has in the check: given by name (prefixed or plain), else the
+    convention's (``convention_kwargs``), else the quantizer's own (``config``)."""
+    for key in (_role_key(trial, role, param), param):
+        if trial.has(key):
+            return trial.get(key)
+    if conv is not None:
+        fields = {n: trial.get(n) for n in CONVENTION_FIELDS if trial.has(n)}
+        try:
+            return QUANTIZERS[qname].convention_kwargs(conv.with_(**fields)).get(param)
+        except (ValueError, TypeError):
+            return None
+    return configs.get(role, {}).get(param)
+
+
+def _set_params(trial, items):
+    for key, value in items:
+        trial.set(key, value)
+    return trial
+
+
+def _one_quantizer_changes(base: _Trial, conv, configs) -> list:
+    """A layer's two quantizers: each field's other values in one quantizer only (through the constructor
+    parameters the field decides, which win over the convention), for an implementation whose weight and
+    activation quantizers disagree (torch.sign in one, +1 in the other)."""
+    roles = _roles(base)
+    if len(roles) < 2:
+        return []
+    out = []
+    for name in CONVENTION_FIELDS:
+        for role, qname in roles.items():
+            for v in field_values(name):
+                items = [(_role_key(base, role, p), pv, _role_setting(base, role, qname, p, conv, configs))
+                         for p, pv in _controlled_params(QUANTIZERS[qname], name, v).items()]
+                if not items or all(_equal(pv, cur) for _, pv, cur in items):
+                    continue
+                which = "kernel" if base.req.mode == "larq" and role == "weight" else role
+                text = (f"convention {name}={_fmt(v)} in the {which} quantizer only (as " + ", ".join(
+                    f"{k}={_fmt(pv)}" + ("" if cur is None else f" instead of {_fmt(cur)}") for k, pv, cur in items)
+                    + ")")
+                out.append(Change("convention", f"convention.{name}.{role}", text,
+                                  {"field": name, "value": v, "role": role, "was": items[0][2]},
+                                  lambda t, kv=tuple((k, pv) for k, pv, _ in items): _set_params(t, kv)))
     return out
 
 
@@ -541,7 +592,7 @@ class Fix:
     makes pass (``fixes``) and the passing tensors it makes differ (``breaks``)."""
     changes: tuple
     configured: tuple           # per change: the quantizer a swap configured (repr), else None
-    after: TensorResult
+    after: TensorResult | None  # None for a change listed under every_tensor (all of them pass)
     fixes: list
     breaks: list
 
@@ -552,7 +603,8 @@ class Fix:
     def as_dict(self) -> dict:
         return {"changes": [dict(c.as_dict(), **({"configured": q} if q else {}))
                             for c, q in zip(self.changes, self.configured)],
-                "after": _error(self.after), "fixes": list(self.fixes), "breaks": list(self.breaks)}
+                "after": None if self.after is None else _error(self.after), "fixes": list(self.fixes),
+                "breaks": list(self.breaks)}
 
 
 @dataclass
@@ -711,11 +763,12 @@ def diagnose_bundle(req: Request, arrays: dict, settings: dict, base_results: di
 
     def fix(o, t):
         conf = tuple(_configured(o, c) for c in o.changes)
-        return Fix(o.changes, conf, o.rows[t], fixes_of(o), [p for p in passing if not o.rows[p].passed])
+        return Fix(o.changes, conf, None if t is None else o.rows[t], fixes_of(o),
+                   [p for p in passing if not o.rows[p].passed])
 
     def rank(fx: Fix):
         return (len(fx.breaks), -len(fx.fixes), len(fx.changes),
-                min(_KIND_ORDER.index(c.kind) for c in fx.changes), fx.after.max_abs)
+                min(_KIND_ORDER.index(c.kind) for c in fx.changes), 0.0 if fx.after is None else fx.after.max_abs)
 
     tensors = {}
     for t in failing:
@@ -727,7 +780,7 @@ def diagnose_bundle(req: Request, arrays: dict, settings: dict, base_results: di
             better = [o for o in singles + pairs if improves(o, t)]
             closest = min(better, key=lambda o: (o.rows[t].mismatches, o.rows[t].max_abs), default=None)
             tensors[t] = TensorDiagnosis(t, before[t], None, [], None if closest is None else fix(closest, t))
-    every = [fix(o, failing[0]) for o in singles if all(o.rows[t].passed for t in expected)]
+    every = [fix(o, None) for o in singles if all(o.rows[t].passed for t in expected)]
     if not every:
-        every = [fix(o, failing[0]) for o in pairs if all(o.rows[t].passed for t in expected)]
+        every = [fix(o, None) for o in pairs if all(o.rows[t].passed for t in expected)]
     return Diagnosis(tensors, sorted(every, key=rank), runs, max_runs, left > 0, tried, left)
