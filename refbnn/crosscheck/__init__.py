@@ -38,7 +38,8 @@ Default tolerances follow the dtype (:data:`DEFAULT_TOLERANCES`); NaN/Inf must m
 The package, one concept per module: :mod:`.bundle` (reading and writing bundles), :mod:`.report`
 (comparison and report), :mod:`.settings` (the request and the routing of named values),
 :mod:`.layout` (NCHW/NHWC, OIHW/HWIO), :mod:`.layer`, :mod:`.quantizer` and :mod:`.schedule` (the three
-checks), :mod:`.check` (:func:`crosscheck`), :mod:`.export` (refbnn's own bundles).
+checks), :mod:`.check` (:func:`crosscheck`), :mod:`.diagnose` (``diagnose=True``: which nearby choice makes
+a differing tensor pass), :mod:`.export` (refbnn's own bundles).
 """
 from __future__ import annotations
 

@@ -19,23 +19,10 @@ def _as_request(bundle_meta, kwargs, require_convention=False):
     return req.resolve(bundle_meta, require_convention=require_convention)
 
 
-def crosscheck(bundle, method=None, convention=None, part=None, layer=None, layout=None, rtol=None, atol=None,
-               params=None, quantizer=None, input_quantizer=None, kernel_quantizer=None, schedule=None, padding=None,
-               require_convention=False) -> Report:
-    """Run refbnn on a bundle's inputs and compare its outputs with the bundle's expected ones.
-
-    ``bundle``: a path to an ``.npz`` or a mapping name -> array. Select what to check with
-    ``method`` (+ ``convention``, ``part``), ``quantizer``, ``schedule``, or Larq's
-    ``input_quantizer``/``kernel_quantizer``. ``params``: name -> value for settings the bundle does not
-    hold (an error where it holds a different value). Returns a :class:`Report`; ``report.passed``.
-    """
-    data = load_bundle(bundle) if isinstance(bundle, (str, os.PathLike)) else {k: np.asarray(v) for k, v in
-                                                                                 dict(bundle).items()}
-    arrays, settings, meta = _split_bundle(data)
-    req = _as_request(meta, dict(method=method, convention=convention, part=part, layer=layer, layout=layout,
-                                 padding=padding, quantizer=quantizer, input_quantizer=input_quantizer,
-                                 kernel_quantizer=kernel_quantizer, schedule=schedule, params=params),
-                      require_convention)
+def _evaluate(req: Request, arrays: dict, settings: dict):
+    """Run refbnn for a resolved request on a bundle's arrays (inputs and expected outputs) and settings (0-d
+    arrays; ``req.params`` joins them): (refbnn's results by name, info, the expected names compared, the
+    float dtypes of the inputs). ``crosscheck`` calls it once; ``--diagnose`` once per nearby choice."""
     if req.mode == "schedule":
         arrays = {**arrays, **settings}
         ns = _Namespace({}, req.params)
@@ -64,13 +51,46 @@ def crosscheck(bundle, method=None, convention=None, part=None, layer=None, layo
         raise BundleError("the bundle holds no expected output to compare: add any of "
                           + (", ".join(LAYER_OUTPUTS) if req.mode in ("method", "larq") and req.part == "layer"
                              else ", ".join(QUANTIZER_OUTPUTS) if req.mode != "schedule" else "the schedule's values"))
+    return results, info, expected, dtypes
+
+
+def crosscheck(bundle, method=None, convention=None, part=None, layer=None, layout=None, rtol=None, atol=None,
+               params=None, quantizer=None, input_quantizer=None, kernel_quantizer=None, schedule=None, padding=None,
+               require_convention=False, diagnose=False) -> Report:
+    """Run refbnn on a bundle's inputs and compare its outputs with the bundle's expected ones.
+
+    ``bundle``: a path to an ``.npz`` or a mapping name -> array. Select what to check with
+    ``method`` (+ ``convention``, ``part``), ``quantizer``, ``schedule``, or Larq's
+    ``input_quantizer``/``kernel_quantizer``. ``params``: name -> value for settings the bundle does not
+    hold (an error where it holds a different value). Returns a :class:`Report`; ``report.passed``.
+
+    ``diagnose``: when some tensor differs, re-run the check over the nearby choices refbnn knows (each
+    convention field's other values, the catalogue's estimators with the same forward, the other layout,
+    the method's documented variants) and put in ``report.diagnosis`` which single change, or pair of
+    changes, makes each differing tensor pass (:mod:`.diagnose`). True for the default bound on the
+    re-runs (:data:`~.diagnose.MAX_RUNS`), or a positive int for another bound.
+    """
+    if not isinstance(diagnose, (bool, int)) or (not isinstance(diagnose, bool) and diagnose < 1):
+        raise ValueError(f"diagnose: expected True, False or a positive number of re-runs, got {diagnose!r}")
+    data = load_bundle(bundle) if isinstance(bundle, (str, os.PathLike)) else {k: np.asarray(v) for k, v in
+                                                                                 dict(bundle).items()}
+    arrays, settings, meta = _split_bundle(data)
+    req = _as_request(meta, dict(method=method, convention=convention, part=part, layer=layer, layout=layout,
+                                 padding=padding, quantizer=quantizer, input_quantizer=input_quantizer,
+                                 kernel_quantizer=kernel_quantizer, schedule=schedule, params=params),
+                      require_convention)
+    if req.mode == "schedule":  # the schedule's values and parameters are 1-d or 0-d arrays alike
+        arrays, settings = {**arrays, **settings}, {}
+    results, info, expected, dtypes = _evaluate(req, arrays, settings)
     low = np.float32 if any(d == np.float32 for d in dtypes) else np.float64
     d_rtol, d_atol = default_tolerances(low)
     rtol = d_rtol if rtol is None else float(rtol)
     atol = d_atol if atol is None else float(atol)
     rows = [compare(k, results[k], arrays[k], rtol, atol) for k in expected]
     settings_out = {**req.describe(), **info, "params": req.params or None}
-    return Report(rows, rtol, atol, settings_out, notes=_other_clock_notes(req, arrays, rows, rtol, atol))
-
-
-
+    report = Report(rows, rtol, atol, settings_out, notes=_other_clock_notes(req, arrays, rows, rtol, atol))
+    if diagnose and not report.passed:
+        from .diagnose import MAX_RUNS, diagnose_bundle  # diagnose imports this module (_evaluate)
+        report.diagnosis = diagnose_bundle(req, arrays, settings, results, rows, rtol, atol,
+                                           max_runs=MAX_RUNS if diagnose is True else int(diagnose), base_info=info)
+    return report

@@ -44,6 +44,9 @@ class Report:
     atol: float
     settings: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    # ``crosscheck(..., diagnose=True)`` on a failing bundle: a :class:`~refbnn.crosscheck.diagnose.Diagnosis`
+    # (which nearby choices make the differing tensors pass); None otherwise
+    diagnosis: object = None
 
     @property
     def passed(self) -> bool:
@@ -60,7 +63,8 @@ class Report:
 
     def as_dict(self):
         return {"passed": self.passed, "rtol": self.rtol, "atol": self.atol, "settings": self.settings,
-                "tensors": [r.as_dict() for r in self.rows], "notes": list(self.notes)}
+                "tensors": [r.as_dict() for r in self.rows], "notes": list(self.notes),
+                "diagnosis": None if self.diagnosis is None else self.diagnosis.as_dict()}
 
     def to_json(self, indent=2) -> str:
         return json.dumps(self.as_dict(), indent=indent, default=str)
@@ -87,6 +91,8 @@ class Report:
         lines += [f"note: {n}" for n in self.notes]
         lines.append("PASS: every tensor agrees with refbnn" if self.passed
                      else f"FAIL: {n_bad} of {len(self.rows)} tensors differ from refbnn")
+        if self.diagnosis is not None:
+            lines += self.diagnosis.lines()
         return "\n".join(lines)
 
     __str__ = table
