@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 import pytest
-
 from refbnn.conventions import OFFICIAL, PAPER, Convention, get_convention
 from refbnn.layers import BinaryConv2d, Sequential
 from refbnn.methods import LayerFactory, get_method
@@ -13,7 +12,7 @@ from refbnn.quantizers import QUANTIZERS
 def test_presets():
     assert get_convention("paper") is PAPER and get_convention("official") is OFFICIAL
     assert (PAPER.sign_zero, OFFICIAL.sign_zero) == (1.0, 0.0)
-    assert (PAPER.grad_through_stats, OFFICIAL.grad_through_stats) == (False, True)
+    assert (PAPER.standardize_grad, OFFICIAL.standardize_grad) == ("identity", "through")
     assert (PAPER.schedule_clock, OFFICIAL.schedule_clock) == ("progress", "epoch")
     assert (PAPER.recu_alpha, OFFICIAL.recu_alpha) == ("analytic", "learned")
     assert (PAPER.recu_act_norm, OFFICIAL.recu_act_norm) == (False, True)
@@ -23,7 +22,7 @@ def test_presets():
     with pytest.raises(ValueError, match=r"unknown convention 'torch'; expected one of \['official', 'paper'\]"):
         get_convention("torch")
     for bad in ({"sign_zero": 0.5}, {"pad_value": 2.0}, {"std_ddof": 2}, {"schedule_clock": "step"},
-                {"recu_alpha": "fixed"}):
+                {"recu_alpha": "fixed"}, {"standardize_grad": True}, {"standardize_grad": "frozen"}):
         with pytest.raises(ValueError, match=list(bad)[0]):
             Convention(**bad)
 
@@ -82,19 +81,42 @@ def test_eps_placement_both_ways():
     g = np.ones_like(x)
     var = x.var(axis=1, ddof=1, keepdims=True)
     for inside, s in ((True, np.sqrt(var + 1e-5)), (False, np.sqrt(var) + 1e-5)):
-        q = QUANTIZERS["recu_act"].from_convention(OFFICIAL.with_(eps_inside_sqrt=inside), grad_through_stats=False)
+        q = QUANTIZERS["recu_act"].from_convention(OFFICIAL.with_(eps_inside_sqrt=inside), standardize_grad="identity")
         np.testing.assert_allclose(q.backward(g, q.forward(x)[1]), np.maximum(0, 2 - 2 * np.abs(x / s)))
 
 
-def test_grad_through_stats_both_ways():
+def test_standardize_grad_three_ways():
+    """The standardizing quantizers (IR-Net's Libra-PB, ReCU's weights) read the field: "through" sums to zero
+    per channel (the centering is differentiated), "identity" passes the estimator's gradient unchanged
+    (IR-Net Algorithm 1 line 9) and "detached" multiplies it by gain / s_o (gain = 1 for IR-Net, 2 sqrt(2) for
+    ReCU's b* = 2)."""
     w = np.random.default_rng(2).standard_normal((3, 8))
     g = np.random.default_rng(3).standard_normal(w.shape)
-    for name in ("libra_pb", "recu_weight"):
-        on = QUANTIZERS[name].from_convention(OFFICIAL.with_(grad_through_stats=True))
-        off = QUANTIZERS[name].from_convention(OFFICIAL.with_(grad_through_stats=False))
-        d_on, d_off = on.backward(g, on.forward(w)[1]), off.backward(g, off.forward(w)[1])
-        np.testing.assert_allclose(d_on.sum(axis=1), 0, atol=1e-9)  # through the centering: sums to zero
-        assert np.abs(d_off.sum(axis=1)).max() > 1e-3
+    for name, gain in (("libra_pb", 1.0), ("recu_weight", 2 * math.sqrt(2))):
+        d = {}
+        for mode in ("through", "detached", "identity"):
+            q = QUANTIZERS[name].from_convention(OFFICIAL.with_(standardize_grad=mode))
+            assert q.standardize_grad == mode
+            d[mode] = q.backward(g, q.forward(w)[1])
+        s = np.sqrt(w.var(axis=1, ddof=1, keepdims=True) + (1e-5 if name == "recu_weight" else 0.0))
+        np.testing.assert_allclose(d["through"].sum(axis=1), 0, atol=1e-9)
+        assert np.abs(d["identity"].sum(axis=1)).max() > 1e-3
+        np.testing.assert_allclose(d["detached"], d["identity"] * gain / s, rtol=1e-12)
+
+
+def test_grad_through_stats_is_the_old_spelling_of_standardize_grad():
+    """``with_(grad_through_stats=...)`` still works (True -> "through", False -> "identity"), and the property
+    reads it back; a non-bool or both spellings at once are errors."""
+    assert (PAPER.grad_through_stats, OFFICIAL.grad_through_stats) == (False, True)
+    assert PAPER.with_(grad_through_stats=True).standardize_grad == "through"
+    assert OFFICIAL.with_(grad_through_stats=False).standardize_grad == "identity"
+    assert not OFFICIAL.with_(standardize_grad="detached").grad_through_stats
+    with pytest.raises(ValueError, match="grad_through_stats: expected True or False"):
+        PAPER.with_(grad_through_stats="yes")
+    with pytest.raises(ValueError, match="not both"):
+        PAPER.with_(grad_through_stats=True, standardize_grad="through")
+    with pytest.raises(ValueError, match=r"standardize_grad: expected one of \['through', 'detached', 'identity'\]"):
+        QUANTIZERS["recu_weight"](standardize_grad=True)
 
 
 def test_schedule_clock_both_ways():
@@ -149,3 +171,4 @@ def test_binary_conv_with_conventions_is_a_regular_layer():
     for conv in (PAPER, OFFICIAL):
         layer, y = _layer_out(conv, "recu", x)
         assert isinstance(layer, BinaryConv2d) and y.shape == (2, 3, 5, 5)
+
