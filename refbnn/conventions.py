@@ -3,7 +3,7 @@
 Each field is a convention a quantizer, layer or schedule may read; ``PAPER`` and ``OFFICIAL``
 select them all at once. Every quantizer says which fields it reads in its ``convention_kwargs``
 (the mapping from a convention to its constructor arguments); the binary layers built by
-``refbnn.methods.LayerFactory`` read ``pad_value``; explicit constructor
+``refbnn.methods.LayerFactory`` read ``pad_value`` and ``bias_order``; explicit constructor
 arguments always win over the convention. Sources: IR-Net (Qin et al., CVPR 2020, arXiv 1909.10788)
 and its code (htqin/IR-Net); ReCU (Xu et al., ICCV 2021, arXiv 2103.12369) and its code
 (z-hXu/ReCU @ 9a73bed7a6452736184795759770ae17ad0308ec, cifar/modules/binarized_modules.py, cited
@@ -22,6 +22,10 @@ below as "ReCU code L<n>"); Bi-Real Net (arXiv 1808.00278); Larq.
 |                      | (IR-Net Algorithm 1 line 9)         | code L20-21, nothing detached)         |
 | ``schedule_clock``   | "progress": p = e / (E - 1), the    | "epoch": p = e / E, the end value is   |
 |                      | end value is reached                | never reached                          |
+| ``bias_order``       | "after_scale": out = alpha conv + b | "before_scale": out = alpha (conv + b) |
+|                      | (an affine offset of the layer's    | (ReCU code L35-39: the bias goes into  |
+|                      | output; no paper puts a bias in its | ``F.conv2d``, then the output is       |
+|                      | scaled binary product)              | multiplied by alpha)                   |
 | ``recu_alpha``       | "analytic": alpha = b(2 tau - 1)    | "learned": per-output-channel alpha,   |
 |                      | (ReCU Eq. 13 / A1)                  | init U[0, 1) (ReCU code L13, L39)      |
 | ``recu_act_norm``    | False                               | True: activations divided by their     |
@@ -59,6 +63,11 @@ Field meanings:
   (``standardize_grad == "through"``).
 - ``schedule_clock``: how a per-epoch schedule turns the 0-based epoch index e of E epochs into
   a progress value p in [0, 1] (see ``refbnn.schedules.schedule_progress``).
+- ``bias_order``: where a binary layer with a per-channel scale alpha adds its bias b (one of
+  ``BIAS_ORDERS``): "after_scale", out = alpha op(x_b, w_b) + b, dL/db = sum dout, dL/dalpha =
+  sum dout op(x_b, w_b); "before_scale", out = alpha (op(x_b, w_b) + b), dL/db = sum alpha dout,
+  dL/dalpha = sum dout (op(x_b, w_b) + b). Without a scale the two are the same. IR-Net's code adds
+  its (unused) bias inside its conv and has no scale in the layer, so there the order is moot.
 - ``recu_alpha``, ``recu_act_norm``, ``recu_ws_center``: ReCU's three paper/code differences
   that the generic fields do not cover (the scaling factor, the activation normalization and the
   centering of the weight standardization).
@@ -71,6 +80,7 @@ from dataclasses import asdict, dataclass, replace
 from .checks import array_module
 
 STANDARDIZE_GRADS = ("through", "detached", "identity")
+BIAS_ORDERS = ("after_scale", "before_scale")
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,7 @@ class Convention:
     eps_inside_sqrt: bool = True
     standardize_grad: str = "identity"
     schedule_clock: str = "progress"
+    bias_order: str = "after_scale"
     recu_alpha: str = "analytic"
     recu_act_norm: bool = False
     recu_ws_center: bool = False
@@ -100,6 +111,8 @@ class Convention:
         if self.standardize_grad not in STANDARDIZE_GRADS:
             raise ValueError(f"standardize_grad: expected one of {list(STANDARDIZE_GRADS)}, "
                              f"got {self.standardize_grad!r}")
+        if self.bias_order not in BIAS_ORDERS:
+            raise ValueError(f"bias_order: expected one of {list(BIAS_ORDERS)}, got {self.bias_order!r}")
         if self.recu_alpha not in ("analytic", "learned"):
             raise ValueError(f"recu_alpha: expected 'analytic' or 'learned', got {self.recu_alpha!r}")
 
@@ -126,11 +139,11 @@ class Convention:
 
 PAPER = Convention(name="paper", sign_zero=1.0, pad_value=0.0, clip_inclusive=True, std_ddof=1,
                    eps_inside_sqrt=True, standardize_grad="identity", schedule_clock="progress",
-                   recu_alpha="analytic", recu_act_norm=False, recu_ws_center=False,
+                   bias_order="after_scale", recu_alpha="analytic", recu_act_norm=False, recu_ws_center=False,
                    bireal_scaled_grad=True)
 OFFICIAL = Convention(name="official", sign_zero=0.0, pad_value=0.0, clip_inclusive=True, std_ddof=1,
                       eps_inside_sqrt=True, standardize_grad="through", schedule_clock="epoch",
-                      recu_alpha="learned", recu_act_norm=True, recu_ws_center=True,
+                      bias_order="before_scale", recu_alpha="learned", recu_act_norm=True, recu_ws_center=True,
                       bireal_scaled_grad=False)
 PRESETS = {"paper": PAPER, "official": OFFICIAL}
 
