@@ -14,6 +14,7 @@ from .data import DATASETS
 from .methods import METHODS
 from .models import MODELS
 from .optim import OPTIMIZER_NAMES
+from .params import parse_params, parse_value
 from .schedules import LR_SCHEDULES
 from .train import DEFAULT_EPOCHS, DEFAULT_MODEL, TrainConfig, train
 
@@ -52,7 +53,7 @@ def _add_train(sub):
 def parse_param(text: str):
     """``KEY=VALUE`` -> (key, value), read as ``refbnn crosscheck --param`` reads it (an int, a float,
     true/false, none, or else a string)."""
-    ((key, value),) = crosscheck.parse_params([text]).items()
+    ((key, value),) = parse_params([text]).items()
     return key, value
 
 
@@ -107,7 +108,7 @@ def _add_crosscheck(sub):
     p.add_argument("--layout", choices=crosscheck.LAYOUTS, help="nchw: PyTorch (x NCHW, weight OIHW / (out, in)); "
                    "nhwc: TensorFlow/Larq (x NHWC, kernel HWIO / (in, out)). Default: nhwc for Larq-style layers, "
                    "else nchw")
-    p.add_argument("--padding", type=crosscheck.parse_value, help="valid, same (Larq/TensorFlow spelling) or an int")
+    p.add_argument("--padding", type=parse_value, help="valid, same (Larq/TensorFlow spelling) or an int")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="set a setting, quantizer or method parameter the bundle does not hold (repeatable; "
                    "'none' for None); prefix weight_quantizer./kernel_quantizer./input_quantizer. for one quantizer")
@@ -135,7 +136,7 @@ def cmd_crosscheck(args) -> int:
     request = dict(method=args.method, convention=args.convention, part=args.part, layer=args.layer,
                    layout=args.layout, padding=args.padding, quantizer=args.quantizer,
                    input_quantizer=args.input_quantizer, kernel_quantizer=args.kernel_quantizer,
-                   schedule=args.schedule, params=crosscheck.parse_params(args.param), require_convention=True)
+                   schedule=args.schedule, params=parse_params(args.param), require_convention=True)
     if args.export:
         paths = crosscheck.export_bundles(args.export, **request, seed=args.seed, dtype=args.dtype,
                                           x_shape=args.x_shape, weight_shape=args.weight_shape,

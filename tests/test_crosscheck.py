@@ -15,6 +15,8 @@ from refbnn import schedules
 from refbnn.cli import main
 from refbnn.conventions import Convention
 from refbnn.methods import METHODS, Method
+from refbnn.crosscheck.layer import _layer_settings_names
+from refbnn.params import ParamError, parse_params
 from refbnn.quantizers import QUANTIZERS, Quantizer
 from refbnn.schedules import QuantizerSchedule
 
@@ -194,10 +196,10 @@ def test_params_override_and_route_by_name(tmp_path):
     rep = xc.crosscheck(b, method="bnn", convention="paper", params={"input_quantizer.clip_value": 0.5})
     assert rep.row("out").passed and not rep.row("grad_x").passed
     assert "clip_value=0.5" in rep.settings["quantizers"]["input"]
-    assert xc.parse_params(["a=none", "b=true", "c=3", "d=0.5", "e=same"]) == {"a": None, "b": True, "c": 3,
-                                                                               "d": 0.5, "e": "same"}
-    with pytest.raises(xc.BundleError, match="NAME=VALUE"):
-        xc.parse_params(["novalue"])
+    assert parse_params(["a=none", "b=true", "c=3", "d=0.5", "e=same"]) == {"a": None, "b": True, "c": 3,
+                                                                            "d": 0.5, "e": "same"}
+    with pytest.raises(ParamError, match="NAME=VALUE"):
+        parse_params(["novalue"])
 
 
 # --- genericity: quantizers, methods and schedules the catalogue adds later --------------------------
@@ -522,5 +524,5 @@ def test_cli_runs_as_a_module(tmp_path):
 
 def test_convention_fields_are_settings():
     names = {f.name for f in dataclasses.fields(Convention)} - {"name"}
-    known = xc._layer_settings_names(xc.Request(method="bnn").resolve(), "conv2d")
+    known = _layer_settings_names(xc.Request(method="bnn").resolve(), "conv2d")
     assert names <= known

@@ -1,0 +1,202 @@
+"""Bundles: ``.npz`` files of named arrays, read and written; their settings read as Python values.
+
+A bundle holds a layer's or a quantizer's inputs and expected outputs (:data:`LAYER_INPUTS`,
+:data:`LAYER_OUTPUTS`, :data:`QUANTIZER_INPUTS`, :data:`QUANTIZER_OUTPUTS`); every other entry is a
+setting (a 0-d array, read with :func:`_scalar`), or metadata naming how it was made (0-d strings,
+:data:`META_KEYS`). :class:`_Namespace` holds the settings and ``--param`` values by name and makes sure
+each one is used by something.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+META_KEYS = ("method", "convention", "quantizer", "input_quantizer", "kernel_quantizer", "schedule", "part", "layer",
+             "layout")
+GEOMETRY = ("stride", "padding", "dilation", "groups")
+
+
+class BundleError(ValueError):
+    """A bundle or a request that cannot be checked; the message names the array and what was expected."""
+
+
+
+def load_bundle(path) -> dict:
+    """The arrays of an ``.npz`` file, read with ``allow_pickle=False``; clear errors otherwise."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such bundle file")
+    if os.path.isdir(path):
+        raise BundleError(f"{path}: is a directory; expected an .npz bundle file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse means "not a bundle"; the reason is kept
+        raise BundleError(f"{path}: not a readable .npz bundle ({type(exc).__name__}: {exc}); write one with "
+                          f"numpy.savez(path, x=..., out=..., ...)") from exc
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise BundleError(f"{path}: holds a single array (.npy), not a bundle of named arrays; write one with "
+                          f"numpy.savez(path, x=..., out=..., ...)")
+    data = {}
+    with loaded:
+        for name in loaded.files:
+            try:
+                data[name] = loaded[name]
+            except Exception as exc:  # noqa: BLE001 - object arrays, truncated members, ...
+                raise BundleError(f"{path}: array {name!r} cannot be read without pickle ({exc}); store numbers "
+                                  f"and strings only") from exc
+    if not data:
+        raise BundleError(f"{path}: the bundle holds no arrays")
+    return data
+
+
+def _scalar(name, a):
+    """A bundle setting (0-d array, or a short 1-d int vector for pairs) as a Python value."""
+    a = np.asarray(a)
+    if a.dtype.kind in "US":
+        if a.ndim:
+            raise BundleError(f"{name}: expected a 0-d string, got shape {a.shape}")
+        text = str(a[()])
+        return None if text.lower() == "none" else text  # npz has no None: the string "none" stands for it
+    if a.dtype.kind not in "biuf":
+        raise BundleError(f"{name}: expected a number, got dtype {a.dtype}")
+    if a.ndim == 0:
+        return a.item()
+    if a.ndim == 1 and a.size in (2, 4) and name in GEOMETRY:
+        return tuple(v.item() for v in a)
+    raise BundleError(f"{name}: expected a scalar (0-d array), got shape {a.shape}")
+
+
+def _int(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or v != int(v):
+        raise BundleError(f"{name}: expected an integer, got {v!r}")
+    return int(v)
+
+
+def _pair(name, v, minimum):
+    vals = (v, v) if not isinstance(v, tuple) else v
+    if len(vals) != 2:
+        raise BundleError(f"{name}: expected an int or a pair of ints, got {v!r}")
+    vals = tuple(_int(name, e) for e in vals)
+    if min(vals) < minimum:
+        raise BundleError(f"{name}: expected values >= {minimum}, got {v!r}")
+    return vals
+
+
+def _same_value(a, b):
+    try:
+        return bool(np.all(np.asarray(a) == np.asarray(b)))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+
+LAYER_INPUTS = ("x", "weight", "kernel", "bias", "alpha", "grad_out")
+LAYER_OUTPUTS = ("out", "grad_x", "grad_weight", "grad_kernel", "grad_bias", "grad_alpha")
+
+
+QUANTIZER_INPUTS = ("x", "grad_out")
+QUANTIZER_OUTPUTS = ("out", "grad_x")
+
+
+def _split_bundle(data: dict):
+    """(arrays, settings, metadata): metadata are the 0-d strings naming how the bundle was made."""
+    arrays, settings, meta = {}, {}, {}
+    for k, a in data.items():
+        a = np.asarray(a)
+        if k in META_KEYS:
+            if a.dtype.kind != "U" or a.ndim:
+                raise BundleError(f"{k}: expected a 0-d string (how the bundle was made), got {a.dtype} shape {a.shape}")
+            meta[k] = str(a[()])
+        elif k in LAYER_INPUTS or k in LAYER_OUTPUTS:
+            arrays[k] = a
+        else:
+            settings[k] = a
+    return arrays, settings, meta
+
+
+
+def _fmt(shape):
+    return str(tuple(int(s) for s in shape))
+
+
+def _need(arrays, name, shape_doc, why=""):
+    if name not in arrays:
+        raise BundleError(f"the bundle lacks {name!r}{why}: expected an array of shape {shape_doc}")
+    return arrays[name]
+
+
+def _expect_shape(arrays, name, shape, doc=""):
+    if name in arrays and tuple(arrays[name].shape) != tuple(shape):
+        raise BundleError(f"{name}: expected shape {_fmt(shape)}{' ' + doc if doc else ''}, got "
+                          f"{_fmt(arrays[name].shape)} (shapes must agree exactly; nothing is broadcast)")
+
+
+
+def _check_input_dtypes(arrays, names):
+    present = [(n, arrays[n]) for n in names if n in arrays]
+    for n, a in present:
+        if a.dtype not in (np.float32, np.float64):
+            raise BundleError(f"{n}: expected dtype float32 or float64, got {a.dtype}")
+    dtypes = {a.dtype for _, a in present}
+    if len(dtypes) > 1:
+        raise BundleError("the inputs must share one float dtype (refbnn computes in it): "
+                          + ", ".join(f"{n} is {a.dtype}" for n, a in present))
+    for n, a in present:
+        if not np.isfinite(a).all():
+            raise BundleError(f"{n}: contains NaN or Inf")
+
+
+
+class _Namespace:
+    """Named values: the bundle's settings and ``--param``, one value per name (a different value in both
+    is an error). ``take`` marks a name used; every name must end up used by someone (see
+    :func:`_check_all_used`)."""
+
+    def __init__(self, bundle_values: dict, params: dict):
+        values = {("pad_value" if k == "pad_values" else k): v for k, v in bundle_values.items()}
+        for k, v in params.items():
+            k = "pad_value" if k == "pad_values" else k
+            if k in values and not _same_value(values[k], v):
+                raise BundleError(f"{k} is given by the bundle ({values[k]!r}) and by --param ({v!r}); remove one")
+            values[k] = v
+        self.values = values
+        self.used: set = set()
+
+    def take(self, name, default=None):
+        if name in self.values:
+            self.used.add(name)
+            return self.values[name]
+        return default
+
+    def has(self, name):
+        return name in self.values
+
+    def rest(self, exclude=()) -> dict:
+        """The names not used yet and not excluded: name -> value."""
+        return {k: v for k, v in self.values.items() if k not in self.used and k not in exclude}
+
+    def check_all_used(self, known):
+        unused = sorted(set(self.values) - self.used)
+        if unused:
+            raise _no_effect(unused, known)
+
+
+def _no_effect(names, known):
+    return BundleError(f"{', '.join(repr(u) for u in names)}: not a setting of this check, so "
+                       f"{'it' if len(names) == 1 else 'they'} would have no effect; settings known here: "
+                       f"{', '.join(sorted(known))}")
+
+
+
+def save_bundle(path, bundle: dict):
+    """Write ``bundle`` (name -> array or number or string) as an ``.npz`` at ``path``; returns the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, **{k: np.asarray(v) for k, v in bundle.items()})
+    return path
+
+
+_save = save_bundle
+
+
+
