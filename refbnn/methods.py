@@ -10,7 +10,9 @@ First and last layers are built by the models themselves, in full precision.
 Conventions. Each quantizer is built with ``cls.from_convention(convention, **params)``: the
 convention decides sign(0), clip inclusivity, std ddof/epsilon placement, gradients through the
 statistics and ReCU's paper/code switches (see each quantizer's ``convention_kwargs``); the
-method's explicit parameters win over the convention. ``Method.scale`` may be a function of the
+method's explicit parameters win over the convention. The binary layers take the convention's
+``pad_value`` and ``bias_order`` (ReCU's code adds a bias before its learned alpha: out = alpha
+(conv + b) under ``official``; alpha conv + b under ``paper``). ``Method.scale`` may be a function of the
 convention (ReCU: the code's learned per-channel alpha under ``official``, none under ``paper``,
 where the weight quantizer applies the analytic alpha = b (2 tau - 1) itself).
 
@@ -218,7 +220,8 @@ class LayerFactory:
             return Linear(in_features, out_features, bias=False, rng=self.rng, dtype=self.dtype)
         wq, iq = self._quantizers()
         return BinaryLinear(in_features, out_features, wq, iq, scale=self._scale(),
-                            scale_init=self.method.scale_init, backend=self.backend, rng=self.rng, dtype=self.dtype)
+                            scale_init=self.method.scale_init, backend=self.backend, rng=self.rng, dtype=self.dtype,
+                            bias_order=self.convention.bias_order)
 
     def binary_conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
         if not self.method.is_binary:
@@ -228,7 +231,7 @@ class LayerFactory:
         return BinaryConv2d(in_channels, out_channels, kernel_size, stride, padding, weight_quantizer=wq,
                             input_quantizer=iq, scale=self._scale(), scale_init=self.method.scale_init,
                             pad_value=self.convention.pad_value, backend=self.backend, rng=self.rng,
-                            dtype=self.dtype, init="kaiming_normal")
+                            dtype=self.dtype, init="kaiming_normal", bias_order=self.convention.bias_order)
 
     def act(self):
         if self.method.activation == "hardtanh":

@@ -1,21 +1,23 @@
 """The "official" convention against the official IR-Net and ReCU code, re-implemented in PyTorch.
 
-The two layers below are written from the formulas of ../shared/spec/algorithms.md, which paraphrases the
-official code line by line (no code is copied from the repositories):
+The two layers below are written, in our own words (no code is copied), from the formulas of the official
+code: htqin/IR-Net @ f63a590 (CIFAR-10/ResNet20/1w1a/modules/ir_1w1a.py, binaryfunction.py) and z-hXu/ReCU
+@ 9a73bed7a6452736184795759770ae17ad0308ec (cifar/modules/binarized_modules.py, "L<n>" below):
 
-- ``IRConv2d``: IR-Net's ``ir_1w1a.py`` (algorithms.md 3.1-3.5) and, with ``binary_act=False``,
-  ``ir_1w32a.py`` (3.2): rows centered, divided by their unbiased std (no epsilon), a detached per-channel
+- ``IRConv2d``: IR-Net's ``ir_1w1a.py`` (L15-27) and, with ``binary_act=False``,
+  ``ir_1w32a.py`` (real activations): rows centered, divided by their unbiased std (no epsilon), a detached per-channel
   scale 2^round(log2 mean|.|), ``torch.sign`` (sign(0) = 0) with the EDE backward k t (1 - tanh^2(t x)) on
   the standardized weights and on the raw activations, a zero-padded conv;
-- ``RecuConv2d``: ReCU's ``BinarizeConv2d`` (4.1-4.7): per-channel centering and scaling by
+- ``RecuConv2d``: ReCU's ``BinarizeConv2d`` (L9-67): per-channel centering and scaling by
   2 sqrt(2) / sqrt(var_unbiased + 1e-5) (not detached), a layer-wide b = mean|w1| (detached), a clamp at
   +-Q, Q = -b ln(2 - 2 tau) as a Python float, in training mode the activations divided by
   sqrt(var_unbiased over (C, H, W) + 1e-5), ``torch.sign`` forward with the identity STE for the weights and
-  ApproxSign max(0, 2 - 2|x|) for the activations, a zero-padded conv, times a learned alpha (Cout, 1, 1).
+  ApproxSign max(0, 2 - 2|x|) for the activations, a zero-padded conv with the layer's bias *inside* it
+  (``F.conv2d(ba, bw, self.bias, ...)``, L35), times a learned alpha (Cout, 1, 1) (L39): out = alpha (conv + b).
 
 torch autograd (float64) differentiates them; refbnn's ``irnet``, ``irnet_1w32a`` and ``recu`` methods
-under ``convention="official"`` must give the same outputs and gradients (x, weight, alpha) in training
-and eval mode, directly (layers built by ``LayerFactory``) and through ``refbnn crosscheck`` (Python API
+under ``convention="official"`` must give the same outputs and gradients (x, weight, alpha, and the bias
+for ReCU) in training and eval mode, directly (layers built by ``LayerFactory``) and through ``refbnn crosscheck`` (Python API
 and CLI) on bundles written from the torch layers. The paper convention differs from the code (sign(0),
 no gradient through the standardization, ...), and crosscheck says so with exit status 1.
 
@@ -35,13 +37,14 @@ from hypothesis import strategies as st
 from torch_helpers import ROOT, TOL, F, rel, seeds, torch  # skips the module without torch
 
 from refbnn import crosscheck as xc
+from refbnn.conventions import OFFICIAL
 from refbnn.methods import LayerFactory, get_method, set_quantizer_state
 
 
 # --- the official code's sign functions (torch.sign: sign(0) = 0) -----------------------------------------
 
 class EdeSign(torch.autograd.Function):
-    """IR-Net's BinaryQuantize (algorithms.md 3.3): torch.sign forward, k t (1 - tanh^2(t x)) backward."""
+    """IR-Net's BinaryQuantize (binaryfunction.py): torch.sign forward, k t (1 - tanh^2(t x)) backward."""
 
     @staticmethod
     def forward(ctx, x, k, t):
@@ -56,7 +59,7 @@ class EdeSign(torch.autograd.Function):
 
 
 class SignIdentity(torch.autograd.Function):
-    """ReCU's weight sign (algorithms.md 4.3): torch.sign forward, identity backward."""
+    """ReCU's weight sign (BinaryQuantize, L43-52): torch.sign forward, identity backward."""
 
     @staticmethod
     def forward(ctx, x):
@@ -68,7 +71,8 @@ class SignIdentity(torch.autograd.Function):
 
 
 class SignApprox(torch.autograd.Function):
-    """ReCU's activation sign (algorithms.md 4.4): torch.sign forward, ApproxSign max(0, 2 - 2|x|) backward."""
+    """ReCU's activation sign (BinaryQuantize_a, L55-67): torch.sign forward, ApproxSign max(0, 2 - 2|x|)
+    backward."""
 
     @staticmethod
     def forward(ctx, x):
@@ -86,8 +90,8 @@ def per_channel(v, o):
 
 
 class IRConv2d(torch.nn.Module):
-    """IR-Net's 1W/1A conv (ir_1w1a.py, algorithms.md 3.5); ``binary_act=False``: 1W/32A (ir_1w32a.py).
-    k = 10, t = 0.1 before any schedule (3.3); no bias."""
+    """IR-Net's 1W/1A conv (ir_1w1a.py L15-27); ``binary_act=False``: 1W/32A (ir_1w32a.py).
+    k = 10, t = 0.1 before any schedule (ir_1w1a.py L12-13); no bias."""
 
     def __init__(self, weight, stride=1, padding=1, binary_act=True, k=10.0, t=0.1):
         super().__init__()
@@ -97,42 +101,47 @@ class IRConv2d(torch.nn.Module):
     def forward(self, x):
         w = self.weight
         o = w.shape[0]
-        bw = w - per_channel(w.view(o, -1).mean(-1), o)                        # balance (3.1 step 1)
-        bw = bw / per_channel(bw.view(o, -1).std(-1), o)                        # unbiased std, no eps (step 2)
-        sw = per_channel(2.0 ** torch.round(torch.log2(bw.abs().view(o, -1).mean(-1))), o).detach()  # step 4
-        bw = EdeSign.apply(bw, self.k, self.t) * sw                             # step 3, scaled (3.5)
-        ba = EdeSign.apply(x, self.k, self.t) if self.binary_act else x         # 3.2 (1W/32A: real)
+        bw = w - per_channel(w.view(o, -1).mean(-1), o)                        # balance
+        bw = bw / per_channel(bw.view(o, -1).std(-1), o)                        # unbiased std, no eps
+        sw = per_channel(2.0 ** torch.round(torch.log2(bw.abs().view(o, -1).mean(-1))), o).detach()  # bit shift
+        bw = EdeSign.apply(bw, self.k, self.t) * sw                             # sign, scaled
+        ba = EdeSign.apply(x, self.k, self.t) if self.binary_act else x         # 1W/32A: real
         return F.conv2d(ba, bw, None, self.stride, self.padding)                # zero padding
 
 
 class RecuConv2d(torch.nn.Module):
-    """ReCU's BinarizeConv2d (binarized_modules.py, algorithms.md 4.7); tau = 1 (the registered buffer) until
-    a schedule sets it; no bias."""
+    """ReCU's BinarizeConv2d (binarized_modules.py L9-40); tau = 1 (the registered buffer) until a schedule sets
+    it; an optional bias, added as the code adds it: inside the conv, before alpha (L35-39). ``bias_order=
+    "after_scale"`` is the other order, out = alpha conv + b: the oracle of refbnn's paper order."""
 
-    def __init__(self, weight, alpha, tau=1.0, stride=1, padding=1):
+    def __init__(self, weight, alpha, tau=1.0, stride=1, padding=1, bias=None, bias_order="before_scale"):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.tensor(weight))
         self.alpha = torch.nn.Parameter(torch.tensor(alpha).view(-1, 1, 1))   # (Cout, 1, 1)
-        self.tau, self.stride, self.padding = tau, stride, padding
+        self.bias = None if bias is None else torch.nn.Parameter(torch.tensor(bias))
+        self.tau, self.stride, self.padding, self.bias_order = tau, stride, padding, bias_order
 
     def forward(self, x):
         w = self.weight
         o = w.shape[0]
-        w1 = w - per_channel(w.view(o, -1).mean(-1), o)                                       # 4.1: center
-        w1 = w1 * (2 * math.sqrt(2)) / torch.sqrt(per_channel(w1.view(o, -1).var(-1), o) + 1e-5)  # b* = 2
-        b = w1.abs().mean().detach()                                                            # 4.2: layer-wide
-        q = float(-b * torch.log(torch.tensor(2.0 - 2.0 * self.tau, dtype=b.dtype)))          # a Python float
+        w1 = w - per_channel(w.view(o, -1).mean(-1), o)                                       # L20: center
+        w1 = w1 * (2 * math.sqrt(2)) / torch.sqrt(per_channel(w1.view(o, -1).var(-1), o) + 1e-5)  # L21: b* = 2
+        b = w1.abs().mean().detach()                                                            # L22: layer-wide
+        q = float(-b * torch.log(torch.tensor(2.0 - 2.0 * self.tau, dtype=b.dtype)))          # L23: a float
         w2 = torch.clamp(w1, -q, q)
         a = x
-        if self.training:                                                                       # 4.4
+        if self.training:                                                                       # L26-29
             a = a / torch.sqrt(a.var(dim=(1, 2, 3), keepdim=True) + 1e-5)
-        out = F.conv2d(SignApprox.apply(a), SignIdentity.apply(w2), None, self.stride, self.padding)
-        return out * self.alpha
+        ba, bw = SignApprox.apply(a), SignIdentity.apply(w2)
+        if self.bias_order == "before_scale":                                                  # L35-39
+            return F.conv2d(ba, bw, self.bias, self.stride, self.padding) * self.alpha
+        out = F.conv2d(ba, bw, None, self.stride, self.padding) * self.alpha
+        return out if self.bias is None else out + self.bias.view(-1, 1, 1)
 
 
-def torch_layer(method, w, alpha, state, stride, padding, training):
+def torch_layer(method, w, alpha, state, stride, padding, training, bias=None, bias_order="before_scale"):
     if method == "recu":
-        m = RecuConv2d(w, alpha, state.get("tau", 1.0), stride, padding)
+        m = RecuConv2d(w, alpha, state.get("tau", 1.0), stride, padding, bias, bias_order)
     else:
         m = IRConv2d(w, stride, padding, binary_act=method == "irnet", **state)
     return m.train(training)
@@ -146,16 +155,20 @@ def run_torch(m, x, g):
     res = {"out": out.detach().numpy(), "grad_x": tx.grad.numpy(), "grad_weight": m.weight.grad.numpy()}
     if isinstance(m, RecuConv2d):
         res["grad_alpha"] = m.alpha.grad.numpy().reshape(-1)
+        if m.bias is not None:
+            res["grad_bias"] = m.bias.grad.numpy()
     return res
 
 
-def refbnn_layer(method, w, alpha, state, stride, padding, training, convention="official"):
+def refbnn_layer(method, w, alpha, state, stride, padding, training, convention="official", bias=None):
     o, c, k, _ = w.shape
     layer = LayerFactory(get_method(method), rng=0, dtype=np.float64, convention=convention,
                          backend="numpy").binary_conv(c, o, k, stride, padding)
     layer.params["weight"] = w.copy()
     if alpha is not None:
         layer.params["alpha"] = alpha.copy()
+    if bias is not None:
+        layer.params["bias"] = bias.copy()
     if state:
         assert set_quantizer_state(layer, **state) > 0
     layer.zero_grad()
@@ -170,6 +183,8 @@ def run_refbnn(layer, x, rng):
     res = {"out": out, "grad_x": dx, "grad_weight": layer.grads["weight"]}
     if "alpha" in layer.params:
         res["grad_alpha"] = layer.grads["alpha"]
+    if "bias" in layer.params:
+        res["grad_bias"] = layer.grads["bias"]
     return res, g
 
 
@@ -248,10 +263,70 @@ def test_official_layers_match_torch_on_random_shapes(seed, case, training, n, c
         assert rel(res[name], ref[name]) < TOL, (name, rel(res[name], ref[name]))
 
 
+BIAS_DIFFERS = ("out", "grad_bias", "grad_alpha")  # what the bias order changes (dL/dx, dL/dW: alpha dout either way)
+
+
+@pytest.mark.parametrize("state", STATES["recu"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_recu_bias_in_the_official_order(state, training, stride, with_bias):
+    """The ReCU code adds the bias inside F.conv2d and then multiplies by alpha (L35-39): out = alpha (conv + b).
+    refbnn's ``recu`` under ``official`` (bias_order="before_scale") matches it with and without a bias, including
+    grad_bias = sum alpha dout and grad_alpha = sum dout (conv + b)."""
+    rng = np.random.default_rng(zlib.crc32(repr((state, training, stride, with_bias)).encode()))
+    x, w, alpha = inputs(rng, "recu")
+    bias = rng.standard_normal(w.shape[0]) if with_bias else None
+    res, g = run_refbnn(refbnn_layer("recu", w, alpha, state, stride, 1, training, bias=bias), x, rng)
+    ref = run_torch(torch_layer("recu", w, alpha, state, stride, 1, training, bias=bias), x, g)
+    assert set(res) == set(ref) == {"out", "grad_x", "grad_weight", "grad_alpha"} | ({"grad_bias"} if with_bias
+                                                                                      else set())
+    for name in ref:
+        assert rel(res[name], ref[name]) < TOL, (name, rel(res[name], ref[name]))
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_recu_bias_in_the_paper_order_differs_from_the_code(training, stride):
+    """The paper order (bias_order="after_scale": out = alpha conv + b), everything else official: refbnn matches
+    a torch oracle of that order and differs from the code on out, grad_bias and grad_alpha (alpha != 1);
+    dL/dx and dL/dW are the same either way."""
+    rng = np.random.default_rng(40 + stride + 2 * training)
+    x, w, alpha = inputs(rng, "recu")
+    bias = rng.standard_normal(w.shape[0])
+    state = {"tau": 0.9}
+    layer = refbnn_layer("recu", w, alpha, state, stride, 1, training, OFFICIAL.with_(bias_order="after_scale"), bias)
+    res, g = run_refbnn(layer, x, rng)
+    oracle = run_torch(torch_layer("recu", w, alpha, state, stride, 1, training, bias, "after_scale"), x, g)
+    code = run_torch(torch_layer("recu", w, alpha, state, stride, 1, training, bias), x, g)
+    for name in oracle:
+        assert rel(res[name], oracle[name]) < TOL, name
+        assert (rel(res[name], code[name]) > 1e-3) == (name in BIAS_DIFFERS), (name, rel(res[name], code[name]))
+
+
+def test_recu_paper_preset_adds_the_bias_after_the_scale():
+    """The paper preset (analytic alpha = b (2 tau - 1) inside the weight quantizer, no scale in the layer) puts the
+    bias after the scale: out(b) - out(0) = b, not alpha b; the official preset gives alpha_o b_o."""
+    rng = np.random.default_rng(12)
+    x, w, alpha = inputs(rng, "recu")
+    bias = rng.standard_normal(w.shape[0])
+    for convention, shift in (("paper", bias), ("official", alpha * bias)):
+        a = alpha if convention == "official" else None
+        with_b = refbnn_layer("recu", w, a, {"tau": 0.9}, 2, 1, True, convention, bias).forward(x)[0]
+        without = refbnn_layer("recu", w, a, {"tau": 0.9}, 2, 1, True, convention).forward(x)[0]
+        np.testing.assert_allclose(with_b - without, np.broadcast_to(shift.reshape(1, -1, 1, 1), with_b.shape),
+                                   atol=1e-12)
+    # and the code's bundle with a bias fails the paper preset on out (the paper's ReCU differs in more than that)
+    bundle = torch_bundle("recu", {"tau": 0.9}, True, seed=13, bias=True)
+    rep = xc.crosscheck({k: v for k, v in bundle.items() if k != "alpha" and k != "grad_alpha"}, method="recu",
+                        convention="paper")
+    assert not rep.row("out").passed
+
+
 def test_rows_of_two_weights_sit_on_the_bit_shift_rounding_tie():
     """Why rows of n = 2 weights are left out above: a centered, standardized row of two is +-1/sqrt(2), so
     log2 mean|w_std| = -1/2 exactly and 2^round(.) is 1 or 1/2 by the last bit of the float arithmetic (numpy's
-    and torch's std differ there; algorithms.md 3.1 step 4 notes the tie). Both sides agree up to that bit."""
+    and torch's std differ there: log2 of 1/sqrt(2) is a rounding tie). Both sides agree up to that bit."""
     rng = np.random.default_rng(0)
     for _ in range(50):
         w = rng.standard_normal((4, 2, 1, 1))
@@ -267,30 +342,34 @@ def test_rows_of_two_weights_sit_on_the_bit_shift_rounding_tie():
 # --- through refbnn crosscheck ---------------------------------------------------------------------------
 
 def tk_official(epoch, epochs, T_min, T_max=10.0):
-    """IR-Net's trainer (algorithms.md 3.3): t = 10^(log10 T_min + (log10 T_max - log10 T_min) e / E),
+    """IR-Net's trainer (CIFAR-10/ResNet20/1w1a/trainer.py L130-143): t = 10^(log10 T_min + (log10 T_max - log10 T_min) e / E),
     k = 1/t if t < 1 else 1."""
     t = 10.0 ** (math.log10(T_min) + (math.log10(T_max) - math.log10(T_min)) * epoch / epochs)
     return {"t": t, "k": 1.0 / t if t < 1 else 1.0}
 
 
 def tau_official(epoch, epochs, tau_min=0.85, tau_max=0.99):
-    """ReCU's main.py (algorithms.md 4.6): tau = A e^(e/E) + B, A = (tau_max - tau_min)/(e - 1), B = tau_min - A."""
+    """ReCU's cifar/main.py (L160-167): tau = A e^(e/E) + B, A = (tau_max - tau_min)/(e - 1), B = tau_min - A."""
     a = (tau_max - tau_min) / (math.e - 1)
     return {"tau": a * math.exp(epoch / epochs) + tau_min - a}
 
 
-def torch_bundle(method, state, training, seed, stride=1, padding=1, settings=None):
-    """A bundle written from the torch layer: inputs, outputs, gradients and the settings."""
+def torch_bundle(method, state, training, seed, stride=1, padding=1, settings=None, bias=False):
+    """A bundle written from the torch layer: inputs, outputs, gradients and the settings (``bias``: ReCU's layer
+    with a bias, added as the code adds it)."""
     rng = np.random.default_rng(seed)
     x, w, alpha = inputs(rng, method)
-    m = torch_layer(method, w, alpha, state, stride, padding, training)
+    b = rng.standard_normal(w.shape[0]) if bias else None
+    m = torch_layer(method, w, alpha, state, stride, padding, training, b)
     out = m(torch.tensor(x))
     g = rng.standard_normal(tuple(out.shape))
-    res = run_torch(torch_layer(method, w, alpha, state, stride, padding, training), x, g)
+    res = run_torch(torch_layer(method, w, alpha, state, stride, padding, training, b), x, g)
     bundle = {"x": x, "weight": w, "grad_out": g, **res, "stride": np.array(stride), "padding": np.array(padding),
               "training": np.array(training)}
     if alpha is not None:
         bundle["alpha"] = alpha
+    if b is not None:
+        bundle["bias"] = b
     bundle.update({k: np.array(v) for k, v in (state if settings is None else settings).items()})
     return bundle
 
@@ -301,14 +380,17 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("method,state", CASES)
+@pytest.mark.parametrize("method,state", CASES + [("recu+bias", s) for s in STATES["recu"]])
 @pytest.mark.parametrize("training", [True, False])
 def test_crosscheck_passes_the_official_code(method, state, training):
-    bundle = torch_bundle(method, state, training, seed=len(str(state)) + 10 * training)
+    method, bias = method.replace("+bias", ""), method.endswith("+bias")
+    bundle = torch_bundle(method, state, training, seed=len(str(state)) + 10 * training, bias=bias,
+                          stride=2 if bias else 1)
     assert (bundle["x"] == 0).any()
     report = xc.crosscheck(bundle, method=method, convention="official")
     assert report.passed, report.table()
-    want = ["out", "grad_x", "grad_weight"] + (["grad_alpha"] if method == "recu" else [])
+    want = (["out", "grad_x", "grad_weight"] + (["grad_bias"] if bias else [])
+            + (["grad_alpha"] if method == "recu" else []))
     assert [r.name for r in report.rows] == want
     assert report.settings["training"] is training and report.rtol == 1e-10
 
@@ -378,14 +460,17 @@ def test_crosscheck_cli_on_torch_bundles(tmp_path):
 
 @pytest.mark.parametrize("method", ["irnet", "irnet_1w32a", "recu"])
 def test_torch_layers_match_exported_bundles(method, tmp_path):
-    """The other direction: refbnn writes official-convention bundles; the torch layers reproduce them."""
+    """The other direction: refbnn writes official-convention bundles (ReCU's with a bias); the torch layers
+    reproduce them."""
     params = {"tau": 0.88} if method == "recu" else {"t": 0.3, "k": 1 / 0.3}
     (path,) = xc.export_bundles(tmp_path, method=method, convention="official", part="layer", params=params,
-                                bias=False, seed=11)
+                                bias=method == "recu", seed=11)
     with np.load(path, allow_pickle=False) as z:
         b = dict(z)
     assert (b["x"] == 0).any() and int(b["padding"]) == 1
-    m = torch_layer(method, b["weight"], b.get("alpha"), params, 1, int(b["padding"]), bool(b.get("training", True)))
+    assert ("bias" in b and "grad_bias" in b) == (method == "recu")
+    m = torch_layer(method, b["weight"], b.get("alpha"), params, 1, int(b["padding"]), bool(b.get("training", True)),
+                    b.get("bias"))
     ref = run_torch(m, b["x"], b["grad_out"])
     for name, a in ref.items():
         assert rel(a, b[name]) < TOL, name

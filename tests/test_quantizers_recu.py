@@ -4,10 +4,12 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from refbnn.conventions import OFFICIAL, PAPER
+from helpers import REL_TOL, check_quantizer
+from refbnn.conventions import OFFICIAL, PAPER, STANDARDIZE_GRADS
+from refbnn.layers import BinaryConv2d
 from refbnn.quantizers import QUANTIZERS, get_quantizer
 from refbnn.quantizers.recu import analytic_alpha, clamped_fraction, laplace_quantile, recu_clamp
 
@@ -45,7 +47,8 @@ def test_clamped_fraction_and_mean_magnitude_under_laplace(tau):
 
 def test_standardization_gives_b_star_for_laplace_rows():
     """Code form: w1 = 2 sqrt(2) (w - mean) / sqrt(var + eps), so mean |w1| = b* = 2 for Laplace rows; the
-    paper's sigma-standardization b* = 1/sqrt(2) gives mean |w1| = 1/sqrt(2) (algorithms.md 8.1)."""
+    paper's sigma-standardization b* = 1/sqrt(2) gives mean |w1| = 1/sqrt(2) (ReCU Eq. 19-23: a Laplace row's
+    mean |w| is sigma / sqrt(2))."""
     w = _laplace_layer(0)
     w1 = get_quantizer("recu_weight").standardized(w)
     assert abs(np.abs(w1).mean() - 2.0) < 0.02
@@ -82,9 +85,10 @@ def test_recu_weight_forward_paper_analytic_alpha(seed, tau):
 
 @given(seeds, st.floats(0.6, 0.99))
 def test_recu_weight_paper_gradient_is_clipped_ste(seed, tau):
-    """Without gradients through the statistics: dL/dw = G alpha 1[|w1| <= Q]."""
+    """Paper preset, standardize_grad="identity" (IR-Net Algorithm 1 line 9): dL/dw = G alpha 1[|w1| <= Q]."""
     w = np.random.default_rng(seed).standard_normal((4, 12))
     q = QUANTIZERS["recu_weight"].from_convention(PAPER, tau=tau)
+    assert q.standardize_grad == "identity"
     y, cache = q.forward(w)
     w1 = q.standardized(w)
     b, Q = q.threshold(w1)
@@ -94,8 +98,8 @@ def test_recu_weight_paper_gradient_is_clipped_ste(seed, tau):
 
 @given(seeds, st.floats(0.6, 1.0))
 def test_recu_weight_code_gradient(seed, tau):
-    """Official: dL/dw = (c/s)(g1 - mean g1) - c (u^T g1) u / ((n - 1) s^3), c = 2 sqrt(2) (algorithms.md 4.5);
-    it sums to zero per channel."""
+    """Official, standardize_grad="through": dL/dw = (c/s)(g1 - mean g1) - c (u^T g1) u / ((n - 1) s^3),
+    c = 2 sqrt(2) (the derivative of binarized_modules.py L20-21 of the ReCU code); it sums to zero per channel."""
     w = np.random.default_rng(seed).standard_normal((3, 2, 3, 3))
     q = QUANTIZERS["recu_weight"].from_convention(OFFICIAL, tau=tau)
     y, cache = q.forward(w)
@@ -121,7 +125,7 @@ def test_recu_weight_tau_one_does_not_clamp_and_boundary_convention():
     np.testing.assert_array_equal(q.forward(w)[0], np.sign(q.standardized(w)))
     # a weight exactly on the clamp boundary: the gradient passes when inclusive (torch.clamp), not when exclusive
     for inclusive, expected in ((True, 1.0), (False, 0.0)):
-        q = get_quantizer("recu_weight", tau=0.9, grad_through_stats=False, clip_inclusive=inclusive)
+        q = get_quantizer("recu_weight", tau=0.9, standardize_grad="identity", clip_inclusive=inclusive)
         w1 = q.standardized(w)
         q.threshold = lambda w1_, v=float(abs(w1[0, 0])): (1.0, v)  # put Q exactly on |w1[0, 0]|
         _, cache = q.forward(w)
@@ -145,8 +149,8 @@ def test_recu_act_forward_is_sign_in_both_modes(seed):
 
 @given(seeds, st.floats(0.1, 5))
 def test_recu_act_training_normalization_gradient(seed, spread):
-    """Official training mode: ApproxSign on a0 = x / s_n, then through the per-sample normalization
-    (algorithms.md 4.4); eval mode: plain ApproxSign on x."""
+    """Official training mode: ApproxSign on a0 = x / s_n, then through the per-sample normalization (the
+    derivative of binarized_modules.py L27 of the ReCU code); eval mode: plain ApproxSign on x."""
     x = np.random.default_rng(seed).standard_normal((3, 5, 2, 2)) * spread
     q = QUANTIZERS["recu_act"].from_convention(OFFICIAL)
     g = np.random.default_rng(seed + 1).standard_normal(x.shape)
@@ -163,3 +167,64 @@ def test_recu_act_training_normalization_gradient(seed, spread):
     assert not paper.normalize
     np.testing.assert_allclose(paper.backward(g, paper.forward(x, training=True)[1]),
                                g * np.maximum(0, 2 - 2 * np.abs(x)))
+
+
+MODES = list(STANDARDIZE_GRADS)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("conv", [PAPER, OFFICIAL], ids=["paper", "official"])
+@given(seed=seeds, tau=st.floats(0.6, 1.0))
+def test_recu_weight_each_standardize_grad_is_its_surrogate_derivative(mode, conv, seed, tau):
+    """Each reading of the weight gradient ("through", "detached", "identity") is the derivative of its own
+    surrogate (central differences), with and without centering, with and without the clamp."""
+    rng = np.random.default_rng(seed)
+    q = QUANTIZERS["recu_weight"].from_convention(conv, tau=tau, standardize_grad=mode)
+    w = rng.laplace(size=(4, 3, 3, 3))
+    w1 = q.standardized(w)
+    _, Q = q.threshold(w1)
+    assume(not math.isfinite(Q) or np.abs(np.abs(w1) - Q).min() > 1e-4)  # finite differences off the clamp's kinks
+    assert check_quantizer(q, w, rng) < REL_TOL
+
+
+@pytest.mark.parametrize("mode", MODES)
+@given(seed=seeds, spread=st.floats(0.2, 3.0))
+def test_recu_act_each_standardize_grad_is_its_surrogate_derivative(mode, seed, spread):
+    """The activations' per-sample normalization (official, training mode) under each reading."""
+    rng = np.random.default_rng(seed)
+    q = QUANTIZERS["recu_act"].from_convention(OFFICIAL, standardize_grad=mode)
+    x = rng.standard_normal((3, 4, 2, 2)) * spread
+    s = np.sqrt(x.reshape(3, -1).var(axis=1, ddof=1) + 1e-5).reshape(3, 1, 1, 1)
+    assume(np.abs(np.abs(x / s) - 1).min() > 1e-3)  # finite differences off ApproxSign's kink at |a0| = 1
+    assert check_quantizer(q, x, rng, training=True) < REL_TOL
+
+
+def test_standardize_grad_surrogates_are_three_different_functions():
+    """The check above can fail: each reading's backward disagrees with the other two surrogates."""
+    rng = np.random.default_rng(5)
+    w = rng.laplace(size=(4, 3, 3, 3))
+    for mode in MODES:
+        q = QUANTIZERS["recu_weight"].from_convention(OFFICIAL, standardize_grad=mode)
+        for other in MODES:
+            if other == mode:
+                continue
+            p = QUANTIZERS["recu_weight"].from_convention(OFFICIAL, standardize_grad=other)
+            p.backward = q.backward  # p's surrogate, q's backward
+            assert check_quantizer(p, w, np.random.default_rng(6)) > 1e-3, (mode, other)
+
+
+def test_detached_weight_gradient_is_gain_over_sigma_times_identity():
+    """"detached" (the statistics as constants) = "identity" (IR-Net Algorithm 1) times 2 sqrt(2) / s_o, s_o =
+    sqrt(var_o + 1e-5): about 48 for a Kaiming-normal 3x3 conv with 64 channels (std sqrt(2 / 576)), the
+    factor by which calling "identity" "detached" understated the gradient."""
+    layer = BinaryConv2d(64, 64, 3, padding=1, init="kaiming_normal", rng=0, dtype=np.float64)
+    w = layer.params["weight"]
+    g = np.random.default_rng(1).standard_normal(w.shape)
+    d = {}
+    for mode in ("detached", "identity"):
+        q = QUANTIZERS["recu_weight"].from_convention(PAPER, tau=0.9, standardize_grad=mode)
+        d[mode] = q.backward(g, q.forward(w)[1])
+    s = np.sqrt(w.reshape(64, -1).var(axis=1, ddof=1) + 1e-5).reshape(64, 1, 1, 1)
+    np.testing.assert_allclose(d["detached"], d["identity"] * 2 * math.sqrt(2) / s, rtol=1e-12)
+    factor = float(np.mean(2 * math.sqrt(2) / s))
+    assert 45 < factor < 51

@@ -2,18 +2,25 @@
 
     xq, cx = input_quantizer.forward(x)          (identity when input_quantizer is None: 1wNa)
     wq, cw = weight_quantizer.forward(W)
-    y      = op(xq, wq) * alpha + b              (alpha per output channel, optional)
+    y      = op(xq, wq)
+    out    = alpha * y + b       (bias_order="after_scale", the default)
+    out    = alpha * (y + b)     (bias_order="before_scale": ReCU's code, z-hXu/ReCU @ 9a73bed,
+                                  cifar/modules/binarized_modules.py L35-39, adds the bias in the conv,
+                                  then multiplies by alpha)
+    (alpha per output channel, optional; without it both orders are out = y + b)
 
-Backward: the op's backward gives dL/dxq and dL/dwq; the quantizers' estimators turn them into
-dL/dx and dL/dW (the latent weights receive the gradient, BinaryConnect's rule). The quantizers
-run in the layer's mode: ``forward(x, training=self.training)``.
+Backward, with dout = dL/dout: dL/dy = alpha dout (either order); after_scale: dL/db = sum dout,
+dL/dalpha = sum dout y; before_scale: dL/db = sum alpha dout, dL/dalpha = sum dout (y + b) (sums
+over the batch and spatial axes). The op's backward gives dL/dxq and dL/dwq; the quantizers'
+estimators turn them into dL/dx and dL/dW (the latent weights receive the gradient, BinaryConnect's
+rule). The quantizers run in the layer's mode: ``forward(x, training=self.training)``.
 
 Scale ``alpha`` (per output channel, broadcast over the batch and spatial axes):
 - ``None``: no scale;
 - ``"mean_abs"``: alpha_o = mean |W_o| of the latent weights, a constant for backprop (XNOR-Net's
   scale in its common detached code form, Bi-Real's magnitude-aware scale);
-- ``"learned"``: a parameter ``alpha`` trained by backprop, dL/dalpha_o = sum dy * op(xq, wq)
-  (XNOR-Net++, ReCU's code), initialised to ones or U[0, 1) (``scale_init="uniform"``, ReCU's code).
+- ``"learned"``: a parameter ``alpha`` trained by backprop (dL/dalpha above; XNOR-Net++, ReCU's
+  code), initialised to ones or U[0, 1) (``scale_init="uniform"``, ReCU's code).
 
 When both quantizers output exactly +-1 (``quantizer.binary``), the product runs through the kernel
 interface (``refbnn.kernels``), so a packed kernel may compute it; the result is bit-identical to
@@ -22,6 +29,8 @@ a compiled kernel: the backward then builds the im2col columns it needs (the flo
 have built them anyway), a few samples at a time (``ops.conv2d_backward_from_input``), so the
 packed forward replaces the forward GEMM and the columns are never held for the whole batch. The
 gradients are bit-identical to the float path's. With the NumPy reference, training keeps the float op.
+The scale and the bias are applied here in Python after the product, on either path, in the order
+``bias_order`` says (``refbnn.methods.LayerFactory`` takes it from the convention).
 """
 from __future__ import annotations
 
@@ -29,6 +38,7 @@ import numpy as np
 
 from .. import kernels, ops
 from ..checks import pair
+from ..conventions import BIAS_ORDERS
 from ..ops.linear import check_linear_operands
 from ..quantizers import get_quantizer
 from .base import Module
@@ -38,9 +48,13 @@ SCALES = (None, "mean_abs", "learned")
 
 
 class _BinaryLayer(Module):
-    def _setup(self, weight_quantizer, input_quantizer, scale, scale_init, out_features, backend, rng, dtype):
+    def _setup(self, weight_quantizer, input_quantizer, scale, scale_init, out_features, backend, rng, dtype,
+               bias_order="after_scale"):
         if scale not in SCALES:
             raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
+        if bias_order not in BIAS_ORDERS:
+            raise ValueError(f"bias_order: expected one of {list(BIAS_ORDERS)}, got {bias_order!r}")
+        self.bias_order = bias_order
         if backend not in kernels.BACKENDS + ("auto",):
             raise ValueError(f"backend: expected one of {kernels.BACKENDS + ('auto',)}, got {backend!r}")
         self.weight_quantizer = get_quantizer(weight_quantizer)
@@ -90,19 +104,26 @@ class _BinaryLayer(Module):
         return abs(w).mean(axis=tuple(range(1, w.ndim))).reshape(bshape)
 
     def _finish(self, y, bshape):
+        """out = alpha y + b (after_scale) or alpha (y + b) (before_scale); returns (out, alpha, the
+        scaled factor: y or y + b)."""
         alpha = self._alpha(bshape)
-        out = y if alpha is None else y * alpha
-        if "bias" in self.params:
-            out = out + self.params["bias"].reshape(bshape)
-        return out, alpha
+        b = self.params["bias"].reshape(bshape) if "bias" in self.params else None
+        if alpha is None:
+            return (y if b is None else y + b), None, y
+        if b is None:
+            return y * alpha, alpha, y
+        if self.bias_order == "before_scale":
+            yb = y + b
+            return yb * alpha, alpha, yb
+        return y * alpha + b, alpha, y
 
-    def _backward_common(self, dout, y, alpha, cx, cw, op_backward, op_cache, axes):
+    def _backward_common(self, dout, scaled, alpha, cx, cw, op_backward, op_cache, axes):
         grads = {}
-        if "bias" in self.params:
-            grads["bias"] = dout.sum(axis=axes)
-        if self.scale == "learned":
-            grads["alpha"] = (dout * y).sum(axis=axes)
         dy = dout if alpha is None else dout * alpha
+        if "bias" in self.params:
+            grads["bias"] = (dy if self.bias_order == "before_scale" else dout).sum(axis=axes)
+        if self.scale == "learned":
+            grads["alpha"] = (dout * scaled).sum(axis=axes)
         dxq, g = op_backward(dy, op_cache)
         dwq = g["weight"]
         grads["weight"] = dwq if self.weight_quantizer is None else self.weight_quantizer.backward(dwq, cw)
@@ -111,17 +132,19 @@ class _BinaryLayer(Module):
 
 
 class BinaryLinear(_BinaryLayer):
-    """y = Q_in(x) Q_w(W)^T * alpha + b; x (N, in), W (out, in)."""
+    """y = Q_in(x) Q_w(W)^T * alpha + b (or (... + b) * alpha, ``bias_order``); x (N, in), W (out, in)."""
 
     def __init__(self, in_features, out_features, weight_quantizer="ste_sign", input_quantizer="ste_sign",
-                 scale=None, scale_init="ones", bias=False, backend="auto", rng=None, dtype=np.float32):
+                 scale=None, scale_init="ones", bias=False, backend="auto", rng=None, dtype=np.float32,
+                 bias_order="after_scale"):
         super().__init__()
         rng = _rng(rng)
         self.in_features, self.out_features = in_features, out_features
         self.params["weight"] = kaiming_uniform(rng, (out_features, in_features), in_features, dtype)
         if bias:
             self.params["bias"] = np.zeros(out_features, dtype=dtype)
-        self._setup(weight_quantizer, input_quantizer, scale, scale_init, out_features, backend, rng, dtype)
+        self._setup(weight_quantizer, input_quantizer, scale, scale_init, out_features, backend, rng, dtype,
+                    bias_order)
         self.zero_grad()
 
     def extra_repr(self):
@@ -135,21 +158,23 @@ class BinaryLinear(_BinaryLayer):
             y, op_cache = kernels.binary_matmul(xq, wq, self.backend), (xq, wq, False)
         else:
             y, op_cache = ops.linear_forward(xq, wq)
-        out, alpha = self._finish(y, (1, -1))
-        return out, (y, alpha, cx, cw, op_cache)
+        out, alpha, scaled = self._finish(y, (1, -1))
+        return out, (scaled, alpha, cx, cw, op_cache)
 
     def backward(self, dout, cache):
-        y, alpha, cx, cw, op_cache = cache
-        return self._backward_common(dout, y, alpha, cx, cw, ops.linear_backward, op_cache, (0,))
+        scaled, alpha, cx, cw, op_cache = cache
+        return self._backward_common(dout, scaled, alpha, cx, cw, ops.linear_backward, op_cache, (0,))
 
 
 class BinaryConv2d(_BinaryLayer):
-    """y = conv(Q_in(x), Q_w(W)) * alpha + b, padding the *binarized* input with ``pad_value``
-    (0.0: the official codes' zero padding, border taps see 0; +1.0/-1.0: sign padding)."""
+    """y = conv(Q_in(x), Q_w(W)) * alpha + b (or (... + b) * alpha, ``bias_order``), padding the
+    *binarized* input with ``pad_value`` (0.0: the official codes' zero padding, border taps see 0;
+    +1.0/-1.0: sign padding)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  weight_quantizer="ste_sign", input_quantizer="ste_sign", scale=None, scale_init="ones",
-                 bias=False, pad_value=0.0, backend="auto", rng=None, dtype=np.float32, init="uniform"):
+                 bias=False, pad_value=0.0, backend="auto", rng=None, dtype=np.float32, init="uniform",
+                 bias_order="after_scale"):
         super().__init__()
         rng = _rng(rng)
         kh, kw = pair(kernel_size, "kernel_size", 1)
@@ -169,7 +194,8 @@ class BinaryConv2d(_BinaryLayer):
             raise ValueError(f"init: expected 'uniform' or 'kaiming_normal', got {init!r}")
         if bias:
             self.params["bias"] = np.zeros(out_channels, dtype=dtype)
-        self._setup(weight_quantizer, input_quantizer, scale, scale_init, out_channels, backend, rng, dtype)
+        self._setup(weight_quantizer, input_quantizer, scale, scale_init, out_channels, backend, rng, dtype,
+                    bias_order)
         self.zero_grad()
 
     def extra_repr(self):
@@ -188,8 +214,8 @@ class BinaryConv2d(_BinaryLayer):
             op_cache = {"xq": xq, "wq": wq}  # no im2col columns kept; backward builds them
         else:
             y, op_cache = ops.conv2d_forward(xq, wq, None, s, p, d, g, pv)
-        out, alpha = self._finish(y, (1, -1, 1, 1))
-        return out, (y, alpha, cx, cw, op_cache)
+        out, alpha, scaled = self._finish(y, (1, -1, 1, 1))
+        return out, (scaled, alpha, cx, cw, op_cache)
 
     def _op_backward(self, dy, op_cache):
         if isinstance(op_cache, dict):  # kernel forward: build the im2col columns now, a few samples at a time
@@ -197,5 +223,5 @@ class BinaryConv2d(_BinaryLayer):
         return ops.conv2d_backward(dy, op_cache)
 
     def backward(self, dout, cache):
-        y, alpha, cx, cw, op_cache = cache
-        return self._backward_common(dout, y, alpha, cx, cw, self._op_backward, op_cache, (0, 2, 3))
+        scaled, alpha, cx, cw, op_cache = cache
+        return self._backward_common(dout, scaled, alpha, cx, cw, self._op_backward, op_cache, (0, 2, 3))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks import array_module
-from ..conventions import sign
-from .base import (Quantizer, check_bool, check_ddof, check_nonnegative, check_positive, check_sign_zero)
+from ..conventions import STANDARDIZE_GRADS, sign
+from .base import (Quantizer, check_bool, check_choice, check_ddof, check_nonnegative, check_positive, check_sign_zero)
 from .sign import ElementwiseSign
 from .standardize import row_standardize_backward, row_standardize_forward, row_standardize_surrogate
 
@@ -58,14 +58,15 @@ class LibraPB(_EdeState, Quantizer):
         y     = sign(w_std) * s_o                              (sign(0) = ``sign_zero``)
     backward, g = dy (IR-Net Algorithm 1 line 9 / the code's autograd):
         g1 = g * s_o * k t (1 - tanh^2(t w_std))               EDE at the standardized weight
-        ``grad_through_stats=True`` (code): g1 back through the centering and the std
+        ``standardize_grad="through"`` (code): g1 back through the centering and the std
             dL/dw = (1/s)(g1 - mean(g1)) - (u^T g1) u / ((n - 1) s^3),  u = w_hat    (algorithms.md 3.4)
             per channel the gradient sums to zero and is orthogonal to u (eps = 0)
-        ``grad_through_stats=False`` (Algorithm 1): dL/dw = g1
-    surrogate: s_o(ref) k tanh(t standardize(x))   (standardize differentiated or identity, as above)
+        ``standardize_grad="detached"`` (mean and std constants): dL/dw = g1 / s
+        ``standardize_grad="identity"`` (Algorithm 1): dL/dw = g1
+    surrogate: s_o(ref) k tanh(t standardize(x))   (standardize read as above; refbnn.quantizers.standardize)
     Parameters: t=0.1, k=10.0 (state; > 0), sign_zero=0.0, std_ddof=1, eps=0.0, eps_inside_sqrt=True,
-    grad_through_stats=True, bit_shift=True.
-    Conventions read: sign_zero, std_ddof, eps_inside_sqrt, grad_through_stats.
+    standardize_grad="through", bit_shift=True.
+    Conventions read: sign_zero, std_ddof, eps_inside_sqrt, standardize_grad.
     A constant row (zero std) with eps = 0 raises ValueError (the code would produce NaN).
     """
 
@@ -74,19 +75,19 @@ class LibraPB(_EdeState, Quantizer):
     precision = 1
 
     def __init__(self, t: float = 0.1, k: float = 10.0, sign_zero: float = 0.0, std_ddof: int = 1, eps: float = 0.0,
-                 eps_inside_sqrt: bool = True, grad_through_stats: bool = True, bit_shift: bool = True):
+                 eps_inside_sqrt: bool = True, standardize_grad: str = "through", bit_shift: bool = True):
         self.t, self.k = check_positive("t", t), check_positive("k", k)
         self.sign_zero = check_sign_zero(sign_zero)
         self.std_ddof = check_ddof(std_ddof)
         self.eps = check_nonnegative("eps", eps)
         self.eps_inside_sqrt = check_bool("eps_inside_sqrt", eps_inside_sqrt)
-        self.grad_through_stats = check_bool("grad_through_stats", grad_through_stats)
+        self.standardize_grad = check_choice("standardize_grad", standardize_grad, STANDARDIZE_GRADS)
         self.bit_shift = check_bool("bit_shift", bit_shift)
 
     @classmethod
     def convention_kwargs(cls, c):
         return {"sign_zero": c.sign_zero, "std_ddof": c.std_ddof, "eps_inside_sqrt": c.eps_inside_sqrt,
-                "grad_through_stats": c.grad_through_stats}
+                "standardize_grad": c.standardize_grad}
 
     def _std_kwargs(self):
         return {"center": True, "ddof": self.std_ddof, "eps": self.eps, "eps_inside_sqrt": self.eps_inside_sqrt}
@@ -107,12 +108,12 @@ class LibraPB(_EdeState, Quantizer):
     def backward(self, dy, cache):
         w_std, s, scache = cache
         g1 = (dy * s * ede_grad(w_std, self.t, self.k)).astype(dy.dtype, copy=False)
-        return row_standardize_backward(g1, scache, self.grad_through_stats)
+        return row_standardize_backward(g1, scache, self.standardize_grad)
 
     def surrogate(self, x, ref=None, training=True):
         ref = x if ref is None else ref
         s = self._scale(self.standardized(ref))
-        w_std = row_standardize_surrogate(x, ref, self.grad_through_stats, **self._std_kwargs())
+        w_std = row_standardize_surrogate(x, ref, self.standardize_grad, **self._std_kwargs())
         return s * ede_surrogate(w_std, self.t, self.k)
 
     @property

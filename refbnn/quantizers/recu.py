@@ -2,22 +2,24 @@
 with the Laplace-quantile threshold, the analytic or learned scaling factor, ApproxSign activations.
 
 Defaults follow the official code (z-hXu/ReCU @ 9a73bed, cifar/modules/binarized_modules.py L9-67):
-centering, b* = 2 (the 2 sqrt(2) factor), unbiased variance + 1e-5 inside the sqrt, gradients through
-the statistics, tau = 1 (the registered buffer) until the schedule sets it, torch.sign, a learned
-per-channel alpha in the layer (so ``alpha="none"`` here) and the per-sample activation
-normalization in training mode. ``from_convention`` selects the paper's choices with the paper
-convention. The tau schedule is ``refbnn.schedules.recu_state`` (Eq. 24).
+centering, b* = 2 (the 2 sqrt(2) factor), unbiased variance + 1e-5 inside the sqrt, gradients
+through the statistics (``standardize_grad="through"``), tau = 1 (the registered buffer) until the
+schedule sets it, torch.sign, a learned per-channel alpha in the layer (so ``alpha="none"`` here)
+and the per-sample activation normalization in training mode. ``from_convention`` selects the
+paper's choices with the paper convention. The tau schedule is ``refbnn.schedules.recu_state``
+(Eq. 24).
 
-The closed forms of the Laplace model (section 8.1 of algorithms.md) are here too, for the tests and
-for readers: ``laplace_quantile``, ``clamped_fraction``, ``analytic_alpha``, ``quantization_error``
-(corrected) and ``quantization_error_eq14`` (the paper's, which has an algebra error).
+The closed forms of the Laplace model (integrals of the La(0, b) density; tests/test_claims.py
+checks them by Monte Carlo) are here too, for the tests and for readers: ``laplace_quantile``,
+``clamped_fraction``, ``analytic_alpha``, ``quantization_error`` (corrected) and
+``quantization_error_eq14`` (the paper's, which has an algebra error).
 """
 from __future__ import annotations
 
 import math
 
 from ..checks import array_module
-from ..conventions import clip_mask, sign
+from ..conventions import STANDARDIZE_GRADS, clip_mask, sign
 from .base import Quantizer, check_bool, check_choice, check_ddof, check_nonnegative, check_positive, check_sign_zero
 from .sign import approx_sign_grad, approx_sign_polynomial
 from .standardize import row_standardize_backward, row_standardize_forward, row_standardize_surrogate
@@ -37,7 +39,7 @@ def laplace_quantile(tau, b):
 
 
 def clamped_fraction(tau):
-    """P(|w| >= Q_tau) = 2 - 2 tau under La(0, b) (ReCU Eq. 12; algorithms.md 8.1)."""
+    """P(|w| >= Q_tau) = 2 - 2 tau under La(0, b) (ReCU Eq. 12)."""
     return 2.0 - 2.0 * check_tau(tau)
 
 
@@ -48,7 +50,8 @@ def analytic_alpha(tau, b):
 
 def quantization_error(tau, b):
     """The correct QE(tau) = E[(ReCU(w) - alpha sign(ReCU(w)))^2] under La(0, b), alpha = b (2 tau - 1):
-    b^2 (1 - p^2 + 2 p ln p), p = 2 - 2 tau; increasing on (1/2, 1] from 0 to b^2 (algorithms.md 8.1)."""
+    b^2 (1 - p^2 + 2 p ln p), p = 2 - 2 tau; increasing on (1/2, 1] from 0 to b^2 (the integral of
+    (w - alpha sign w)^2 against the clamped Laplace law)."""
     p = clamped_fraction(tau)
     return float(b) ** 2 * (1.0 - p * p + (2.0 * p * math.log(p) if p > 0 else 0.0))
 
@@ -64,7 +67,7 @@ def quantization_error_eq14(tau, b):
 
 def clamped_entropy(tau, b):
     """The paper's entropy of the clamped Laplace (Eq. 17): differential entropy of the continuous part plus
-    the point masses' -2 (1 - tau) ln(1 - tau); = ln(2b) + 1 - p (1 + ln b) (algorithms.md 8.1)."""
+    the point masses' -2 (1 - tau) ln(1 - tau); = ln(2b) + 1 - p (1 + ln b)."""
     p = clamped_fraction(tau)
     return math.log(2.0 * b) + 1.0 - p * (1.0 + math.log(b))
 
@@ -87,13 +90,18 @@ class RecuWeight(Quantizer):
              (``alpha="none"``: the code's learned per-channel alpha is the layer's ``scale="learned"``)
     backward, g = dy:
         g1 = g alpha 1[-Q <= w1 <= Q]                 identity STE of sign (L43-52) times the clamp's gradient
-        ``grad_through_stats=True`` (code): through the standardization,
-            dL/dw = (c'/s)(g1 - mean(g1)) - c' (u^T g1) u / ((n - 1) s^3),  c' = sqrt(2) b*   (algorithms.md 4.5)
-        ``grad_through_stats=False``: dL/dw = g1
-    surrogate: alpha(ref) clamp(standardize(x), -Q(ref), Q(ref))
+        then back through the standardization, ``standardize_grad`` (refbnn.quantizers.standardize):
+        "through" (the code's autograd: mean and std not detached, L20-21), with c' = sqrt(2) b*,
+            dL/dw = (c'/s)(g1 - c mean(g1)) - c' (z^T g1) u / ((n - 1) s^3)
+            (c = 1, z = u when centering: the derivative of L20-21)
+        "detached" (mean and std constants):  dL/dw = c' g1 / s   (c'/s = 2 sqrt(2) / sigma_o in the code,
+            about 48 for Kaiming-initialised 3x3 convs with 64 channels)
+        "identity" (the paper preset, IR-Net Algorithm 1 line 9):  dL/dw = g1
+    surrogate: alpha(ref) clamp(S(x), -Q(ref), Q(ref)), S = the standardization read as ``standardize_grad``
+    says (itself; its value at ref + c' (x - ref) / s(ref); its value at ref + (x - ref))
     Parameters: tau=1.0 (state, in (0.5, 1]), b_star=2.0, center=True, eps=1e-5, std_ddof=1,
-    eps_inside_sqrt=True, grad_through_stats=True, alpha="none", sign_zero=0.0, clip_inclusive=True.
-    Conventions read: sign_zero, clip_inclusive, std_ddof, eps_inside_sqrt, grad_through_stats,
+    eps_inside_sqrt=True, standardize_grad="through", alpha="none", sign_zero=0.0, clip_inclusive=True.
+    Conventions read: sign_zero, clip_inclusive, std_ddof, eps_inside_sqrt, standardize_grad,
     recu_ws_center (-> center), recu_alpha (-> alpha "analytic" or "none").
     Notes: the paper does not say whether its standardization is per channel or per layer; refbnn uses
     per output channel for both (the code's). The paper's alpha fuses weight and activation scales
@@ -105,7 +113,7 @@ class RecuWeight(Quantizer):
     precision = 1
 
     def __init__(self, tau: float = 1.0, b_star: float = 2.0, center: bool = True, eps: float = 1e-5,
-                 std_ddof: int = 1, eps_inside_sqrt: bool = True, grad_through_stats: bool = True,
+                 std_ddof: int = 1, eps_inside_sqrt: bool = True, standardize_grad: str = "through",
                  alpha: str = "none", sign_zero: float = 0.0, clip_inclusive: bool = True):
         self.tau = check_tau(tau)
         self.b_star = check_positive("b_star", b_star)
@@ -113,7 +121,7 @@ class RecuWeight(Quantizer):
         self.eps = check_nonnegative("eps", eps)
         self.std_ddof = check_ddof(std_ddof)
         self.eps_inside_sqrt = check_bool("eps_inside_sqrt", eps_inside_sqrt)
-        self.grad_through_stats = check_bool("grad_through_stats", grad_through_stats)
+        self.standardize_grad = check_choice("standardize_grad", standardize_grad, STANDARDIZE_GRADS)
         self.alpha = check_choice("alpha", alpha, ("none", "analytic"))
         self.sign_zero = check_sign_zero(sign_zero)
         self.clip_inclusive = check_bool("clip_inclusive", clip_inclusive)
@@ -121,7 +129,7 @@ class RecuWeight(Quantizer):
     @classmethod
     def convention_kwargs(cls, c):
         return {"sign_zero": c.sign_zero, "clip_inclusive": c.clip_inclusive, "std_ddof": c.std_ddof,
-                "eps_inside_sqrt": c.eps_inside_sqrt, "grad_through_stats": c.grad_through_stats,
+                "eps_inside_sqrt": c.eps_inside_sqrt, "standardize_grad": c.standardize_grad,
                 "center": c.recu_ws_center, "alpha": "analytic" if c.recu_alpha == "analytic" else "none"}
 
     def state(self):
@@ -160,12 +168,12 @@ class RecuWeight(Quantizer):
 
     def backward(self, dy, cache):
         am, scache = cache
-        return row_standardize_backward((dy * am).astype(dy.dtype, copy=False), scache, self.grad_through_stats)
+        return row_standardize_backward((dy * am).astype(dy.dtype, copy=False), scache, self.standardize_grad)
 
     def surrogate(self, x, ref=None, training=True):
         ref = x if ref is None else ref
         b, q = self.threshold(self.standardized(ref))
-        w1 = row_standardize_surrogate(x, ref, self.grad_through_stats, **self._std_kwargs())
+        w1 = row_standardize_surrogate(x, ref, self.standardize_grad, **self._std_kwargs())
         return self.scale(b) * recu_clamp(w1, q)
 
 
@@ -177,13 +185,14 @@ class RecuActivation(Quantizer):
                computes a0 = x / s_n, s_n = sqrt(var_n(x) + eps) over every axis but 0, unbiased, no
                centering, not detached (L26-29) -- sign(a0) = sign(x); otherwise a0 = x
     backward:  g0 = dy max(0, 2 - 2|a0|)   (ApproxSign, L55-67; paper Eq. 7)
-               then through the normalization when it was applied and ``grad_through_stats``:
-               dL/dx_j = g0_j / s - (x_j - mean x)(sum_i g0_i x_i) / ((M - 1) s^3)   (algorithms.md 4.4)
-               (``grad_through_stats=False``: dL/dx = g0). Net effect: the ApproxSign window is |x| < s_n.
+               then back through the normalization when it was applied, as ``standardize_grad`` says:
+               "through" (the code's autograd), dL/dx_j = g0_j / s - (x_j - mean x)(sum_i g0_i x_i) / ((M - 1) s^3)
+               (the derivative of L27); "detached", dL/dx = g0 / s; "identity", dL/dx = g0.
+               Net effect: the ApproxSign window is |x| < s_n.
     surrogate: F(a0(x)) with F the ApproxSign polynomial 2c - c|c|, c = clip(a0, -1, 1)
-    Parameters: normalize=True, eps=1e-5, std_ddof=1, eps_inside_sqrt=True, grad_through_stats=True,
+    Parameters: normalize=True, eps=1e-5, std_ddof=1, eps_inside_sqrt=True, standardize_grad="through",
     sign_zero=0.0. Conventions read: recu_act_norm (-> normalize), std_ddof, eps_inside_sqrt,
-    grad_through_stats, sign_zero.
+    standardize_grad, sign_zero.
     """
 
     name = "recu_act"
@@ -191,18 +200,18 @@ class RecuActivation(Quantizer):
     precision = 1
 
     def __init__(self, normalize: bool = True, eps: float = 1e-5, std_ddof: int = 1, eps_inside_sqrt: bool = True,
-                 grad_through_stats: bool = True, sign_zero: float = 0.0):
+                 standardize_grad: str = "through", sign_zero: float = 0.0):
         self.normalize = check_bool("normalize", normalize)
         self.eps = check_nonnegative("eps", eps)
         self.std_ddof = check_ddof(std_ddof)
         self.eps_inside_sqrt = check_bool("eps_inside_sqrt", eps_inside_sqrt)
-        self.grad_through_stats = check_bool("grad_through_stats", grad_through_stats)
+        self.standardize_grad = check_choice("standardize_grad", standardize_grad, STANDARDIZE_GRADS)
         self.sign_zero = check_sign_zero(sign_zero)
 
     @classmethod
     def convention_kwargs(cls, c):
         return {"normalize": c.recu_act_norm, "std_ddof": c.std_ddof, "eps_inside_sqrt": c.eps_inside_sqrt,
-                "grad_through_stats": c.grad_through_stats, "sign_zero": c.sign_zero}
+                "standardize_grad": c.standardize_grad, "sign_zero": c.sign_zero}
 
     @property
     def binary(self):
@@ -221,10 +230,10 @@ class RecuActivation(Quantizer):
     def backward(self, dy, cache):
         grad, scache = cache
         g0 = dy * grad
-        return g0 if scache is None else row_standardize_backward(g0, scache, self.grad_through_stats)
+        return g0 if scache is None else row_standardize_backward(g0, scache, self.standardize_grad)
 
     def surrogate(self, x, ref=None, training=True):
         if not (self.normalize and training):
             return approx_sign_polynomial(x)
         ref = x if ref is None else ref
-        return approx_sign_polynomial(row_standardize_surrogate(x, ref, self.grad_through_stats, **self._std_kwargs()))
+        return approx_sign_polynomial(row_standardize_surrogate(x, ref, self.standardize_grad, **self._std_kwargs()))

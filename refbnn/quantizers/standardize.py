@@ -6,16 +6,34 @@ s = sqrt(var + eps) (``eps_inside_sqrt``) or s = sqrt(var) + eps:
 
     forward:  y = gain * z / s,   z = u (``center``) or z = x (ReCU's activations: no centering)
 
-    backward, through the statistics (autograd of the official code; mean and std not detached):
-        dL/dx_j = gain * [ (g_j - c mean(g)) / s  -  (g^T z) / s^2 * ds/dx_j ],
-        ds/dx_j = u_j / ((n - ddof) * sd),  sd = s (eps inside the sqrt) or sqrt(var) (eps outside),
-        c = 1 if centering else 0    (algorithms.md 3.4, 4.4, 4.5)
-    backward, statistics not differentiated (IR-Net Algorithm 1 line 9): the standardization is the
-    identity, dL/dx = g.
+The backward is one of three readings (``mode``, the convention field ``standardize_grad``):
+
+- "through": mean and std are differentiated (autograd of the official IR-Net and ReCU code, where
+  nothing is detached):
+      dL/dx_j = gain * [ (g_j - c mean(g)) / s  -  (g^T z) / s^2 * ds/dx_j ],
+      ds/dx_j = u_j / ((n - ddof) * sd),  sd = s (eps inside the sqrt) or sqrt(var) (eps outside),
+      c = 1 if centering else 0
+  (the derivative of y: d mean / dx_j = 1/n, d var / dx_j = 2 u_j / (n - ddof));
+- "detached": mean and std are constants: dL/dx = gain * g / s;
+- "identity": the standardization is the identity in the backward, dL/dx = g (IR-Net, arXiv
+  1909.10788, Algorithm 1 line 9).
+
+``row_standardize_surrogate`` is the differentiable function whose derivative each reading is (the
+tests check the backward against its finite differences).
 """
 from __future__ import annotations
 
 from ..checks import array_module
+from ..conventions import STANDARDIZE_GRADS
+
+
+def standardize_grad_mode(mode):
+    """One of ``STANDARDIZE_GRADS``; the old boolean spelling maps True -> "through", False -> "identity"."""
+    if isinstance(mode, bool):
+        return "through" if mode else "identity"
+    if mode not in STANDARDIZE_GRADS:
+        raise ValueError(f"standardize_grad: expected one of {list(STANDARDIZE_GRADS)}, got {mode!r}")
+    return mode
 
 
 def row_standardize_forward(x, center=True, ddof=1, eps=0.0, eps_inside_sqrt=True, gain=1.0, what="row"):
@@ -41,10 +59,14 @@ def row_standardize_forward(x, center=True, ddof=1, eps=0.0, eps_inside_sqrt=Tru
     return y, (z, u, var, s, n, ddof, center, gain, eps_inside_sqrt)
 
 
-def row_standardize_backward(g, cache, through_stats=True):
-    if not through_stats:
+def row_standardize_backward(g, cache, mode="through"):
+    """dL/dx from g = dL/dy under the reading ``mode`` ("through", "detached" or "identity")."""
+    mode = standardize_grad_mode(mode)
+    if mode == "identity":
         return g
     z, u, var, s, n, ddof, center, gain, eps_inside_sqrt = cache
+    if mode == "detached":
+        return (gain * g / s).astype(g.dtype, copy=False)
     xp = array_module(g)
     axes = tuple(range(1, g.ndim))
     sd = s if eps_inside_sqrt else xp.sqrt(var)
@@ -59,9 +81,15 @@ def row_standardize(x, center=True, ddof=1, eps=0.0, eps_inside_sqrt=True, gain=
     return row_standardize_forward(x, center, ddof, eps, eps_inside_sqrt, gain)[0]
 
 
-def row_standardize_surrogate(x, ref, through_stats=True, **kwargs):
-    """The standardization as a differentiable function of x around ``ref``: the function itself
-    when gradients flow through the statistics, else its value at ``ref`` plus the identity."""
-    if through_stats:
+def row_standardize_surrogate(x, ref, mode="through", **kwargs):
+    """The standardization as a differentiable function of x around ``ref`` under the reading ``mode``:
+    "through", the function itself; "detached", its value at ``ref`` plus gain (x - ref) / s(ref) (the
+    statistics of ``ref`` held constant); "identity", its value at ``ref`` plus (x - ref)."""
+    mode = standardize_grad_mode(mode)
+    if mode == "through":
         return row_standardize(x, **kwargs)
-    return row_standardize(ref, **kwargs) + (x - ref)
+    y_ref, cache = row_standardize_forward(ref, **kwargs)
+    if mode == "identity":
+        return y_ref + (x - ref)
+    s, gain = cache[3], cache[7]
+    return (y_ref + gain * (x - ref) / s).astype(x.dtype, copy=False)
