@@ -260,8 +260,8 @@ def libra_pb_by_autograd(w, g, t, k, stats):
 
 
 def stats_fields():
-    """The convention fields about gradients through statistics, found by name (``grad_through_stats`` today;
-    a field replacing it keeps "grad" or "stat" in its name)."""
+    """The convention fields about gradients through statistics, found by name (``standardize_grad``: through
+    the statistics, statistics detached, or identity)."""
     return [f.name for f in dataclasses.fields(Convention) if "stat" in f.name or "grad" in f.name]
 
 
@@ -295,7 +295,7 @@ def test_statistics_held_out_of_the_gradient():
     if not offered:
         assert rep.diagnosis.tensors["grad_x"].by is None  # nothing refbnn knows reproduces it: said so
         pytest.skip("no convention field of this refbnn holds the statistics constant while keeping the division "
-                    "by std in the gradient (the grad_through_stats field offers autograd or identity only)")
+                    "by std in the gradient")
     assert set(offered) <= set(named), rep.table()
 
 

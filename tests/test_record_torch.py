@@ -199,7 +199,6 @@ def test_official_recu_recorded_and_checked(tau, stride, training):
         assert not xc.crosscheck(dict(b, tau=np.array([0.999])), method="recu", convention="official").passed
 
 
-@pytest.mark.xfail(strict=True, reason="official ReCU bias order lands with the recu branch")
 @pytest.mark.parametrize("training", [True, False])
 def test_official_recu_with_bias_recorded_and_checked(training):
     """ReCU's code adds the bias inside the convolution and multiplies the sum by alpha."""
