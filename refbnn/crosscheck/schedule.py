@@ -31,18 +31,16 @@ def _is_schedule(obj):
 
 
 def schedule_table() -> dict:
-    """Every schedule in ``refbnn.schedules``: the entries of its upper-case name -> schedule tables
-    (``QUANTIZER_SCHEDULES``: ``irnet_tk``, ``recu_tau``, ...; ``LR_SCHEDULES``: ``cosine``, ...; and any
-    table the catalogue adds) and its public functions whose first two parameters are ``(epoch, epochs)``
-    (``cosine_lr``, ...). A value is a :class:`~refbnn.schedules.QuantizerSchedule` (evaluated at the
-    convention's clock) or a function ``f(epoch, epochs, **params)``."""
+    """Every schedule of ``refbnn.schedules`` by its one name: the entries of that module's upper-case
+    name -> schedule tables (``QUANTIZER_SCHEDULES``: ``irnet_tk``, ``recu_tau``, ...; ``LR_SCHEDULES``:
+    ``cosine``, ...; and any table the catalogue adds). A value is a
+    :class:`~refbnn.schedules.QuantizerSchedule` (evaluated at the convention's clock) or a function
+    ``f(epoch, epochs, **params)``. Helpers such as ``schedule_progress`` are in no table, so they are not
+    schedules."""
     table = {}
     for attr, obj in vars(_schedules).items():
         if attr.isupper() and isinstance(obj, dict):
             table.update({k: f for k, f in obj.items() if isinstance(k, str) and _is_schedule(f)})
-    for attr, obj in vars(_schedules).items():
-        if not attr.startswith("_") and inspect.isfunction(obj) and _is_schedule_fn(obj):
-            table.setdefault(attr, obj)
     return table
 
 
