@@ -8,23 +8,22 @@ Quantizer schedules are functions of a progress value p in [0, 1] that return th
 they set (``{"t": .., "k": ..}``, ``{"tau": ..}``, ...); the training loop evaluates them once per
 epoch, before the epoch, and p comes from the convention's clock (``schedule_progress``):
 
-- ``"epoch"`` (the official IR-Net and ReCU code): p = e / E, so p runs over 0, 1/E, ..., (E-1)/E and
-  the end value is never reached (ReCU, E = 600: tau(599) = 0.98963, not 0.99);
-- ``"progress"`` (the papers' formulas, tau_I = tau_e): p = e / (E - 1), reaching 1 at the last epoch
+- ``"epoch"`` (the official IR-Net and ReCU code): p = i / E for the 0-based epoch i, so p runs over
+  0, 1/E, ..., (E-1)/E and the end value is never reached (ReCU, E = 600: tau(599) = 0.98963, not 0.99);
+- ``"progress"`` (the papers' formulas, tau_I = tau_e): p = i / (E - 1), reaching 1 at the last epoch
   (p = 0 when E = 1).
 
-| schedule        | formula                                                       | defaults                  |
-|-----------------|---------------------------------------------------------------|---------------------------|
-| ``ede_state``   | t = T_min 10^(p log10(T_max / T_min)), k = max(1/t, 1)        | T_min 0.1, T_max 10       |
-|                 | (IR-Net Eq. 18; trainer.py L130-143)                          | (paper; code R-20 1w1a:   |
-|                 |                                                               | T_min = 1e-3)             |
-| ``recu_state``  | tau = A e^p + B, A = (tau_e - tau_s)/(e - 1), B = tau_s - A   | tau_s 0.85, tau_e 0.99    |
-|                 | (ReCU Eq. 24; cifar/main.py L160-167)                         |                           |
-| ``beta_state``  | beta = beta_s (beta_e / beta_s)^p  [reconstructed, BNN++]      | refbnn's choice           |
-| ``mu_state``    | mu = mu_s + (mu_e - mu_s) p  [reconstructed, ProxConnect]      | refbnn's choice           |
+Each quantizer schedule has one name, its key in ``QUANTIZER_SCHEDULES`` (also its ``.name``); the
+Python object and the formula's function are spelled after it:
 
-A :class:`QuantizerSchedule` bundles one of these with its parameters for a method; ``QUANTIZER_SCHEDULES``
-names them (``irnet_tk``, ``recu_tau``, ``bnnpp_beta``, ``pc_mu``).
+| name          | object / formula function       | formula                                                     | defaults               |
+|---------------|---------------------------------|-------------------------------------------------------------|------------------------|
+| ``irnet_tk``  | ``EDE_SCHEDULE`` / ``ede_state``  | t = T_min 10^(p log10(T_max / T_min)), k = max(1/t, 1)      | T_min 0.1, T_max 10    |
+|               |                                 | (IR-Net Eq. 18; htqin/IR-Net trainer.py L130-143)           | (code R-20 1w1a: 1e-3) |
+| ``recu_tau``  | ``RECU_SCHEDULE`` / ``recu_state`` | tau = A exp(p) + B, A = (tau_e - tau_s)/(exp(1) - 1),     | tau_s 0.85, tau_e 0.99 |
+|               |                                 | B = tau_s - A (ReCU Eq. 24; z-hXu/ReCU cifar/main.py L160-167) |                     |
+| ``bnnpp_beta``| ``BETA_SCHEDULE`` / ``beta_state`` | beta = beta_s (beta_e / beta_s)^p  [reconstructed, BNN++] | refbnn's choice        |
+| ``pc_mu``     | ``MU_SCHEDULE`` / ``mu_state``    | mu = mu_s + (mu_e - mu_s) p  [reconstructed, ProxConnect]   | refbnn's choice        |
 """
 from __future__ import annotations
 
@@ -185,11 +184,11 @@ class QuantizerSchedule:
         return self.values(schedule_progress(epoch, epochs, clock), **self.params)
 
 
-EDE_SCHEDULE = QuantizerSchedule("ede", ede_state, {"T_min": 0.1, "T_max": 10.0})
-RECU_SCHEDULE = QuantizerSchedule("recu", recu_state, {"tau_start": 0.85, "tau_end": 0.99},
+EDE_SCHEDULE = QuantizerSchedule("irnet_tk", ede_state, {"T_min": 0.1, "T_max": 10.0})
+RECU_SCHEDULE = QuantizerSchedule("recu_tau", recu_state, {"tau_start": 0.85, "tau_end": 0.99},
                                   aliases={"tau_min": "tau_start", "tau_max": "tau_end"})  # cifar/utils/options.py
-BETA_SCHEDULE = QuantizerSchedule("beta", beta_state, {"beta_start": 5.0, "beta_end": 100.0})
-MU_SCHEDULE = QuantizerSchedule("mu", mu_state, {"mu_start": 0.0, "mu_end": 1.0})
+BETA_SCHEDULE = QuantizerSchedule("bnnpp_beta", beta_state, {"beta_start": 5.0, "beta_end": 100.0})
+MU_SCHEDULE = QuantizerSchedule("pc_mu", mu_state, {"mu_start": 0.0, "mu_end": 1.0})
 
 # The quantizer schedules by name (``refbnn crosscheck --schedule NAME``; the methods use them).
 QUANTIZER_SCHEDULES = {"irnet_tk": EDE_SCHEDULE, "recu_tau": RECU_SCHEDULE, "bnnpp_beta": BETA_SCHEDULE,
