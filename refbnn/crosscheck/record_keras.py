@@ -83,6 +83,7 @@ class RecordError(ValueError):
 def _tf():
     """TensorFlow and Larq, imported on first use (Larq needs Keras 2: TF_USE_LEGACY_KERAS=1)."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notes, not its warnings
     try:
         import tensorflow as tf
         import larq as lq
@@ -568,9 +569,9 @@ def replay_bundle(bundle, seed=0):
         geo = {g: _value(g, data[g]) if g in data else 1 for g in ("stride", "dilation", "groups")}
         pad_key = "pad_values" if "pad_values" in data else "pad_value"
         pad_values = float(_value(pad_key, data[pad_key])) if pad_key in data else 0.0
-        layer = lq.layers.QuantConv2D(int(kernel.shape[3]), tuple(kernel.shape[:2]), strides=geo["stride"], padding=padding,
-                                      dilation_rate=geo["dilation"], groups=geo["groups"], pad_values=pad_values,
-                                      use_bias=use_bias, **quantizers)
+        layer = lq.layers.QuantConv2D(int(kernel.shape[3]), tuple(kernel.shape[:2]), strides=geo["stride"],
+                                      padding=padding, dilation_rate=geo["dilation"], groups=geo["groups"],
+                                      pad_values=pad_values, use_bias=use_bias, **quantizers)
     else:
         raise RecordError(f"kernel: expected (kh, kw, C, O) or (in, out), got shape {kernel.shape}")
     x = data["x"]
@@ -595,19 +596,21 @@ def versions() -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Record Keras/Larq outputs and gradients as refbnn crosscheck "
                                                  "bundles (the CI set); check them with refbnn crosscheck.")
-    parser.add_argument("--out", required=True, help="folder to write the .npz bundles into (created); with "
-                                                     "--replay, the .npz file to write")
+    parser.add_argument("--out", required=True, help="folder to write the .npz bundles into (created)")
     parser.add_argument("--set", choices=("ci", "parity"), default="ci",
                         help="ci: every Larq quantizer alone and the CI's layers (default); parity: the "
                              "quantizer-pair matrix of tests/test_larq_parity.py")
-    parser.add_argument("--replay", metavar="BUNDLE",
-                        help="recompute this bundle (e.g. exported by refbnn) in Larq and write Larq's bundle to --out")
+    parser.add_argument("--replay", metavar="BUNDLE", nargs="+",
+                        help="recompute these bundles (e.g. exported by refbnn) in Larq and write Larq's bundles "
+                             "into --out under the same file names")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
     args = parser.parse_args(argv)
     if args.replay:
-        with np.load(args.replay, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-        print(f"replayed {args.replay} in Larq: {save_bundle(args.out, replay_bundle(data, seed=args.seed))}")
+        for path in args.replay:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+            written = save_bundle(os.path.join(args.out, os.path.basename(path)), replay_bundle(data, seed=args.seed))
+            print(f"replayed {path} in Larq: {written}")
         return 0
     paths = (record_ci_set if args.set == "ci" else record_parity_set)(args.out, seed=args.seed)
     info = versions()
