@@ -203,6 +203,8 @@ attempt("lambda_quantizer", lambda: rk.record_keras(lq.layers.QuantDense(3, inpu
 attempt("replay_int_padding", lambda: rk.replay_bundle({"x": np.zeros((1, 5, 5, 3), np.float32),
         "kernel": np.zeros((3, 3, 3, 2), np.float32), "padding": np.array(1), "input_quantizer": np.array("ste_sign")}))
 attempt("replay_unknown_quantizer", lambda: rk.larq_quantizer("recu_weight", {}))
+attempt("dtype_mix", lambda: rk.record_keras(lq.layers.QuantDense(3, input_quantizer="ste_sign", dtype="float64"),
+                                             np.zeros((2, 6))))
 attempt("ok", lambda: rk.record_keras(dense, x))
 print(json.dumps(errors))
 '''
@@ -225,6 +227,7 @@ def test_record_keras_rejects_bad_input_naming_what_it_needs(tmp_path):
         "lambda_quantizer": r"input_quantizer: expected a Larq quantizer",
         "replay_int_padding": r"padding: Larq's QuantConv2D pads 'same' or 'valid', got 1",
         "replay_unknown_quantizer": r"quantizer 'recu_weight': Larq has no counterpart",
+        "dtype_mix": r"input_quantizer: dtype float32 differs from the layer's float64 .*SteSign\(dtype='float64'\)",
     }
     import re
 

@@ -214,6 +214,11 @@ def record_keras(layer, x, grad_out=None, *, seed=0, training=True):
             raise RecordError(f"x: expected dtype {layer.dtype} (the layer's dtype; Keras would cast), got {xa.dtype}")
         entries = {role: _quantizer_entry(getattr(layer, role, None), role)
                    for role in ("input_quantizer", "kernel_quantizer")}
+        for role in entries:
+            q = getattr(layer, role, None)
+            if isinstance(q, tf.keras.layers.Layer) and q.dtype != layer.dtype:
+                raise RecordError(f"{role}: dtype {q.dtype} differs from the layer's {layer.dtype} (Larq cannot mix "
+                                  f"them); build it as larq.quantizers.{type(q).__name__}(dtype={layer.dtype!r})")
         if not layer.built:
             layer.build(xa.shape)
         out_shape = tuple(int(s) for s in layer.compute_output_shape(xa.shape))
@@ -355,10 +360,12 @@ CI_QUANTIZERS = {
     "dorefa_quantizer": ("DoReFa", {"k_bit": 2}, _pm(1.0) | {1 / 3, 2 / 3}, (2, 5, 5, 3)),
     "dorefa_quantizer-weights": ("DoReFa", {"k_bit": 2, "mode": "weights"}, _pm(1.0), (3, 3, 3, 4)),
     "noop": ("NoOp", {"precision": 1}, _pm(1.0), (2, 5, 5, 3)),
+    "ste_sign-float64": ("SteSign", {"dtype": "float64"}, _pm(1.0), (2, 5, 5, 3)),
 }
 
 # name -> (layer class, its arguments, x shape); every layer: input and kernel quantizer ste_sign and
-# kernel_constraint "weight_clip", as Larq's documentation builds a BNN layer, unless the arguments say else
+# kernel_constraint "weight_clip", as Larq's documentation builds a BNN layer, unless the arguments say else.
+# float64 bundles are checked at float64's tolerance (1e-10 relative).
 CI_LAYERS = {
     "dense": ("QuantDense", {"units": 5}, (4, 6)),
     "dense-nobias": ("QuantDense", {"units": 5, "use_bias": False}, (4, 6)),
@@ -377,6 +384,10 @@ CI_LAYERS = {
     "conv2d-bireal-same-pad1": ("QuantConv2D", {"filters": 4, "kernel_size": 3, "padding": "same",
                                                 "pad_values": 1.0, "input_quantizer": "approx_sign",
                                                 "kernel_quantizer": "magnitude_aware_sign"}, (2, 6, 6, 3)),
+    "conv2d-bireal-same-stride2-pad1-float64": ("QuantConv2D", {
+        "filters": 4, "kernel_size": 3, "padding": "same", "strides": 2, "pad_values": 1.0, "dtype": "float64",
+        "input_quantizer": "approx_sign", "kernel_quantizer": "magnitude_aware_sign"}, (2, 6, 6, 3)),
+    "dense-float64": ("QuantDense", {"units": 5, "dtype": "float64"}, (4, 6)),
 }
 
 CI_BUNDLES = tuple(f"quantizer-{n}.npz" for n in CI_QUANTIZERS) + tuple(f"layer-{n}.npz" for n in CI_LAYERS)
@@ -389,18 +400,23 @@ def record_ci_set(out_dir, seed=0) -> list:
     for i, (name, (cls, kwargs, specials, shape)) in enumerate(CI_QUANTIZERS.items()):
         rng = np.random.default_rng([seed, 0, i])
         q = getattr(lq.quantizers, cls)(**kwargs)
-        bundle = record_keras(q, with_specials(rng, shape, specials), seed=int(rng.integers(2 ** 31)))
+        x = with_specials(rng, shape, specials, dtype=kwargs.get("dtype", np.float32))
+        bundle = record_keras(q, x, seed=int(rng.integers(2 ** 31)))
         paths.append(save_bundle(os.path.join(out_dir, f"quantizer-{name}.npz"), bundle))
     for i, (name, (cls, kwargs, x_shape)) in enumerate(CI_LAYERS.items()):
         rng = np.random.default_rng([seed, 1, i])
         kw = {"input_quantizer": "ste_sign", "kernel_quantizer": "ste_sign", "kernel_constraint": "weight_clip",
               **kwargs}
+        dtype = kw.get("dtype", "float32")
+        if dtype != "float32":  # a quantizer named by a string is built in float32; Larq needs the layer's dtype
+            for role in ("input_quantizer", "kernel_quantizer"):
+                kw[role] = getattr(lq.quantizers, REFBNN_TO_LARQ[kw[role]])(dtype=dtype)
         layer = getattr(lq.layers, cls)(**kw)
-        x = with_specials(rng, x_shape, _pm(1.0))
+        x = with_specials(rng, x_shape, _pm(1.0), dtype=dtype)
         layer.build(x.shape)
-        weights = [with_specials(rng, tuple(layer.kernel.shape), _pm(1.0))]
+        weights = [with_specials(rng, tuple(layer.kernel.shape), _pm(1.0), dtype=dtype)]
         if layer.use_bias:
-            weights.append(rng.standard_normal(tuple(layer.bias.shape)).astype(np.float32))
+            weights.append(rng.standard_normal(tuple(layer.bias.shape)).astype(dtype))
         layer.set_weights(weights)
         bundle = record_keras(layer, x, seed=int(rng.integers(2 ** 31)))
         paths.append(save_bundle(os.path.join(out_dir, f"layer-{name}.npz"), bundle))
