@@ -116,6 +116,8 @@ def _add_crosscheck(sub):
                    "bundles, 1e-5 for float32)")
     p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: 1e-12 / 1e-6)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--diagnose", action="store_true", help="when tensors differ, re-run the check with nearby "
+                   "choices changed (convention fields, estimators, layout) and say which makes each tensor pass")
     p.add_argument("--list", action="store_true", help="list the known methods, quantizers and schedules")
     ex = p.add_argument_group("export (bundles computed by refbnn, to test your implementation against)")
     ex.add_argument("--export", default=None, metavar="DIR", help="write bundles into DIR instead of checking one")
@@ -146,7 +148,8 @@ def cmd_crosscheck(args) -> int:
         return 0
     if args.bundle is None:
         raise ValueError("give the bundle to check (BUNDLE.npz), or --export DIR to write bundles")
-    report = crosscheck.crosscheck(args.bundle, **request, rtol=args.rtol, atol=args.atol)
+    report = crosscheck.crosscheck(args.bundle, **request, rtol=args.rtol, atol=args.atol,
+                                   diagnose=args.diagnose)
     print(report.table())
     if args.json:
         with open(args.json, "w") as f:

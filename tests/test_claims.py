@@ -198,3 +198,44 @@ def test_aprox_on_a_convex_problem_meets_the_rate():
         if t in (10, 100, 1000, 20000):
             assert F(wsum / acc) - f_star <= G * R * (2 + 1.5 * math.log(t)) / math.sqrt(t)
     assert F(wsum / acc) - f_star < 0.05 * F(np.zeros(d))
+
+
+# -- When ReCU's Laplace model holds: uniform latent weights, and refbnn's own trained networks --------------
+def _uniform_clamp_share(tau):
+    """Share of U[-a, a] weights clamped by ReCU at Q = -b ln(2 - 2 tau), b = mean|w| = a / 2."""
+    return max(0.0, 1.0 + math.log(2 - 2 * tau) / 2)
+
+
+@pytest.mark.parametrize("tau", [0.6, 0.85, 0.93, 0.99])
+def test_uniform_latent_weights_are_clamped_far_from_the_laplace_model(tau):
+    """Kaiming-uniform latent weights (refbnn's initialisation) have excess kurtosis -1.2, not the Laplace 3: the
+    clamped share is max(0, 1 + ln(2 - 2 tau) / 2), zero above tau = 1 - e^-2 / 2 = 0.932, not 2 - 2 tau."""
+    w = np.random.default_rng(5).uniform(-1, 1, (64, 4096))
+    w1 = get_quantizer("recu_weight", center=False).standardized(w)
+    b = np.abs(w1).mean()
+    share = np.mean(np.abs(w1) >= laplace_quantile(tau, b))
+    assert share == pytest.approx(_uniform_clamp_share(tau), abs=3e-3)
+    if tau > 1 - math.exp(-2) / 2:
+        assert share == 0.0 < clamped_fraction(tau)
+
+
+def test_recu_latent_weights_of_a_trained_digits_mlp_are_not_laplace(tmp_path):
+    """The binary layers of `refbnn train` (ReCU, digits MLP, 10 epochs) keep platykurtic latent weights: no weight
+    is clamped at the final tau = 0.99 where the Laplace model predicts 2 %, and the share at tau = 0.85 is the
+    uniform law's (0.40), not the Laplace model's (0.30). docs/claims.md gives the numbers of the full run."""
+    from refbnn.train import TrainConfig, train
+    train(TrainConfig(epochs=10, out=str(tmp_path), progress=False), log=lambda *a, **k: None)
+    with np.load(tmp_path / "checkpoint.npz", allow_pickle=False) as ck:
+        layers = [k[:-len(".weight_quantizer.tau")] for k in ck.files if k.endswith(".weight_quantizer.tau")]
+        assert layers, "no ReCU layer in the checkpoint"
+        for layer in layers:
+            w, tau = ck[layer + ".weight"], float(ck[layer + ".weight_quantizer.tau"])
+            w1 = get_quantizer("recu_weight", center=False).standardized(w.astype(np.float64))
+            x = w1.ravel()
+            excess_kurtosis = np.mean((x - x.mean()) ** 4) / np.var(x) ** 2 - 3
+            assert excess_kurtosis < -0.5                  # Laplace: +3, Gaussian: 0, uniform: -1.2
+            b = np.abs(w1).mean()
+            assert tau == pytest.approx(0.99)
+            assert np.mean(np.abs(w1) >= laplace_quantile(tau, b)) < clamped_fraction(tau) / 4
+            share_085 = np.mean(np.abs(w1) >= laplace_quantile(0.85, b))
+            assert abs(share_085 - _uniform_clamp_share(0.85)) < abs(share_085 - clamped_fraction(0.85))

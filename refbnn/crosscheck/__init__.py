@@ -11,6 +11,11 @@ A *reference bundle* is an ``.npz`` of named arrays (read with ``allow_pickle=Fa
   parameter (``clip_value``, ``beta``, ...), schedule value (``tau``, ``t``, ``k``, ...), schedule
   parameter (``T_min``, ``tau_min``, ...), convention field (``sign_zero``, ...) or method field
   (``scale``, ``weight_quantizer``, ``input_quantizer``) by name;
+- arrays as frameworks hold them are read where one reading only is possible, and the report lists each
+  reading: a size-1 array as a scalar (``torch.tensor([0.1])``), a per-output-channel array with singleton
+  axes ((O, 1, 1), (1, O, 1, 1), (O, 1, 1, 1)) as (O,) (compared in its own shape), a weight quantizer's
+  input and gradient as ``weight``/``grad_weight`` (or ``kernel``/``grad_kernel``) as well as ``x``/``grad_x``;
+  two names for one array are refused; :func:`record_torch` writes such a bundle from a PyTorch module;
 - optionally how it was made, as 0-d strings: ``method``, ``convention``, ``quantizer``,
   ``input_quantizer``, ``kernel_quantizer``, ``schedule``, ``part``, ``layer``, ``layout`` (written by
   :func:`export_bundles`; they act as defaults, and a conflicting command-line value is an error).
@@ -38,7 +43,9 @@ Default tolerances follow the dtype (:data:`DEFAULT_TOLERANCES`); NaN/Inf must m
 The package, one concept per module: :mod:`.bundle` (reading and writing bundles), :mod:`.report`
 (comparison and report), :mod:`.settings` (the request and the routing of named values),
 :mod:`.layout` (NCHW/NHWC, OIHW/HWIO), :mod:`.layer`, :mod:`.quantizer` and :mod:`.schedule` (the three
-checks), :mod:`.check` (:func:`crosscheck`), :mod:`.export` (refbnn's own bundles).
+checks), :mod:`.check` (:func:`crosscheck`), :mod:`.diagnose` (``diagnose=True``: which nearby choice makes
+a differing tensor pass), :mod:`.export` (refbnn's own bundles), :mod:`.record_torch` (bundles from PyTorch
+modules).
 """
 from __future__ import annotations
 
@@ -48,6 +55,7 @@ from .bundle import (GEOMETRY, LAYER_INPUTS, LAYER_OUTPUTS, META_KEYS, QUANTIZER
                      BundleError, load_bundle, save_bundle)
 from .check import crosscheck
 from .export import export_bundles
+from .record_torch import record_torch
 from .report import DEFAULT_TOLERANCES, Report, TensorResult, compare, default_tolerances
 from .schedule import get_schedule, schedule_table
 from .settings import LAYERS, LAYOUTS, PARTS, Request
@@ -55,4 +63,4 @@ from .settings import LAYERS, LAYOUTS, PARTS, Request
 __all__ = ["BundleError", "DEFAULT_TOLERANCES", "GEOMETRY", "LAYERS", "LAYER_INPUTS", "LAYER_OUTPUTS", "LAYOUTS",
            "META_KEYS", "PARTS", "QUANTIZER_INPUTS", "QUANTIZER_OUTPUTS", "Report", "Request", "TensorResult",
            "compare", "crosscheck", "default_tolerances", "export_bundles", "get_schedule", "load_bundle",
-           "parse_params", "parse_value", "save_bundle", "schedule_table"]
+           "parse_params", "parse_value", "record_torch", "save_bundle", "schedule_table"]

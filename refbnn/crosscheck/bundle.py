@@ -8,6 +8,7 @@ each one is used by something.
 """
 from __future__ import annotations
 
+import difflib
 import os
 
 import numpy as np
@@ -154,6 +155,10 @@ class _Namespace:
     :func:`_check_all_used`)."""
 
     def __init__(self, bundle_values: dict, params: dict):
+        for source, given in (("the bundle", bundle_values), ("--param", params)):
+            if "pad_value" in given and "pad_values" in given:
+                raise BundleError(f"{source} holds both 'pad_value' and 'pad_values' (Larq's name), two names for one "
+                                  f"setting; keep one")
         values = {("pad_value" if k == "pad_values" else k): v for k, v in bundle_values.items()}
         for k, v in params.items():
             k = "pad_value" if k == "pad_values" else k
@@ -183,9 +188,25 @@ class _Namespace:
 
 
 def _no_effect(names, known):
+    hints = [f"{u!r}: did you mean {m!r}?" for u in names for m in [_nearest(u, known)] if m]
     return BundleError(f"{', '.join(repr(u) for u in names)}: not a setting of this check, so "
                        f"{'it' if len(names) == 1 else 'they'} would have no effect; settings known here: "
-                       f"{', '.join(sorted(known))}")
+                       f"{', '.join(sorted(known))}" + (f" ({'; '.join(hints)})" if hints else ""))
+
+
+# Other frameworks' names for the bundle's arrays (PyTorch's hooks call dL/dx grad_input).
+SYNONYMS = {"input": "x", "inputs": "x", "grad_input": "grad_x", "output": "out", "outputs": "out",
+            "grad_output": "grad_out", "kernel_grad": "grad_kernel", "weight_grad": "grad_weight"}
+
+
+def _nearest(name, known):
+    """The known name ``name`` most likely stands for: a framework synonym, else the closest spelling
+    (difflib.get_close_matches); None when nothing is close."""
+    known = sorted(known)
+    if SYNONYMS.get(name) in known:
+        return SYNONYMS[name]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 
@@ -200,3 +221,109 @@ _save = save_bundle
 
 
 
+
+# --- readings: arrays held as other frameworks hold them -----------------------------------------------
+
+PER_CHANNEL = ("bias", "alpha", "grad_bias", "grad_alpha")
+QUANTIZER_ALIASES = ("weight", "kernel")  # a weight quantizer's input under the layer check's names
+
+
+def _unknown_array(name, a, known_arrays):
+    """A bundle entry that is neither a known array nor a scalar setting: suggest the nearest known name."""
+    hint = _nearest(name, known_arrays)
+    return BundleError(f"{name}: expected a scalar (0-d array) for a setting, got shape {_fmt(a.shape)}; {name!r} is "
+                       f"not an array this check reads" + (f": did you mean {hint!r}?" if hint else "")
+                       + f" (arrays the bundle may hold here: {', '.join(known_arrays)})")
+
+
+class Readings:
+    """How a bundle's arrays are read where they are held as a framework holds them: a size-1 array as a
+    scalar (PyTorch's ``torch.tensor([0.1])``), a per-output-channel array with singleton axes ((O, 1, 1),
+    (1, O, 1, 1), (O, 1, 1, 1)) as (O,), a weight quantizer's input named ``weight``/``kernel`` as its
+    ``x``. Only a reading with one possible meaning is made: the shapes must hold the same numbers in the
+    same order, nothing is broadcast. Each reading is a line of the report (:attr:`lines`); outputs are
+    compared in the bundle's own shape (:meth:`restore`) and under the bundle's own name (:meth:`name`)."""
+
+    def __init__(self):
+        self.lines: list = []
+        self.shapes: dict = {}  # refbnn's name -> the bundle's shape, where they differ
+        self.names: dict = {}   # refbnn's name -> the bundle's name, where they differ
+
+    def scalar(self, name, a):
+        """A size-1 array with axes as a 0-d one (one reading line)."""
+        a = np.asarray(a)
+        if a.ndim and a.size == 1:
+            self.lines.append(f"{name} {_fmt(a.shape)} read as a scalar")
+            return a.reshape(())
+        return a
+
+    def scalars(self, settings: dict) -> dict:
+        return {k: self.scalar(k, a) for k, a in settings.items()}
+
+    def as_shape(self, name, a, shape):
+        """``a`` read in ``shape`` when it holds the same numbers with only singleton axes added or removed;
+        otherwise unchanged (the shape check that follows names the mismatch)."""
+        shape = tuple(shape)
+        if a.shape == shape or a.size != int(np.prod(shape, dtype=np.int64)) or \
+                [d for d in a.shape if d != 1] != [d for d in shape if d != 1]:
+            return a
+        self.shapes[name] = a.shape
+        self.lines.append(f"{name} {_fmt(a.shape)} read as " + ("a scalar" if shape == () else _fmt(shape)))
+        return a.reshape(shape)
+
+    def restore(self, name, result):
+        """refbnn's result in the bundle's own shape, for the comparison."""
+        return np.reshape(result, self.shapes[name]) if name in self.shapes else result
+
+    def name(self, name):
+        """The bundle's name for refbnn's array ``name``."""
+        return self.names.get(name, name)
+
+    def layer_arrays(self, arrays: dict, layout) -> dict:
+        """The layer check's arrays: two names for the weight refused; per-channel arrays read as (O,)."""
+        for a, b in (("weight", "kernel"), ("grad_weight", "grad_kernel")):
+            if a in arrays and b in arrays:
+                raise BundleError(f"the bundle holds both {a!r} and {b!r}, two names for one array; keep one "
+                                  f"({a!r}: PyTorch's layout, --layout nchw; {b!r}: Larq's, --layout nhwc)")
+        wname = "kernel" if layout == "nhwc" else "weight"
+        w = arrays.get(wname)
+        if w is None or w.ndim not in (2, 4):
+            return arrays  # the layer check names what is missing
+        o = w.shape[-1] if layout == "nhwc" else w.shape[0]
+        out = dict(arrays)
+        for k in PER_CHANNEL:
+            if k in out and out[k].ndim >= 2:
+                out[k] = self.as_shape(k, out[k], (o,))
+        return out
+
+    def quantizer_arrays(self, arrays: dict, part, layout):
+        """The quantizer check's arrays: a weight quantizer's input may be named ``weight``/``kernel`` (and its
+        gradient ``grad_weight``/``grad_kernel``) as the layer check names them; returns (arrays with ``x`` and
+        ``grad_x``, the part: ``weight`` for a weight's names)."""
+        inputs = [n for n in ("x",) + QUANTIZER_ALIASES if n in arrays]
+        grads = [n for n in ("grad_x",) + tuple("grad_" + a for a in QUANTIZER_ALIASES) if n in arrays]
+        for names, what in ((inputs, "the quantizer's input"), (grads, "the gradient of its input")):
+            if len(names) > 1:
+                raise BundleError(f"the bundle holds both {names[0]!r} and {names[1]!r}, two names for one array "
+                                  f"({what}); keep one")
+        name = inputs[0] if inputs else grads[0][len("grad_"):] if grads else "x"
+        if grads and grads[0] != "grad_" + name:
+            raise BundleError(f"{grads[0]}: the quantizer's input is named {name!r}, so the gradient of it is "
+                              f"'grad_{name}'; name both alike")
+        if name == "x":
+            return arrays, part
+        if part == "input":
+            raise BundleError(f"{name}: a weight's name, but this check is of an input quantizer (--part input); "
+                              f"name the input 'x'")
+        if name == "kernel" and layout != "nhwc":
+            raise BundleError("'kernel' is the Larq/TensorFlow name (HWIO or (in, out)): use --layout nhwc, or name "
+                              "the input 'x'")
+        if name == "weight" and layout == "nhwc":
+            raise BundleError("in --layout nhwc a weight is named 'kernel' and laid out HWIO (conv) or (in, out) "
+                              "(dense); for PyTorch's (O, I, kh, kw) / (out, in) 'weight' use --layout nchw")
+        renamed = {"x" if k == name else "grad_x" if k == "grad_" + name else k: v for k, v in arrays.items()}
+        self.names.update(x=name, grad_x="grad_" + name)
+        self.lines.append(f"{name} read as the quantizer's x" + ("" if part == "weight" else " (--part weight)"))
+        if grads:
+            self.lines.append(f"grad_{name} read as the quantizer's grad_x")
+        return renamed, "weight"

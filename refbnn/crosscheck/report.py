@@ -44,6 +44,10 @@ class Report:
     atol: float
     settings: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    readings: list = field(default_factory=list)  # how arrays held as a framework holds them were read
+    # ``crosscheck(..., diagnose=True)`` on a failing bundle: a :class:`~refbnn.crosscheck.diagnose.Diagnosis`
+    # (which nearby choices make the differing tensors pass); None otherwise
+    diagnosis: object = None
 
     @property
     def passed(self) -> bool:
@@ -60,7 +64,8 @@ class Report:
 
     def as_dict(self):
         return {"passed": self.passed, "rtol": self.rtol, "atol": self.atol, "settings": self.settings,
-                "tensors": [r.as_dict() for r in self.rows], "notes": list(self.notes)}
+                "tensors": [r.as_dict() for r in self.rows], "notes": list(self.notes), "readings": list(self.readings),
+                "diagnosis": None if self.diagnosis is None else self.diagnosis.as_dict()}
 
     def to_json(self, indent=2) -> str:
         return json.dumps(self.as_dict(), indent=indent, default=str)
@@ -71,6 +76,7 @@ class Report:
         for k in ("quantizers", "schedule_values", "state", "parameters", "params"):
             if self.settings.get(k):
                 lines.append(f"  {k}: " + ", ".join(f"{n}={v}" for n, v in self.settings[k].items()))
+        lines += [f"  read: {r}" for r in self.readings]
         lines.append(f"tolerance per tensor: max|refbnn - yours| <= {self.atol:g} + {self.rtol:g} * "
                      f"max(|refbnn|, |yours|)")
         width = max([len("tensor")] + [len(r.name) for r in self.rows]) + 2
@@ -87,6 +93,8 @@ class Report:
         lines += [f"note: {n}" for n in self.notes]
         lines.append("PASS: every tensor agrees with refbnn" if self.passed
                      else f"FAIL: {n_bad} of {len(self.rows)} tensors differ from refbnn")
+        if self.diagnosis is not None:
+            lines += self.diagnosis.lines()
         return "\n".join(lines)
 
     __str__ = table

@@ -10,7 +10,7 @@ import numpy as np
 from .. import schedules as _schedules
 from ..conventions import PRESETS, get_convention
 from ..schedules import QuantizerSchedule
-from .bundle import BundleError, _int, _Namespace, _need, _expect_shape, _scalar
+from .bundle import BundleError, Readings, _int, _Namespace, _need, _expect_shape, _scalar
 from .report import compare
 
 if TYPE_CHECKING:  # settings imports this module (get_schedule)
@@ -90,13 +90,17 @@ def _schedule_parameters(sched) -> tuple:
     return [p.name for p in params], {p.name: p.default for p in params if p.default is not p.empty}
 
 
-def _schedule_call_args(sched, name, arrays, ns: _Namespace):
-    """The schedule's parameters the bundle (or --param) gives; (kwargs, every accepted name)."""
+def _schedule_call_args(sched, name, arrays, ns: _Namespace, readings=None):
+    """The schedule's parameters the bundle (or --param) gives; (kwargs, every accepted name). A 1-d array is
+    a tuple (``milestones``); a size-1 array is read as a scalar unless the parameter's default is a tuple."""
     names, defaults = _schedule_parameters(sched)
+    readings = Readings() if readings is None else readings
     kwargs = {}
     for n in names:
         if n in arrays:
             a = np.asarray(arrays[n])
+            if not isinstance(defaults.get(n), (tuple, list)):
+                a = readings.scalar(n, a)
             kwargs[n] = _scalar(n, a) if a.ndim == 0 else tuple(v.item() for v in a.reshape(-1))
         elif ns.has(n):
             kwargs[n] = ns.take(n)
@@ -137,21 +141,25 @@ def _evaluate_schedule(sched, name, epochs_vec, epochs, kwargs, convention):
     return names, np.array(rows, dtype=np.float64).reshape(len(rows), -1), full
 
 
-def _schedule_epochs(arrays, ns: _Namespace):
+def _schedule_epochs(arrays, ns: _Namespace, readings):
     epoch = _need(arrays, "epoch", "(E,) or ()", " (the 0-based epoch indices to evaluate)")
     if epoch.dtype.kind not in "iuf" or not np.all(epoch == np.round(epoch)):
         raise BundleError(f"epoch: expected integer epoch indices, got dtype {epoch.dtype}")
     epochs = arrays.get("epochs")
     if epochs is None and not ns.has("epochs"):
         raise BundleError("the bundle lacks 'epochs' (a 0-d integer: the total number of epochs E)")
-    return epoch, _int("epochs", _scalar("epochs", epochs) if epochs is not None else ns.take("epochs"))
+    return epoch, _int("epochs", _scalar("epochs", readings.scalar("epochs", epochs)) if epochs is not None
+                       else ns.take("epochs"))
 
 
-def _run_schedule(req: Request, arrays, ns: _Namespace):
+def _run_schedule(req: Request, arrays, ns: _Namespace, readings=None):
+    """The schedule's values at the bundle's epochs, in the bundle's shapes (a value held with singleton axes,
+    (1,) for one epoch, is read in the shape of ``epoch`` and compared in its own)."""
+    readings = Readings() if readings is None else readings
     sched = get_schedule(req.schedule)
-    epoch, epochs = _schedule_epochs(arrays, ns)
+    epoch, epochs = _schedule_epochs(arrays, ns, readings)
     conv = get_convention(req.convention) if req.convention else None
-    kwargs, param_names = _schedule_call_args(sched, req.schedule, arrays, ns)
+    kwargs, param_names = _schedule_call_args(sched, req.schedule, arrays, ns, readings)
     names, table, full = _evaluate_schedule(sched, req.schedule, np.asarray(epoch).reshape(-1), epochs, kwargs, conv)
     consumed = {"epoch", "epochs"} | param_names
     expected = [k for k in arrays if k not in consumed]
@@ -168,7 +176,9 @@ def _run_schedule(req: Request, arrays, ns: _Namespace):
     ns.check_all_used(param_names | {"epochs"})
     results = {n: table[:, i].reshape(np.shape(epoch)) for i, n in enumerate(names)}
     for n in expected:
-        _expect_shape(arrays, n, np.shape(epoch), "(one value per entry of epoch)")
+        _expect_shape({n: readings.as_shape(n, arrays[n], np.shape(epoch))}, n, np.shape(epoch),
+                      "(one value per entry of epoch)")
+        results[n] = readings.restore(n, results[n])
     info = {"schedule": req.schedule, "epochs": epochs, "parameters": full, "dtype": "float64"}
     if conv is not None:
         info["clock"] = conv.schedule_clock

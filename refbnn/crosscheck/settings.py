@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..conventions import PRESETS, Convention, get_convention
 from ..methods import METHOD_FIELDS, Method, get_method
-from ..quantizers import get_quantizer
+from ..quantizers import QUANTIZERS, get_quantizer
 from ..schedules import QuantizerSchedule
 from .bundle import BundleError, _int, _Namespace, _no_effect
 from .schedule import get_schedule
@@ -113,6 +113,13 @@ class Request:
         if r.part == "layer" and r.mode == "quantizer":
             raise BundleError("--part layer needs --method or --input-quantizer/--kernel-quantizer; --quantizer "
                               "checks one quantizer (--part weight/input only say how --layout applies)")
+        if r.mode == "quantizer":  # a quantizer for one part only (its class's ``part``) is checked as that part
+            own = getattr(QUANTIZERS[r.quantizer], "part", None)
+            if r.part is None:
+                r.part = own
+            elif own is not None and r.part != own:
+                raise BundleError(f"--part {r.part}: quantizer {r.quantizer} quantizes {own}s only "
+                                  f"(--part {own}, the default for it)")
         return r
 
     def describe(self) -> dict:

@@ -146,3 +146,74 @@ def unpack_bits(words, n, axis=-1, polarity="lce", dtype=np.float32):
     bits = bits.reshape(words.shape[:-1] + (-1,))[..., :n].astype(dtype)
     values = 1 - 2 * bits if polarity == "lce" else 2 * bits - 1
     return xp.moveaxis(values, -1, axis)
+
+
+# ---- the bit-level reference: what the packed kernels compute, in NumPy -----------------------
+#
+# For +-1 vectors a, b of length K with the LCE bits (1 = -1), a . b = K - 2 * popcount(A XOR B):
+# the products are +1 where the bits agree and -1 where they differ (docs/kernels.md). The two
+# functions below compute that, word by word, with np.bitwise_count; the compiled kernels
+# (refbnn.kernels.bgemm / bconv2d) must return exactly the same integers, and so must the float
+# reference above (binary_matmul / binary_conv2d) on the unpacked values.
+
+def bgemm_bits(a_words, b_words, k):
+    """int64 (M, N): the +-1 dot products of the rows of A and B given as packed words.
+
+    ``a_words`` (M, W), ``b_words`` (N, W) uint64 from :func:`pack_bits` (same polarity), W =
+    ceil(k / 64); bits past k are 0 in both, so they never differ and need no mask.
+    """
+    xp = array_module(a_words)
+    differ = xp.bitwise_count(a_words[:, None, :] ^ b_words[None, :, :])   # (M, N, W) disagreeing signs
+    return k - 2 * differ.sum(axis=-1, dtype=xp.int64)
+
+
+def bconv2d_bits(x_words, w_words, channels, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1,
+                 pad_value=0.0):
+    """int64 (N, Ho, Wo, O): binary convolution on packed words, with LCE bits (1 = -1).
+
+    ``x_words`` (N, H, W, groups * Wg): NHWC activations packed along the channels, each group's
+    C/groups channels in its own Wg = ceil(C/groups / 64) words; ``w_words`` (O, kh, kw, Wg): OHWI
+    weights packed the same way; ``channels`` = C. Each output is K - 2 * popcount summed over the
+    taps, K = kh * kw * C/groups.
+
+    Padding: a tap outside the image reads a word of its own. For ``pad_value`` +1 that word is all
+    0 bits and for -1 all 1 bits (within the C/groups channels), so the tap is an ordinary +-1 tap.
+    For 0 (true zero padding) no bit can hold the value: the tap is read as +1 (0 bits), which adds
+    + sum(w over the tap's channels) to the dot product, and that sum is subtracted again -- the
+    zero-padding correction.
+    """
+    xp = array_module(x_words)
+    n, h, w, _ = x_words.shape
+    o, kh, kw, wg = w_words.shape
+    cg = channels // groups
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    ho = conv_output_size(h, kh, sh, ph, dh)
+    wo = conv_output_size(w, kw, sw, pw, dw)
+    # the padding word: 0 bits (+1) or, for -1, the C/groups valid bits of each group set
+    ones = xp.zeros(wg, dtype=xp.uint64)
+    for b in range(cg):
+        ones[b // 64] |= xp.uint64(1) << xp.uint64(b % 64)
+    pad_word = xp.tile(ones, groups) if pad_value == -1.0 else xp.zeros(groups * wg, dtype=xp.uint64)
+    xpad = xp.empty((n, h + 2 * ph, w + 2 * pw, groups * wg), dtype=xp.uint64)
+    xpad[...] = pad_word
+    xpad[:, ph:ph + h, pw:pw + w] = x_words
+    inside = xp.zeros((h + 2 * ph, w + 2 * pw), dtype=bool)      # which positions of xpad are the image
+    inside[ph:ph + h, pw:pw + w] = True
+    # sum of each filter tap's +-1 values over its channels: cg - 2 * (number of -1 bits)
+    w_tap_sum = cg - 2 * xp.bitwise_count(w_words).sum(axis=-1, dtype=xp.int64)   # (O, kh, kw)
+    per_group = o // groups
+    dot = xp.zeros((n, ho, wo, o), dtype=xp.int64)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
+            cols = slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)
+            taps = xpad[:, rows, cols]                                   # (N, Ho, Wo, groups * Wg)
+            for g in range(groups):
+                xg = taps[..., g * wg:(g + 1) * wg]                      # (N, Ho, Wo, Wg)
+                wgt = w_words[g * per_group:(g + 1) * per_group, i, j]   # (O/groups, Wg)
+                differ = xp.bitwise_count(xg[..., None, :] ^ wgt).sum(axis=-1, dtype=xp.int64)
+                dot[..., g * per_group:(g + 1) * per_group] += cg - 2 * differ
+            if pad_value == 0.0:                                         # the zero-padding correction
+                outside = ~inside[rows, cols]                            # (Ho, Wo)
+                dot -= outside[None, :, :, None] * w_tap_sum[None, None, None, :, i, j]
+    return dot

@@ -22,6 +22,11 @@ Attributes:
 - ``binary``: every output value is exactly -1 or +1 (then the packed kernels may compute a
   layer's product); scaled outputs (alpha * sign), {0, 1} outputs or sign(0) = 0 are not binary;
 - ``precision``: the bit width Larq would report (used by Bop's routing: precision 1 = binary);
+- ``part``: the one part of a layer the quantizer is for, where it is for one only: ``"weight"`` (a
+  kernel quantizer with per-output-channel or layer-wide statistics: ``magnitude_aware_sign``,
+  ``xnor_weight``, ``dorefa_sign``, ``libra_pb``, ``recu_weight``), ``"input"`` (per-sample statistics:
+  ``xnor_act``, ``recu_act``), ``None`` for any (element-wise quantizers); ``refbnn crosscheck
+  --quantizer`` defaults ``--part`` to it;
 - ``needs_rng``: the quantizer draws random numbers (stochastic BinaryConnect); the training loop
   hands it a per-epoch generator through ``set_rng`` so that a resumed run is bit-exact.
 
@@ -47,6 +52,7 @@ class Quantizer:
     name = "quantizer"
     precision = 32
     binary = False
+    part = None
     needs_rng = False
 
     def forward(self, x, training=True):

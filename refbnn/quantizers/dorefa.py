@@ -83,6 +83,7 @@ class DoReFaSign(Quantizer):
     """
 
     name = "dorefa_sign"
+    part = "weight"
     precision = 1
 
     def __init__(self, sign_zero: float = 1.0):

@@ -70,6 +70,7 @@ class LibraPB(_EdeState, Quantizer):
     """
 
     name = "libra_pb"
+    part = "weight"
     precision = 1
 
     def __init__(self, t: float = 0.1, k: float = 10.0, sign_zero: float = 0.0, std_ddof: int = 1, eps: float = 0.0,

@@ -101,6 +101,7 @@ class RecuWeight(Quantizer):
     """
 
     name = "recu_weight"
+    part = "weight"
     precision = 1
 
     def __init__(self, tau: float = 1.0, b_star: float = 2.0, center: bool = True, eps: float = 1e-5,
@@ -186,6 +187,7 @@ class RecuActivation(Quantizer):
     """
 
     name = "recu_act"
+    part = "input"
     precision = 1
 
     def __init__(self, normalize: bool = True, eps: float = 1e-5, std_ddof: int = 1, eps_inside_sqrt: bool = True,

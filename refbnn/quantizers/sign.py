@@ -253,6 +253,7 @@ class MagnitudeAwareSign(Quantizer):
     """
 
     name = "magnitude_aware_sign"
+    part = "weight"
     precision = 1
 
     def __init__(self, clip_value: float | None = 1.0, scale_gradient: bool = True, sign_zero: float = 1.0,

@@ -29,6 +29,7 @@ class XnorWeight(Quantizer):
     """
 
     name = "xnor_weight"
+    part = "weight"
     precision = 1
 
     def __init__(self, gradient: str = "paper", clip_value: float | None = 1.0, clip_inclusive: bool = True,
@@ -89,6 +90,7 @@ class XnorActivation(Quantizer):
     """
 
     name = "xnor_act"
+    part = "input"
     precision = 1
 
     def __init__(self, scale: str = "per_sample", clip_value: float | None = 1.0, clip_inclusive: bool = True,
