@@ -1,119 +1,124 @@
-"""`refbnn crosscheck` against Larq itself: QuantConv2D / QuantDense (NHWC, HWIO / (in, out) kernels) and
-single quantizers, gradients from tf.GradientTape. Runs when TensorFlow and Larq are installed:
+"""`refbnn crosscheck` against Larq itself, over the quantizer-pair matrix: every element-wise Larq
+quantizer as the input quantizer, those and magnitude_aware_sign as the kernel quantizer, QuantConv2D
+(padding same/valid, stride 1/2, pad_values 0/1; NHWC, HWIO kernels) and QuantDense, each quantizer
+alone, and the other direction (a bundle exported by refbnn, recomputed by Larq).
 
-    pip install tensorflow-cpu==2.16.1 tf-keras==2.16.0 larq 'numpy<2'   # run with TF_USE_LEGACY_KERAS=1
-
-(checked with TensorFlow 2.16, tf-keras 2.16.0, Larq 0.14.0, NumPy 1.26; Larq needs NumPy < 2.)
-
-Every quantizer name that both Larq and refbnn's catalogue know is checked, so the test grows with the
-catalogue.
+Larq 0.14 needs NumPy < 2 and refbnn NumPy >= 2, so Larq runs in an environment of its own, whose Python
+``REFBNN_LARQ_PYTHON`` names (.ci/run makes it from .ci/larq-requirements.txt and sets it): the module
+records the matrix there once (``refbnn/crosscheck/record_keras.py --set parity``), and each test checks
+one bundle with ``crosscheck(path)``, no options (the bundle names its quantizers and geometry). Where
+TensorFlow and Larq import in this environment itself, they are used directly. Otherwise skipped.
 """
+import importlib.util
 import os
+import subprocess
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Larq needs Keras 2 (tf-keras) on TF 2.16
+import numpy as np
+import pytest
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+from refbnn import crosscheck as xc
+from refbnn.crosscheck import record_keras as rk
+from refbnn.quantizers import QUANTIZERS
 
-lq = pytest.importorskip("larq", reason="Larq (TensorFlow) not installed; install tensorflow-cpu==2.16.1 "
-                         "tf-keras==2.16.0 larq 'numpy<2' with TF_USE_LEGACY_KERAS=1 to run")
-tf = pytest.importorskip("tensorflow", reason="TensorFlow not installed")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECORDER = os.path.join(ROOT, "refbnn", "crosscheck", "record_keras.py")
+LARQ_PYTHON = os.environ.get("REFBNN_LARQ_PYTHON")
+SKIP_REASON = ("no Larq: set REFBNN_LARQ_PYTHON to a Python with TensorFlow and Larq (.ci/run makes one: "
+               "pip install -r .ci/larq-requirements.txt, then pip install --no-deps tf-keras==2.21.0)")
 
-from refbnn import crosscheck as xc  # noqa: E402
-from refbnn.quantizers import QUANTIZERS  # noqa: E402
-
-ELEMENTWISE = [n for n in ("ste_sign", "approx_sign", "swish_sign", "ste_heaviside") if n in QUANTIZERS]
-KERNEL = ELEMENTWISE + [n for n in ("magnitude_aware_sign",) if n in QUANTIZERS]
-
-
-def with_specials(rng, shape):
-    a = rng.standard_normal(shape)
-    m = rng.random(shape) < 0.25
-    a[m] = rng.choice(np.array([0.0, 1.0, -1.0]), size=int(m.sum()))
-    return a.astype(np.float32)
+INPUT = [n for n in rk.PARITY_INPUT_QUANTIZERS if n in QUANTIZERS]
+KERNEL = [n for n in rk.PARITY_KERNEL_QUANTIZERS if n in QUANTIZERS]
 
 
-def run_layer(layer, x, rng):
-    """out, grad_x and the gradients of layer.trainable_weights for L = sum(out * grad_out)."""
-    tx = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(tx)
-        y = layer(tx)
-        g = tf.constant(rng.standard_normal(tuple(y.shape)).astype(np.float32))
-        loss = tf.reduce_sum(y * g)
-    grads = tape.gradient(loss, [tx] + list(layer.trainable_weights))
-    return y.numpy(), g.numpy(), [gr.numpy() for gr in grads]
+def larq_in_process():
+    return not LARQ_PYTHON and importlib.util.find_spec("larq") is not None
 
 
-@pytest.mark.parametrize("input_quantizer", ELEMENTWISE)
+def run_recorder(*args):
+    """record_keras.py with ``args``, in the Larq environment (or in this process where Larq imports)."""
+    if LARQ_PYTHON:
+        proc = subprocess.run([LARQ_PYTHON, RECORDER, *args], capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    elif larq_in_process():
+        assert rk.main(list(args)) == 0
+    else:
+        pytest.skip(SKIP_REASON)
+
+
+@pytest.fixture(scope="module")
+def parity_dir(tmp_path_factory):
+    if not LARQ_PYTHON and not larq_in_process():
+        pytest.skip(SKIP_REASON)
+    out = tmp_path_factory.mktemp("larq-parity")
+    run_recorder("--set", "parity", "--out", str(out))
+    return out
+
+
+def check(path, **meta):
+    bundle = xc.load_bundle(path)
+    for k, v in meta.items():
+        assert str(bundle[k]) == str(v), (k, bundle[k], v)
+    report = xc.crosscheck(path)
+    assert report.passed, report.table()
+
+
+@pytest.mark.parametrize("input_quantizer", INPUT)
 @pytest.mark.parametrize("kernel_quantizer", KERNEL)
-@pytest.mark.parametrize("padding,stride,pad_values", [("same", 1, 0.0), ("same", 1, 1.0), ("same", 2, 1.0),
-                                                       ("valid", 1, 0.0)])
-def test_quantconv2d(input_quantizer, kernel_quantizer, padding, stride, pad_values):
-    rng = np.random.default_rng(0)
-    x = with_specials(rng, (2, 6, 6, 3))
-    layer = lq.layers.QuantConv2D(4, 3, strides=stride, padding=padding, pad_values=pad_values,
-                                  input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer,
-                                  kernel_constraint=None, use_bias=True)
-    layer.build(x.shape)
-    kernel, bias = with_specials(rng, (3, 3, 3, 4)), rng.standard_normal(4).astype(np.float32)
-    layer.set_weights([kernel, bias])
-    out, g, (dx, dk, db) = run_layer(layer, x, rng)
-    bundle = {"x": x, "kernel": kernel, "bias": bias, "grad_out": g, "out": out, "grad_x": dx, "grad_kernel": dk,
-              "grad_bias": db, "stride": np.array(stride), "padding": np.array(padding),
-              "pad_values": np.array(pad_values)}
-    report = xc.crosscheck(bundle, input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer)
-    assert report.passed, report.table()
+@pytest.mark.parametrize("padding,stride,pad_values", rk.PARITY_CONV_GEOMETRIES)
+def test_quantconv2d(parity_dir, input_quantizer, kernel_quantizer, padding, stride, pad_values):
+    check(parity_dir / rk.parity_conv_name(input_quantizer, kernel_quantizer, padding, stride, pad_values),
+          input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer, padding=padding, stride=stride,
+          pad_values=float(pad_values))
 
 
-@pytest.mark.parametrize("input_quantizer", ELEMENTWISE)
+@pytest.mark.parametrize("input_quantizer", INPUT)
 @pytest.mark.parametrize("kernel_quantizer", KERNEL)
-def test_quantdense(input_quantizer, kernel_quantizer):
-    rng = np.random.default_rng(1)
-    x = with_specials(rng, (4, 6))
-    layer = lq.layers.QuantDense(5, input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer,
-                                 kernel_constraint=None, use_bias=True)
-    layer.build(x.shape)
-    kernel, bias = with_specials(rng, (6, 5)), rng.standard_normal(5).astype(np.float32)
-    layer.set_weights([kernel, bias])
-    out, g, (dx, dk, db) = run_layer(layer, x, rng)
-    bundle = {"x": x, "kernel": kernel, "bias": bias, "grad_out": g, "out": out, "grad_x": dx, "grad_kernel": dk,
-              "grad_bias": db}
-    report = xc.crosscheck(bundle, input_quantizer=input_quantizer, kernel_quantizer=kernel_quantizer)
-    assert report.passed, report.table()
+def test_quantdense(parity_dir, input_quantizer, kernel_quantizer):
+    check(parity_dir / rk.parity_dense_name(input_quantizer, kernel_quantizer), input_quantizer=input_quantizer,
+          kernel_quantizer=kernel_quantizer)
 
 
-@pytest.mark.parametrize("name", ELEMENTWISE)
-def test_single_quantizer(name):
-    rng = np.random.default_rng(2)
-    x = with_specials(rng, (3, 7))
-    g = rng.standard_normal(x.shape).astype(np.float32)
-    tx = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(tx)
-        y = lq.quantizers.get(name)(tx)
-        loss = tf.reduce_sum(y * g)
-    bundle = {"x": x, "grad_out": g, "out": y.numpy(), "grad_x": tape.gradient(loss, tx).numpy()}
-    report = xc.crosscheck(bundle, quantizer=name)
-    assert report.passed, report.table()
+@pytest.mark.parametrize("name", INPUT)
+def test_single_quantizer(parity_dir, name):
+    check(parity_dir / rk.parity_quantizer_name(name), quantizer=name)
 
 
-def test_refbnn_export_checked_by_larq(tmp_path):
-    """The other direction: a bundle exported by refbnn, recomputed by Larq."""
-    (path,) = xc.export_bundles(tmp_path, input_quantizer="ste_sign", kernel_quantizer="ste_sign", padding="same",
-                                params={"pad_values": 1.0}, dtype="float32")
-    b = dict(np.load(path, allow_pickle=False))
-    layer = lq.layers.QuantConv2D(b["kernel"].shape[-1], b["kernel"].shape[:2], padding="same", pad_values=1.0,
-                                  input_quantizer="ste_sign", kernel_quantizer="ste_sign", kernel_constraint=None)
-    layer.build(b["x"].shape)
-    layer.set_weights([b["kernel"], b["bias"]])
-    tx = tf.constant(b["x"])
-    with tf.GradientTape() as tape:
-        tape.watch(tx)
-        y = layer(tx)
-        loss = tf.reduce_sum(y * b["grad_out"])
-    dx, dk, db = tape.gradient(loss, [tx] + list(layer.trainable_weights))
-    np.testing.assert_allclose(y.numpy(), b["out"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dx.numpy(), b["grad_x"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dk.numpy(), b["grad_kernel"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(db.numpy(), b["grad_bias"], rtol=1e-5, atol=1e-5)
+EXPORTS = {
+    "conv-same-pad1": dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign", padding="same",
+                           params={"pad_values": 1.0}),
+    "conv-bireal-valid-stride2": dict(input_quantizer="approx_sign", kernel_quantizer="magnitude_aware_sign",
+                                      padding="valid", params={"stride": 2}),
+    "dense-tern-clip0.5": dict(input_quantizer="ste_sign", kernel_quantizer="ste_tern", layer="linear",
+                               params={"clip_value": 0.5}),
+    "swish_sign": dict(quantizer="swish_sign", part="input", layout="nhwc", params={"beta": 3.0}),
+    "dorefa-weights": dict(quantizer="dorefa_quantizer", part="weight", layout="nhwc",
+                           params={"mode": "weights", "k_bit": 3}),
+}
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory):
+    """name -> (refbnn's exported bundle, Larq's recomputation of it), one Larq run for all."""
+    if not LARQ_PYTHON and not larq_in_process():
+        pytest.skip(SKIP_REASON)
+    root = tmp_path_factory.mktemp("larq-replay")
+    paths = {}
+    for name, kw in EXPORTS.items():
+        (path,) = xc.export_bundles(root / "refbnn" / name, dtype="float32", **kw)
+        paths[name] = path
+    run_recorder("--replay", *paths.values(), "--out", str(root / "larq"))
+    return {name: (path, root / "larq" / os.path.basename(path)) for name, path in paths.items()}
+
+
+@pytest.mark.parametrize("name", EXPORTS)
+def test_refbnn_export_checked_by_larq(replayed, name):
+    """The other direction: a bundle exported by refbnn, recomputed by Larq (record_keras.py --replay) from
+    the bundle's own inputs and settings; Larq's outputs must equal refbnn's."""
+    path, larq_path = replayed[name]
+    ours, theirs = xc.load_bundle(path), xc.load_bundle(larq_path)
+    outputs = [k for k in ("out", "grad_x", "grad_kernel", "grad_bias") if k in ours]
+    assert set(outputs) <= set(theirs) and len(outputs) >= 2
+    for k in outputs:
+        np.testing.assert_allclose(theirs[k], ours[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert xc.crosscheck(larq_path).passed  # Larq's bundle names everything refbnn needs
