@@ -63,3 +63,28 @@ def pair(v, name: str, minimum: int = 0) -> tuple[int, int]:
     if any(e < minimum for e in v):
         raise ValueError(f"{name}: expected values >= {minimum}, got {v!r}")
     return int(v[0]), int(v[1])
+
+
+def padding4(v, name: str = "padding") -> tuple[int, int, int, int]:
+    """A convolution's padding as (top, bottom, left, right): an int pads all four sides, a pair
+    ``(ph, pw)`` pads top and bottom by ph and left and right by pw, a 4-tuple is taken as it is
+    (TensorFlow's ``same`` with an even kernel or a stride: the odd pixel at the bottom/right)."""
+    given = v
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        v = (int(v),) * 4
+    v = tuple(v) if isinstance(v, (tuple, list)) else None
+    if v is None or len(v) not in (2, 4) or not all(isinstance(e, (int, np.integer)) and not isinstance(e, bool)
+                                                    for e in v):
+        raise ValueError(f"{name}: expected an int, a pair (ph, pw) or a 4-tuple (top, bottom, left, right) of "
+                         f"ints, got {given!r}")
+    if any(e < 0 for e in v):
+        raise ValueError(f"{name}: expected values >= 0, got {v!r}")
+    v = tuple(int(e) for e in v)
+    return (v[0], v[0], v[1], v[1]) if len(v) == 2 else v
+
+
+def conv_padding(v, name: str = "padding"):
+    """:func:`padding4`'s value in the short form layers keep: a pair (ph, pw) when top = bottom and
+    left = right, else the 4-tuple (top, bottom, left, right)."""
+    t, b, left, r = padding4(v, name)
+    return (t, left) if (t, left) == (b, r) else (t, b, left, r)

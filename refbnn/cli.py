@@ -30,7 +30,8 @@ def _add_train(sub):
     p.add_argument("--method", default="recu", choices=list(METHODS), help="quantization method")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method parameter (repeatable), e.g. T_min=1e-3, clip_value=1.2, "
-                        "weight_quantizer=stochastic_sign; see refbnn/methods.py")
+                        "weight_quantizer=stochastic_sign; see refbnn/methods.py. VALUE none is None, a value in "
+                        "quotes is that string: input.scale=\"'none'\" is the string 'none'")
     p.add_argument("--convention", default="paper", choices=sorted(PRESETS),
                    help="paper or official-code conventions (sign(0), padding, statistics, schedule clock)")
     p.add_argument("--epochs", type=int, default=None, help=f"default per data set: {DEFAULT_EPOCHS}")
@@ -110,8 +111,11 @@ def _add_crosscheck(sub):
                    "else nchw")
     p.add_argument("--padding", type=parse_value, help="valid, same (Larq/TensorFlow spelling) or an int")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="set a setting, quantizer or method parameter the bundle does not hold (repeatable; "
-                   "'none' for None); prefix weight_quantizer./kernel_quantizer./input_quantizer. for one quantizer")
+                   help="set a setting, quantizer or method parameter the bundle does not hold (repeatable); prefix "
+                   "weight_quantizer./kernel_quantizer./input_quantizer. for one quantizer. VALUE: none is None, "
+                   "true/false, a number, else a string; a value in quotes is always that string: "
+                   "input_quantizer.scale=\"'none'\" is the string 'none' (a bundle's 0-d string: 'none' is None, "
+                   "\"'none'\" the string)")
     p.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: 1e-10 for float64 "
                    "bundles, 1e-5 for float32)")
     p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: 1e-12 / 1e-6)")
@@ -130,7 +134,9 @@ def _add_crosscheck(sub):
 
 def cmd_crosscheck(args) -> int:
     if args.list:
-        print("methods:    " + ", ".join(METHODS))
+        print("methods:    " + ", ".join(m for m in METHODS if METHODS[m].variant_of is None))
+        print("variants:   " + ", ".join(f"{m} (of {METHODS[m].variant_of})" for m in METHODS
+                                         if METHODS[m].variant_of is not None))
         print("quantizers: " + ", ".join(sorted(crosscheck.QUANTIZERS)))
         print("schedules:  " + ", ".join(sorted(crosscheck.schedule_table())))
         print("conventions: " + ", ".join(sorted(PRESETS)))

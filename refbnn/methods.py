@@ -31,6 +31,14 @@ Overriding parameters. ``Method.with_params(**params)`` returns a copy with para
   quantizer (``clip_value`` reaches both of ``bnn``'s quantizers that accept it). An unknown key
   raises ValueError listing the accepted ones.
 
+Variants. Where implementations of one method commonly differ in a way the catalogue's own options
+express, each common form is a method of its own, a plain entry of ``METHODS`` whose ``variant_of``
+names the method it varies (``refbnn crosscheck --list`` and the README list them together):
+``xnor_common`` (XNOR-Net as PyTorch code usually writes it: autograd through the weights' mean|W|,
+sign activations with the clipped STE, no activation scale), ``bnn_ste`` (the clipped STE on BNN's
+weights too), ``bireal_scaled``/``bireal_unscaled`` (Bi-Real's weight gradient with or without the
+mean|W| factor, whatever the convention), ``bc_stochastic`` (stochastic BinaryConnect).
+
 Schedules. ``Method.on_epoch(model, epoch, epochs, convention, rng)`` runs once before each
 epoch: it evaluates the method's :class:`~refbnn.schedules.QuantizerSchedule` at the convention's
 clock and sets the values (``t``, ``k``, ``tau``, ``beta``, ``mu``) on every quantizer of the model
@@ -76,6 +84,7 @@ class Method:
     schedule: QuantizerSchedule | None = None      # per-epoch quantizer state (t/k, tau, beta, mu)
     epoch_hooks: tuple = field(default_factory=tuple)   # f(model, epoch, epochs, convention, rng) -> dict
     source: str = ""
+    variant_of: str | None = None                  # the method this one is a common variant of (listed with it)
 
     def __post_init__(self):
         for role in ("weight_quantizer", "input_quantizer"):
@@ -210,10 +219,10 @@ class LayerFactory:
         """A full-precision linear layer (first and last layers)."""
         return Linear(in_features, out_features, bias=bias, rng=self.rng, dtype=self.dtype)
 
-    def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
+    def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False, dilation=1, groups=1):
         """A full-precision conv layer (stems, downsampling shortcuts)."""
-        return Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias, rng=self.rng,
-                      dtype=self.dtype, init="kaiming_normal")
+        return Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias,
+                      rng=self.rng, dtype=self.dtype, init="kaiming_normal")
 
     def binary_linear(self, in_features, out_features):
         if not self.method.is_binary:
@@ -223,15 +232,17 @@ class LayerFactory:
                             scale_init=self.method.scale_init, backend=self.backend, rng=self.rng, dtype=self.dtype,
                             bias_order=self.convention.bias_order)
 
-    def binary_conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
+    def binary_conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1):
+        """The method's binary conv (a float ``Conv2d`` for ``float``); ``padding`` as
+        :func:`refbnn.ops.conv2d_forward` takes it (an int, a pair or (top, bottom, left, right))."""
         if not self.method.is_binary:
-            return Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False, rng=self.rng,
-                          dtype=self.dtype, init="kaiming_normal")
+            return self.conv(in_channels, out_channels, kernel_size, stride, padding, False, dilation, groups)
         wq, iq = self._quantizers()
-        return BinaryConv2d(in_channels, out_channels, kernel_size, stride, padding, weight_quantizer=wq,
-                            input_quantizer=iq, scale=self._scale(), scale_init=self.method.scale_init,
-                            pad_value=self.convention.pad_value, backend=self.backend, rng=self.rng,
-                            dtype=self.dtype, init="kaiming_normal", bias_order=self.convention.bias_order)
+        return BinaryConv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                            weight_quantizer=wq, input_quantizer=iq, scale=self._scale(),
+                            scale_init=self.method.scale_init, pad_value=self.convention.pad_value,
+                            backend=self.backend, rng=self.rng, dtype=self.dtype, init="kaiming_normal",
+                            bias_order=self.convention.bias_order)
 
     def act(self):
         if self.method.activation == "hardtanh":
@@ -250,22 +261,23 @@ def _recu_scale(c: Convention):
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("float", "full precision (the baseline every BNN is compared with)", activation="relu"),
     Method("bc", "BinaryConnect: sign weights (identity STE, latent clip to [-1, 1]), real activations; "
-           "--param weight_quantizer=stochastic_sign for the stochastic variant (with --lr 1e-2 on digits)",
+           "bc_stochastic for the stochastic variant",
            weight_quantizer="identity_ste_sign", latent_clip=1.0, source="Courbariaux et al. 2015"),
     Method("bnn", "BNN (Hubara et al. 2016): sign weights (identity STE, latent clip) and sign activations "
-           "(clipped STE); --param weight_quantizer=ste_sign for the clipped STE on the weights too",
+           "(clipped STE); bnn_ste for the clipped STE on the weights too",
            weight_quantizer="identity_ste_sign", input_quantizer="ste_sign", latent_clip=1.0,
            source="Hubara et al. 2016, Algorithm 1"),
     Method("xnor", "XNOR-Net: per-channel mean|W| scaled sign weights (paper gradient; --param gradient=exact|"
-           "detached), per-sample mean|A| scaled sign activations (clipped STE)",
-           weight_quantizer="xnor_weight", input_quantizer="xnor_act", source="Rastegari et al. 2016"),
+           "detached), per-sample mean|A| scaled sign activations (clipped STE); xnor_common for the usual "
+           "PyTorch form", weight_quantizer="xnor_weight", input_quantizer="xnor_act", source="Rastegari et al. 2016"),
     Method("xnorpp", "XNOR-Net++: sign weights and activations (clipped STE) with a learned per-output-channel "
            "scale", weight_quantizer="ste_sign", input_quantizer="ste_sign", scale="learned",
            source="Bulat & Tzimiropoulos 2019"),
     Method("dorefa", "DoReFa-Net W1A1: E(|W|) sign(W) weights (identity STE), 1-bit DoReFa activations "
            "round(clip(a, 0, 1))", weight_quantizer="dorefa_sign", input_quantizer="dorefa_quantizer",
            input_params={"k_bit": 1, "mode": "activations"}, source="Zhou et al. 2016"),
-    Method("bireal", "Bi-Real Net: magnitude-aware sign weights, ApproxSign activations, latent clip",
+    Method("bireal", "Bi-Real Net: magnitude-aware sign weights, ApproxSign activations, latent clip; the "
+           "weight gradient is scaled by mean|W| (paper) or not (official), see bireal_scaled/_unscaled",
            weight_quantizer="magnitude_aware_sign", input_quantizer="approx_sign", latent_clip=1.0,
            source="Liu et al. 2018"),
     Method("bnnplus", "BNN+: sign weights and activations with the SignSwish estimator (beta = 5), learned "
@@ -286,6 +298,30 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("bnnpp", "BNN++ [reconstructed]: weights through the sign-Swish forward and backward (beta 5 -> 100), "
            "real activations", weight_quantizer="sign_swish", activation="relu", schedule=BETA_SCHEDULE,
            source="Lu et al. 2023 (PC++)"),
+    # common variants of the methods above (``variant_of``): the forms other implementations usually take
+    Method("bc_stochastic", "variant of bc: stochastic BinaryConnect, weights +1 with probability "
+           "clip((w + 1) / 2, 0, 1) (identity STE; sign at eval), real activations",
+           weight_quantizer="stochastic_sign", latent_clip=1.0, lr=1e-2, source="Courbariaux et al. 2015, Eq. 3",
+           variant_of="bc"),
+    Method("bnn_ste", "variant of bnn: the clipped STE on the weights too (Larq's QuantDense with "
+           "kernel_quantizer='ste_sign', as the Larq BNN examples), latent clip",
+           weight_quantizer="ste_sign", input_quantizer="ste_sign", latent_clip=1.0,
+           source="Hubara et al. 2016; Larq ste_sign", variant_of="bnn"),
+    Method("xnor_common", "variant of xnor as PyTorch code usually writes it: sign weights times the per-output-"
+           "channel mean|W| with autograd through the mean (gradient=exact), sign activations with the clipped "
+           "STE and no activation scale", weight_quantizer="xnor_weight", input_quantizer="ste_sign",
+           weight_params={"gradient": "exact"}, source="Rastegari et al. 2016, as autograd differentiates it",
+           variant_of="xnor"),
+    Method("bireal_scaled", "variant of bireal with the scaled weight gradient under every convention: "
+           "dW = g mean|W| 1[|W| <= 1] (the paper, Larq's magnitude_aware_sign)",
+           weight_quantizer="magnitude_aware_sign", input_quantizer="approx_sign", latent_clip=1.0,
+           weight_params={"scale_gradient": True}, source="Liu et al. 2018; Larq MagnitudeAwareSign",
+           variant_of="bireal"),
+    Method("bireal_unscaled", "variant of bireal with the unscaled weight gradient under every convention: "
+           "dW = g 1[|W| <= 1] (the Bi-Real and ReActNet code)",
+           weight_quantizer="magnitude_aware_sign", input_quantizer="approx_sign", latent_clip=1.0,
+           weight_params={"scale_gradient": False}, source="Bi-Real / ReActNet code (birealnet.py HardBinaryConv)",
+           variant_of="bireal"),
 ]}
 
 

@@ -278,7 +278,7 @@ def test_a_new_quantizer_with_state_and_parameters(catalogue):
     assert not xc.crosscheck(dict(bundle, grad_x=grad_eval), quantizer="toy_tanh_sign").passed
     # the convention reaches the quantizer through its convention_kwargs (from_convention)
     x0 = np.array([[0.0, 1.0]])
-    b0 = {"x": x0, "out": np.array([[0.0, 1.0]])}
+    b0 = {"x": x0, "out": np.array([[0.0, 1.0]]), "t": np.array(1.0), "k": np.array(1.0)}
     assert xc.crosscheck(b0, quantizer="toy_tanh_sign", convention="official").passed
     assert not xc.crosscheck(b0, quantizer="toy_tanh_sign", convention="paper").passed
     # Python-side registry changes show up in the known names; unknown parameters list the accepted ones
@@ -306,8 +306,12 @@ def test_a_new_method_with_a_schedule_and_learned_scale(catalogue, tmp_path):
     assert xc.crosscheck(dict(layer, epoch=np.array(6), t=np.array(v["t"]), k=np.array(v["k"]))).passed
     no_epoch = {k: a for k, a in layer.items() if k not in ("epoch", "epochs")}
     assert xc.crosscheck(dict(no_epoch, t=np.array(v["t"]), k=np.array(v["k"]))).passed
-    rep = xc.crosscheck(dict(no_epoch, **{"input_quantizer.t": np.array(v["t"]), "input_quantizer.k": np.array(v["k"])}))
-    assert not rep.row("grad_weight").passed  # the weight quantizer kept t = k = 1
+    one = {"input_quantizer.t": np.array(v["t"]), "input_quantizer.k": np.array(v["k"])}
+    with pytest.raises(xc.BundleError, match="'t', 'k': schedule values of the weight quantizer"):
+        xc.crosscheck(dict(no_epoch, **one))  # the weight quantizer's are said nowhere
+    ones = {"weight_quantizer.t": np.array(1.0), "weight_quantizer.k": np.array(1.0)}
+    rep = xc.crosscheck(dict(no_epoch, **one, **ones))
+    assert not rep.row("grad_weight").passed  # the weight quantizer has t = k = 1
     # the schedule's parameters are method parameters: another T_min changes the epoch's values
     assert not xc.crosscheck(layer, params={"T_min": 0.2}).row("grad_x").passed
     # the weight part against the formula directly

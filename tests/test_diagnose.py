@@ -368,8 +368,10 @@ def test_method_variants_are_read_from_the_method_table():
     assert ("gradient", "exact") in method_variants(get_method("xnor"))
     assert ("gradient", "detached") in method_variants(get_method("xnor"))
     assert ("weight_quantizer", "ste_sign") in method_variants(get_method("bnn"))
-    declared = dataclasses.replace(get_method("bnn"), description="no params named here")
-    assert method_variants(declared) == []
+    assert ("gradient", "exact") in method_variants(get_method("xnor"))  # also xnor_common's (variant_of="xnor")
+    assert ("input_quantizer", "ste_sign") in method_variants(get_method("xnor"))
+    nothing = dataclasses.replace(get_method("bnn"), name="bnn_without_variants", description="no params named here")
+    assert method_variants(nothing) == []
 
 
 def test_xnor_gradient_variant(tmp_path):

@@ -359,7 +359,7 @@ def test_schedule_values_held_with_singleton_axes():
     assert not xc.crosscheck({"epoch": np.array(3), "epochs": np.array([10]), "tau": np.array([tau])},
                              schedule="recu_tau", convention="official").passed  # tau_min was read, not dropped
     rep = xc.crosscheck({"epoch": np.arange(4), "epochs": np.array(4), "lr": np.array([[0.1], [0.1], [0.01], [0.01]]),
-                         "base_lr": np.array([0.1]), "milestones": np.array([2])}, schedule="step_lr")
+                         "base_lr": np.array([0.1]), "milestones": np.array([2])}, schedule="step")
     assert rep.passed and rep.row("lr").shape == (4, 1) and "lr (4, 1) read as (4,)" in rep.readings, rep.table()
     assert rep.settings["parameters"]["milestones"] == (2,)  # a tuple parameter stays a tuple
     assert "milestones (1,) read as a scalar" not in rep.readings

@@ -5,7 +5,8 @@ A *reference bundle* is an ``.npz`` of named arrays (read with ``allow_pickle=Fa
 - inputs: ``x``, ``weight`` (``kernel`` in the NHWC/Larq layout), ``bias``, ``alpha``, ``grad_out``;
 - expected outputs (any that apply): ``out``, ``grad_x``, ``grad_weight`` (``grad_kernel``),
   ``grad_bias``, ``grad_alpha``; gradients are those of L = sum(out * grad_out);
-- settings as 0-d arrays: ``stride``, ``padding`` (an int, a pair, or ``"same"``/``"valid"``),
+- settings as 0-d arrays: ``stride``, ``padding`` (an int, a pair, a 4-vector (top, bottom, left, right),
+  or ``"same"``/``"valid"``),
   ``dilation``, ``groups``, ``pad_value`` (Larq: ``pad_values``), ``training``, ``epoch``/``epochs``
   (``Method.on_epoch`` sets the method's schedule values at the convention's clock), and any quantizer
   parameter (``clip_value``, ``beta``, ...), schedule value (``tau``, ``t``, ``k``, ...), schedule
@@ -33,7 +34,10 @@ every other name goes to the method's (or the Larq layer's, or the quantizer's) 
 that nothing takes is an error, so a typo in a bundle is never ignored. Prefix a name with
 ``weight_quantizer.``, ``kernel_quantizer.`` or ``input_quantizer.`` (or ``Method.with_params``'s
 ``weight.``/``input.``) to reach one quantizer only. Schedule values given by name (``tau``, ``t``,
-``k``) win over those ``epoch``/``epochs`` set.
+``k``) win over those ``epoch``/``epochs`` set; a schedule value given neither way is an error (the
+quantizer's initial value is never used silently). A 0-d string ``"none"`` stands for None, ``"'none'"``
+for the string ``'none'`` (:mod:`refbnn.params`). The report lists the convention choices the inputs
+exercise and notes those they never reach (:mod:`.boundaries`).
 
 Arrays are compared element-wise after casting to float64: ``max_abs = max |refbnn - yours|``,
 ``max_rel = max_abs / max(max |refbnn|, max |yours|)`` (relative to the tensor's scale, so exact
@@ -43,9 +47,9 @@ Default tolerances follow the dtype (:data:`DEFAULT_TOLERANCES`); NaN/Inf must m
 The package, one concept per module: :mod:`.bundle` (reading and writing bundles), :mod:`.report`
 (comparison and report), :mod:`.settings` (the request and the routing of named values),
 :mod:`.layout` (NCHW/NHWC, OIHW/HWIO), :mod:`.layer`, :mod:`.quantizer` and :mod:`.schedule` (the three
-checks), :mod:`.check` (:func:`crosscheck`), :mod:`.diagnose` (``diagnose=True``: which nearby choice makes
-a differing tensor pass), :mod:`.export` (refbnn's own bundles), :mod:`.record_torch` (bundles from PyTorch
-modules).
+checks), :mod:`.boundaries` (which convention choices the inputs exercise), :mod:`.check` (:func:`crosscheck`),
+:mod:`.diagnose` (``diagnose=True``: which nearby choice makes a differing tensor pass), :mod:`.export`
+(refbnn's own bundles), :mod:`.record_torch` (bundles from PyTorch modules).
 """
 from __future__ import annotations
 

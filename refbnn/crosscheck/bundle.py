@@ -13,6 +13,8 @@ import os
 
 import numpy as np
 
+from ..params import read_setting
+
 META_KEYS = ("method", "convention", "quantizer", "input_quantizer", "kernel_quantizer", "schedule", "part", "layer",
              "layout")
 GEOMETRY = ("stride", "padding", "dilation", "groups")
@@ -57,8 +59,7 @@ def _scalar(name, a):
     if a.dtype.kind in "US":
         if a.ndim:
             raise BundleError(f"{name}: expected a 0-d string, got shape {a.shape}")
-        text = str(a[()])
-        return None if text.lower() == "none" else text  # npz has no None: the string "none" stands for it
+        return read_setting(str(a[()]))  # npz has no None: "none" stands for it, "'none'" for the string
     if a.dtype.kind not in "biuf":
         raise BundleError(f"{name}: expected a number, got dtype {a.dtype}")
     if a.ndim == 0:

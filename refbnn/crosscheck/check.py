@@ -125,9 +125,10 @@ def crosscheck(bundle, method=None, convention=None, part=None, layer=None, layo
     atol = d_atol if atol is None else float(atol)
     rows = [compare(readings.name(k), readings.restore(k, results[k]), data[readings.name(k)], rtol, atol)
             for k in expected]
+    boundary_notes = info.pop("boundary_notes", [])  # convention choices the inputs never exercise
     settings_out = {**req.describe(), **info, "params": req.params or None}
-    report = Report(rows, rtol, atol, settings_out, notes=_other_clock_notes(req, arrays, rows, rtol, atol),
-                    readings=readings.lines)
+    report = Report(rows, rtol, atol, settings_out,
+                    notes=boundary_notes + _other_clock_notes(req, arrays, rows, rtol, atol), readings=readings.lines)
     if diagnose and not report.passed:
         from .diagnose import MAX_RUNS, diagnose_bundle  # diagnose imports this module (_evaluate)
         # the diagnosis compares in refbnn's own names and shapes (the arrays as read)

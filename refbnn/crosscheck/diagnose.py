@@ -50,7 +50,7 @@ from typing import Callable
 import numpy as np
 
 from ..conventions import PRESETS, Convention, get_convention
-from ..methods import METHOD_FIELDS, get_method
+from ..methods import METHOD_FIELDS, METHODS, get_method
 from ..params import parse_value
 from ..quantizers import QUANTIZERS
 from .bundle import GEOMETRY, _Namespace, _scalar
@@ -509,7 +509,20 @@ def method_variants(method) -> list:
         return items
     for name, vals in _DOCUMENTED.findall(method.description or ""):
         items += [(name, parse_value(v)) for v in vals.split("|") if v]
-    return items
+    for variant in METHODS.values():  # the method table's variants of it (``variant_of``): what each changes
+        if getattr(variant, "variant_of", None) != method.name:
+            continue
+        for field_name in ("weight_quantizer", "input_quantizer"):
+            if getattr(variant, field_name) != getattr(method, field_name):
+                items.append((field_name, getattr(variant, field_name)))
+        for params_name in ("weight_params", "input_params"):
+            mine = dict(getattr(method, params_name) or {})
+            items += [(k, v) for k, v in dict(getattr(variant, params_name) or {}).items() if mine.get(k) != v]
+    unique = []
+    for item in items:
+        if item not in unique:
+            unique.append(item)
+    return unique
 
 
 def _apply_variant(trial, name, value):

@@ -8,13 +8,15 @@ import numpy as np
 
 from ..conventions import get_convention
 from ..methods import get_method
-from .bundle import LAYER_INPUTS, LAYER_OUTPUTS, BundleError, _int, _Namespace, _save, _scalar, _split_bundle, \
-    load_bundle
+from ..params import format_setting
+from .bundle import GEOMETRY, LAYER_INPUTS, LAYER_OUTPUTS, BundleError, _int, _Namespace, _save, _scalar, \
+    _split_bundle, load_bundle
 from .check import _as_request
+from .boundaries import zero_mean_row as _zero_mean_row
 from .layer import _larq_method, _larq_quantizers, _layer_geometry, _layer_settings_names, _run_layer
 from .quantizer import _run_quantizer, _single_quantizer
 from .schedule import _default_output_name, _evaluate_schedule, _schedule_call_args, get_schedule
-from .settings import Request, _configured_method, _convention_with
+from .settings import Request, _configured_method, _convention_with, _schedule_defaults
 
 def _special_values(rng, shape, dtype, specials):
     """Standard normal values with exact specials (0, +-1, +-clip) sprinkled in: the points where
@@ -23,6 +25,10 @@ def _special_values(rng, shape, dtype, specials):
     mask = rng.random(shape) < 0.25
     a[mask] = rng.choice(np.array(specials, dtype=np.float64), size=int(mask.sum()))
     return a.astype(dtype)
+
+
+def _standardizes(q):
+    return q is not None and "std_ddof" in q.config()
 
 
 def _specials(quantizers):
@@ -35,6 +41,17 @@ def _specials(quantizers):
                 vals |= {float(v), -float(v)}
     return sorted(vals)
 
+
+
+# names that only a layer takes: a quantizer bundle (a method's -weight/-input part) must not hold them, or
+# checking it would refuse them as settings with no effect
+_LAYER_ONLY = GEOMETRY + ("pad_value", "pad_values", "scale")
+
+
+def _bundle_params(params: dict, layer_bundle: bool) -> dict:
+    """The request's parameters as a bundle stores them: the layer-only ones only in a layer bundle; None and
+    strings spelled so that reading the bundle gives them back (:func:`refbnn.params.format_setting`)."""
+    return {k: format_setting(v) for k, v in params.items() if layer_bundle or k not in _LAYER_ONLY}
 
 
 def _meta(req: Request):
@@ -92,20 +109,25 @@ def export_bundles(directory, method=None, convention=None, part=None, layer=Non
         else:
             results, _ = _run_layer(r, arrays, ns, want_grads=True)
         out = {**inputs, **{k: np.asarray(v) for k, v in results.items()}}
-        if r.padding is not None and "padding" not in out:
+        layer_bundle = r.mode in ("method", "larq") and r.part == "layer"
+        if r.padding is not None and "padding" not in out and layer_bundle:
             out["padding"] = np.array(r.padding)
-        out.update({k: np.array("none" if v is None else v) for k, v in r.params.items()})
+        out.update({k: np.array(v) for k, v in _bundle_params(r.params, layer_bundle).items()})
         out.update(_meta(r))
         paths.append(_save(os.path.join(directory, name), out))
 
     x_shape, weight_shape = _parse_shape(x_shape, "x_shape"), _parse_shape(weight_shape, "weight_shape")
     if req.mode == "quantizer":
         role = req.part if req.part in ("weight", "input") else None
-        q, _ = _single_quantizer(req, role, _Namespace({}, {k: v for k, v in req.params.items() if k != "training"}))
-        inputs = given or _random_part_inputs(req, rng, dtype, _specials([q]), x_shape, weight_shape)
+        q, _ = _single_quantizer(req, role, _Namespace({}, {k: v for k, v in req.params.items() if k != "training"}),
+                                 require_state=False)
+        req = _with_unsaid_defaults(req, {None: q}, given, seed)
+        inputs = given or _random_part_inputs(req, rng, dtype, _specials([q]), x_shape, weight_shape,
+                                              zero_mean=_standardizes(q))
         run_and_save(f"{req.quantizer}{'-' + req.convention if req.convention else ''}.npz", req, inputs)
         return paths
     (wq, iq), scale = _request_quantizers(req)
+    req = _with_unsaid_defaults(req, {"weight": wq, "input": iq}, given, seed)
     specials = _specials([wq, iq])
     parts = [req.part]
     if req.mode == "method" and part is None and "part" not in meta and not given:
@@ -120,13 +142,28 @@ def export_bundles(directory, method=None, convention=None, part=None, layer=Non
             else:
                 kind = req.layer or ("linear" if weight_shape is not None and len(weight_shape) == 2 else "conv2d")
             r = dataclasses.replace(r, layer=kind)
-            inputs = given or _random_layer_inputs(r, rng, dtype, specials, x_shape, weight_shape, bias, scale)
+            inputs = given or _random_layer_inputs(r, rng, dtype, specials, x_shape, weight_shape, bias, scale,
+                                                   zero_mean_weight=_standardizes(wq))
             run_and_save(f"{stem}-{kind}-{r.layout}.npz", r, inputs)
-        else:
+        else:  # a quantizer alone: without the layer's geometry, pad value and scale
+            r = dataclasses.replace(r, padding=None, params={k: v for k, v in r.params.items() if k not in _LAYER_ONLY})
             inputs = given or _random_part_inputs(r, rng, dtype, specials, x_shape if len(parts) == 1 else None,
-                                                  weight_shape if p == "weight" else None)
+                                                  weight_shape if p == "weight" else None,
+                                                  zero_mean=_standardizes(wq if p == "weight" else iq))
             run_and_save(f"{stem}-{p}-{r.layout}.npz", r, inputs)
     return paths
+
+
+def _with_unsaid_defaults(req: Request, quantizers: dict, given, seed) -> Request:
+    """What a bundle must say to be reproduced, added to the request where it says nothing: without
+    epoch/epochs, the quantizers' schedule values at their current values (a check refuses a bundle that
+    leaves them unsaid); for a quantizer that draws random numbers without a seed, the export's ``seed``."""
+    names = set(req.params) | set(given)
+    defaults = {} if names & {"epoch", "epochs"} else _schedule_defaults(quantizers, names)
+    if "seed" not in names and any(q is not None and q.needs_rng and q.config().get("seed", 0) is None
+                                   for q in quantizers.values()):
+        defaults["seed"] = int(seed)
+    return dataclasses.replace(req, params={**defaults, **req.params}) if defaults else req
 
 
 def _export_schedule(directory, req: Request, given):
@@ -165,8 +202,9 @@ def _request_quantizers(req):
         raise BundleError(f"Larq layer: {exc}") from exc
 
 
-def _random_layer_inputs(req, rng, dtype, specials, x_shape, weight_shape, bias, scale=None):
-    """Random inputs for a layer export; a shape not given is derived from the other one."""
+def _random_layer_inputs(req, rng, dtype, specials, x_shape, weight_shape, bias, scale=None, zero_mean_weight=False):
+    """Random inputs for a layer export; a shape not given is derived from the other one. ``zero_mean_weight``:
+    the first output channel's weights have mean exactly 0 (:func:`_zero_mean_row`)."""
     kind, nhwc = req.layer, req.layout == "nhwc"
     nd = 4 if kind == "conv2d" else 2
     for name, shape in (("x_shape", x_shape), ("weight_shape", weight_shape)):
@@ -190,6 +228,8 @@ def _random_layer_inputs(req, rng, dtype, specials, x_shape, weight_shape, bias,
     wname = "kernel" if nhwc else "weight"
     out = {"x": _special_values(rng, x_shape, dtype, specials), wname: _special_values(rng, weight_shape, dtype,
                                                                                         specials)}
+    if zero_mean_weight:
+        out[wname] = _zero_mean_row(out[wname], rng, hwio=nhwc)
     o = weight_shape[-1] if nhwc else weight_shape[0]
     if bias:
         out["bias"] = rng.standard_normal(o).astype(dtype)
@@ -203,7 +243,7 @@ def _random_layer_inputs(req, rng, dtype, specials, x_shape, weight_shape, bias,
     return out
 
 
-def _random_part_inputs(req, rng, dtype, specials, x_shape, weight_shape):
+def _random_part_inputs(req, rng, dtype, specials, x_shape, weight_shape, zero_mean=False):
     role = req.part if req.part in ("weight", "input") else None
     if x_shape is not None:
         shape = x_shape
@@ -213,6 +253,9 @@ def _random_part_inputs(req, rng, dtype, specials, x_shape, weight_shape):
         shape = (4, 3, 3, 3) if req.layout == "nchw" else (3, 3, 3, 4)
     else:
         shape = (2, 3, 5, 5) if req.layout == "nchw" or role is None else (2, 5, 5, 3)
-    return {"x": _special_values(rng, shape, dtype, specials), "grad_out": rng.standard_normal(shape).astype(dtype)}
+    x = _special_values(rng, shape, dtype, specials)
+    if zero_mean:
+        x = _zero_mean_row(x, rng, hwio=role == "weight" and req.layout == "nhwc")
+    return {"x": x, "grad_out": rng.standard_normal(shape).astype(dtype)}
 
 

@@ -7,11 +7,12 @@ from ..conventions import Convention, get_convention
 from ..layers import BinaryConv2d, BinaryLinear
 from ..methods import LayerFactory, Method, get_method
 from ..quantizers import get_quantizer
+from .boundaries import exercised
 from .bundle import (GEOMETRY, BundleError, _check_input_dtypes, _expect_shape, _fmt, _int, _Namespace, _need, _pair,
                      _same_value)
 from .layout import _LAYER_SHAPES, _conv_out, _kernel_from_refbnn, _kernel_to_refbnn, _padding4, _to_nchw, _to_nhwc
-from .settings import (CONVENTION_FIELDS, Request, _configured_method, _convention_with, _on_epoch,
-                       _set_explicit_state)
+from .settings import (CONVENTION_FIELDS, Request, _check_schedule_values, _configured_method,
+                       _convention_with, _on_epoch, _set_explicit_state)
 
 def _layer_geometry(req: Request, arrays, ns: _Namespace):
     """Validate the layer's arrays in the bundle's layout; return the geometry and output shape."""
@@ -161,7 +162,8 @@ def _build_layer(req: Request, geo, dtype, ns: _Namespace):
         method, params, known = _configured_method(get_method(req.method), ns, settings, f"method {req.method}")
         factory = LayerFactory(method, rng=0, dtype=dtype, convention=conv, backend="numpy")
         if kind == "conv2d":
-            layer = factory.binary_conv(geo["in_channels"], geo["out_channels"], geo["kernel"], 1, 0)
+            layer = factory.binary_conv(geo["in_channels"], geo["out_channels"], geo["kernel"], geo["stride"],
+                                        geo["pads"], geo["dilation"], geo["groups"])
         else:
             layer = factory.binary_linear(geo["in_features"], geo["out_channels"])
         return layer, method, conv, params, known | settings
@@ -175,8 +177,9 @@ def _build_layer(req: Request, geo, dtype, ns: _Namespace):
     except ValueError as exc:
         raise BundleError(f"Larq layer: {exc}") from exc
     if kind == "conv2d":
-        layer = BinaryConv2d(geo["in_channels"], geo["out_channels"], geo["kernel"], weight_quantizer=kq,
-                             input_quantizer=iq, pad_value=float(pad_value), backend="numpy", dtype=dtype)
+        layer = BinaryConv2d(geo["in_channels"], geo["out_channels"], geo["kernel"], geo["stride"], geo["pads"],
+                             geo["dilation"], geo["groups"], weight_quantizer=kq, input_quantizer=iq,
+                             pad_value=float(pad_value), backend="numpy", dtype=dtype)
     else:
         layer = BinaryLinear(geo["in_features"], geo["out_channels"], kq, iq, backend="numpy", dtype=dtype)
     return layer, None, conv, params, known | settings
@@ -217,31 +220,26 @@ def _run_layer(req: Request, arrays: dict, ns: _Namespace, want_grads: bool):
     if "alpha" in arrays:
         layer.params["alpha"] = np.array(arrays["alpha"], dtype=dtype, copy=True)
     layer.zero_grad()
-    if geo["layer"] == "conv2d":
-        layer.stride, layer.dilation, layer.groups = geo["stride"], geo["dilation"], geo["groups"]
-        top, bottom, left, right = geo["pads"]
-        layer.padding = (top, left)
-        asymmetric = (top, left) != (bottom, right)
-    else:
-        asymmetric = False
 
     # the epoch's schedule values, then explicit ones (they win), then the mode
     quantizers = _layer_quantizers(layer)
     hooked = _on_epoch(method, layer, ns, conv) if method is not None and (ns.has("epoch") or ns.has("epochs")) \
         else {}
     state = _set_explicit_state(quantizers, params)
+    _check_schedule_values(quantizers, hooked, state, method, bundle_doc)
     training = bool(ns.take("training", True))
     layer.train(training)  # the layer hands ``training`` to its quantizers' forward
     ns.check_all_used(known)
 
     xin = _to_nchw(x) if layout == "nhwc" and x.ndim == 4 else x
+    quantized = {"input": (quantizers["input"], xin, "inputs x"),
+                 "weight": (quantizers["weight"], layer.params["weight"], "weights")}
+    pads = geo.get("pads") if hasattr(layer, "pad_value") else None  # a float Conv2d pads with zeros, always
+    boundaries, notes = exercised(quantized, pads, getattr(layer, "pad_value", None), training)
     g = arrays.get("grad_out")
     gin = None if g is None else (_to_nchw(g) if layout == "nhwc" and g.ndim == 4 else g)
-    if asymmetric:
-        out, dx = _forward_backward_prepadded(layer, xin, gin if want_grads else None, geo["pads"])
-    else:
-        out, cache = layer.forward(xin)
-        dx = layer.backward(gin, cache) if (want_grads and gin is not None) else None
+    out, cache = layer.forward(xin)
+    dx = layer.backward(gin, cache) if (want_grads and gin is not None) else None
     results = {"out": _to_nhwc(out) if layout == "nhwc" and out.ndim == 4 else out}
     if dx is not None:
         results["grad_x"] = _to_nhwc(dx) if layout == "nhwc" and dx.ndim == 4 else dx
@@ -264,30 +262,5 @@ def _run_layer(req: Request, arrays: dict, ns: _Namespace, want_grads: bool):
         info["schedule_values"] = hooked
     if state:
         info["state"] = state
+    info["exercised"], info["boundary_notes"] = boundaries, notes
     return results, info
-
-
-def _forward_backward_prepadded(layer, x, g, pads):
-    """Asymmetric ("same" with an even kernel or a stride) padding: quantize, pad the quantized input with
-    the layer's pad value, run the layer unpadded without its input quantizer, and chain the gradients back."""
-    top, bottom, left, right = pads
-    iq = getattr(layer, "input_quantizer", None)  # a float Conv2d has none, and pads with zeros
-    xq, cx = (x, None) if iq is None else iq.forward(x, training=layer.training)
-    xp = np.pad(xq, ((0, 0), (0, 0), (top, bottom), (left, right)),
-                constant_values=getattr(layer, "pad_value", 0.0))
-    if iq is not None:
-        layer.input_quantizer = None
-    layer.padding = (0, 0)
-    try:
-        out, cache = layer.forward(xp)
-        if g is None:
-            return out, None
-        dxp = layer.backward(g, cache)
-    finally:
-        if iq is not None:
-            layer.input_quantizer = iq
-    dxq = dxp[:, :, top:top + x.shape[2], left:left + x.shape[3]]
-    return out, (dxq if iq is None else iq.backward(dxq, cx))
-
-
-

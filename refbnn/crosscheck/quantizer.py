@@ -5,12 +5,13 @@ from __future__ import annotations
 from ..conventions import get_convention
 from ..methods import LayerFactory, get_method
 from ..quantizers import QUANTIZERS, get_quantizer
+from .boundaries import exercised
 from .bundle import QUANTIZER_INPUTS, BundleError, _check_input_dtypes, _expect_shape, _fmt, _Namespace, _need, \
     _no_effect, _same_value
 from .layer import _layer_quantizers
 from .layout import _from_refbnn, _to_refbnn
-from .settings import (CONVENTION_FIELDS, QUANTIZER_PREFIXES, Request, _configured_method, _convention_with,
-                       _on_epoch, _set_explicit_state)
+from .settings import (CONVENTION_FIELDS, QUANTIZER_PREFIXES, Request, _check_schedule_values,
+                       _configured_method, _convention_with, _on_epoch, _set_explicit_state)
 
 def _method_part_quantizer(req: Request, role, dtype, ns: _Namespace):
     """A method's weight or input quantizer, built as in its layers (``LayerFactory``), at the bundle's epoch."""
@@ -26,10 +27,11 @@ def _method_part_quantizer(req: Request, role, dtype, ns: _Namespace):
         raise BundleError(f"--part {role}: method {method.name} {what}; parts to check: {', '.join(has + ['layer'])}")
     hooked = _on_epoch(method, holder, ns, conv) if ns.has("epoch") or ns.has("epochs") else {}
     state = _set_explicit_state({role: quantizers[role]}, params)
+    _check_schedule_values({role: quantizers[role]}, hooked, state, method, f"method {method.name}")
     return quantizers[role], hooked, state, known | settings
 
 
-def _single_quantizer(req: Request, role, ns: _Namespace):
+def _single_quantizer(req: Request, role, ns: _Namespace, require_state=True):
     """``--quantizer NAME`` with the named values as constructor parameters (``get_quantizer``, or
     ``from_convention`` with ``--convention``). A prefixed name must match ``--part`` (any prefix without it)."""
     cls = QUANTIZERS[req.quantizer]
@@ -52,11 +54,13 @@ def _single_quantizer(req: Request, role, ns: _Namespace):
     if unknown:
         raise _no_effect(sorted(unknown), known)
     try:
-        if req.convention is not None:
-            return cls.from_convention(get_convention(req.convention), **params), known
-        return get_quantizer(req.quantizer, **params), known
+        q = cls.from_convention(get_convention(req.convention), **params) if req.convention is not None else \
+            get_quantizer(req.quantizer, **params)
     except ValueError as exc:
         raise BundleError(str(exc)) from exc
+    if require_state:
+        _check_schedule_values({None: q}, params, {}, None, f"--quantizer {req.quantizer}")
+    return q, known
 
 
 def _run_quantizer(req: Request, arrays, ns: _Namespace, want_grads):
@@ -75,6 +79,7 @@ def _run_quantizer(req: Request, arrays, ns: _Namespace, want_grads):
     ns.check_all_used(known)
 
     xin = _to_refbnn(x, req.layout, role)
+    boundaries, notes = exercised({role or "quantizer": (q, xin, "x")}, training=training)
     y, cache = q.forward(xin, training=training)
     out = _from_refbnn(y, req.layout, role)
     results = {"out": out}
@@ -92,6 +97,7 @@ def _run_quantizer(req: Request, arrays, ns: _Namespace, want_grads):
         info["schedule_values"] = hooked
     if state:
         info["state"] = state
+    info["exercised"], info["boundary_notes"] = boundaries, notes
     return results, info
 
 

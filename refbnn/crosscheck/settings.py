@@ -231,3 +231,52 @@ def _on_epoch(method: Method, model, ns: _Namespace, conv: Convention) -> dict:
 
 
 
+def _check_schedule_values(quantizers: dict, hooked: dict, state: dict, method: Method | None, what: str):
+    """Every schedule value of the quantizers (their ``state()``: IR-Net's t and k, ReCU's tau, ...) must have
+    been given: set by the epoch (``hooked``), by name (``state``: ``t`` or ``weight_quantizer.t``), or by the
+    method's own constructor parameters. A quantizer's initial state equals one method's starting values
+    (IR-Net's t = 0.1, k = 10), so a default used silently could hide a mismatch."""
+    missing = []
+    for role, q in quantizers.items():
+        if q is None:
+            continue
+        given = set(hooked) | {k.partition(".")[2] for k in state if k.startswith(f"{role}_quantizer.")}
+        if method is not None:
+            given |= set(getattr(method, f"{role}_params"))
+        missing += [(role, n) for n in q.state() if n not in given]
+    if not missing:
+        return
+    names = list(dict.fromkeys(n for _, n in missing))
+    roles = sorted({r for r, _ in missing if r in ("weight", "input")})
+    who = f"the {' and '.join(roles)} quantizer of {what}" if roles else what
+    example = " ".join(f"--param {n}=VALUE" for n in names)
+    ways = f"give {', '.join(names)} in the bundle (0-d arrays) or as {example}"
+    if method is not None and method.schedule is not None:
+        ways += (f", or give epoch and epochs (the 0-based epoch of how many) so that method {method.name}'s "
+                 f"schedule sets {'it' if len(names) == 1 else 'them'} at the convention's clock")
+    raise BundleError(f"{', '.join(repr(n) for n in names)}: schedule value{'s' if len(names) > 1 else ''} of "
+                      f"{who} not given, and refbnn uses no default for "
+                      f"{'it' if len(names) == 1 else 'them'} (the quantizer's initial value could hide a mismatch); "
+                      f"{ways}")
+
+
+def _schedule_defaults(quantizers: dict, given) -> dict:
+    """The schedule values (``state()``) of the quantizers that ``given`` (names, plain or prefixed) lacks, at
+    the quantizers' current values: plain names where every quantizer holding one agrees, else
+    ``weight_quantizer.NAME``/``input_quantizer.NAME``. An export writes them, so that its bundle says them."""
+    said = {(None, n) for n in given} | {(QUANTIZER_PREFIXES[k.partition(".")[0]], k.partition(".")[2])
+                                          for k in given if k.partition(".")[0] in QUANTIZER_PREFIXES}
+    values: dict = {}
+    for role, q in quantizers.items():
+        if q is None:
+            continue
+        for n, v in q.state().items():
+            if (None, n) not in said and (role, n) not in said:
+                values.setdefault(n, {})[role] = v
+    out = {}
+    for n, per_role in values.items():
+        if len(set(per_role.values())) == 1:
+            out[n] = next(iter(per_role.values()))
+        else:
+            out.update({f"{role}_quantizer.{n}": v for role, v in per_role.items()})
+    return out

@@ -25,7 +25,7 @@ import os
 # kernels nothing measurable; it is set before the extension loads, unless the user chose a policy.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from ..checks import array_module, check_float_array, pair
+from ..checks import array_module, check_float_array, padding4, pair
 from . import reference
 from .fold import threshold_fold
 from .reference import unpack_bits
@@ -126,11 +126,22 @@ def binary_matmul(a, b, backend: str = "auto"):
 
 
 def binary_conv2d(x, w, stride=1, padding=0, dilation=1, groups=1, pad_value=0.0, backend: str = "auto"):
-    """Convolution of +-1 activations with +-1 weights, padding with 0 (true zero) or +-1."""
+    """Convolution of +-1 activations with +-1 weights, padding with 0 (true zero) or +-1.
+
+    ``padding``: an int, a pair (ph, pw) or (top, bottom, left, right). The packed kernels pad
+    symmetrically; asymmetric padding with +-1 is applied to the input first (exact: the padded
+    input is still +-1), and asymmetric zero padding runs the NumPy reference (a 0 is not a bit)."""
     check_float_array(x, "x", ndim=4)
     check_float_array(w, "w", ndim=4)
     if pad_value not in (0.0, 1.0, -1.0):
         raise ValueError(f"pad_value: expected 0.0, 1.0 or -1.0, got {pad_value!r}")
-    stride, padding, dilation = pair(stride, "stride", 1), pair(padding, "padding"), pair(dilation, "dilation", 1)
-    reference.conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
-    return resolve_backend(backend, x).binary_conv2d(x, w, stride, padding, dilation, groups, float(pad_value))
+    stride, dilation = pair(stride, "stride", 1), pair(dilation, "dilation", 1)
+    top, bottom, left, right = padding4(padding)
+    reference.conv2d_geometry(x.shape, w.shape, stride, (top, bottom, left, right), dilation, groups)
+    mod = resolve_backend(backend, x)
+    if (top, left) == (bottom, right):
+        return mod.binary_conv2d(x, w, stride, (top, left), dilation, groups, float(pad_value))
+    if mod is reference or pad_value == 0.0:
+        return reference.binary_conv2d(x, w, stride, (top, bottom, left, right), dilation, groups, float(pad_value))
+    xp = array_module(x).pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=float(pad_value))
+    return mod.binary_conv2d(xp, w, stride, (0, 0), dilation, groups, float(pad_value))

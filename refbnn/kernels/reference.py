@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import array_module
+from ..checks import array_module, padding4
 
 
-def conv_output_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+def conv_output_size(size: int, k: int, stride: int, padding, dilation: int) -> int:
+    """Output length along one axis; ``padding`` is an int (both sides) or a (before, after) pair."""
+    before, after = (padding, padding) if isinstance(padding, (int, np.integer)) else padding
+    return (size + before + after - dilation * (k - 1) - 1) // stride + 1
 
 
 def conv2d_geometry(x_shape, w_shape, stride, padding, dilation, groups):
@@ -28,8 +30,9 @@ def conv2d_geometry(x_shape, w_shape, stride, padding, dilation, groups):
                          f"expects {cg * groups}")
     if o % groups:
         raise ValueError(f"conv2d: {o} output channels are not divisible by groups={groups}")
-    ho = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
-    wo = conv_output_size(wd, kw, stride[1], padding[1], dilation[1])
+    t, b, left, r = padding4(padding)
+    ho = conv_output_size(h, kh, stride[0], (t, b), dilation[0])
+    wo = conv_output_size(wd, kw, stride[1], (left, r), dilation[1])
     if ho < 1 or wo < 1:
         raise ValueError(f"conv2d: input {h}x{wd} is smaller than the (dilated) kernel {kh}x{kw} "
                          f"with padding {padding}; expected an output of at least 1x1")
@@ -39,16 +42,19 @@ def conv2d_geometry(x_shape, w_shape, stride, padding, dilation, groups):
 def im2col(x, kh, kw, stride, padding, dilation, pad_value=0.0):
     """x (N, C, H, W) -> cols (N, C, kh, kw, Ho, Wo), padded with ``pad_value``.
 
-    cols[n, c, i, j, p, q] = xpad[n, c, p*sh + i*dh, q*sw + j*dw].
+    cols[n, c, i, j, p, q] = xpad[n, c, p*sh + i*dh, q*sw + j*dw], where xpad is x with ``top``
+    rows above, ``bottom`` below, ``left`` columns before and ``right`` after (``padding``: a pair
+    (ph, pw) for symmetric padding, or (top, bottom, left, right)).
     """
     xp = array_module(x)
     n, c, h, w = x.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    ho = conv_output_size(h, kh, sh, ph, dh)
-    wo = conv_output_size(w, kw, sw, pw, dw)
-    if ph or pw:
-        xpad = xp.full((n, c, h + 2 * ph, w + 2 * pw), pad_value, dtype=x.dtype)
-        xpad[:, :, ph:ph + h, pw:pw + w] = x
+    (sh, sw), (dh, dw) = stride, dilation
+    top, bottom, left, right = padding4(padding)
+    ho = conv_output_size(h, kh, sh, (top, bottom), dh)
+    wo = conv_output_size(w, kw, sw, (left, right), dw)
+    if top or bottom or left or right:
+        xpad = xp.full((n, c, h + top + bottom, w + left + right), pad_value, dtype=x.dtype)
+        xpad[:, :, top:top + h, left:left + w] = x
     else:
         xpad = x
     cols = xp.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
@@ -64,13 +70,14 @@ def col2im(cols, x_shape, stride, padding, dilation):
     xp = array_module(cols)
     n, c, h, w = x_shape
     _, _, kh, kw, ho, wo = cols.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    dxpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    (sh, sw), (dh, dw) = stride, dilation
+    top, bottom, left, right = padding4(padding)
+    dxpad = xp.zeros((n, c, h + top + bottom, w + left + right), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
             dxpad[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
                   j * dw:j * dw + sw * (wo - 1) + 1:sw] += cols[:, :, i, j]
-    return dxpad[:, :, ph:ph + h, pw:pw + w]
+    return dxpad[:, :, top:top + h, left:left + w]
 
 
 def conv2d_cols_matmul(cols, w, groups):

@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels, ops
-from ..checks import pair
+from ..checks import conv_padding, pair
 from ..conventions import BIAS_ORDERS
 from ..ops.linear import check_linear_operands
 from ..quantizers import get_quantizer
@@ -169,7 +169,9 @@ class BinaryLinear(_BinaryLayer):
 class BinaryConv2d(_BinaryLayer):
     """y = conv(Q_in(x), Q_w(W)) * alpha + b (or (... + b) * alpha, ``bias_order``), padding the
     *binarized* input with ``pad_value`` (0.0: the official codes' zero padding, border taps see 0;
-    +1.0/-1.0: sign padding)."""
+    +1.0/-1.0: sign padding). ``padding``: an int, a pair (ph, pw) or a 4-tuple (top, bottom, left,
+    right) (TensorFlow's ``same`` for an even kernel or a stride), as :func:`refbnn.ops.conv2d_forward`
+    takes it."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  weight_quantizer="ste_sign", input_quantizer="ste_sign", scale=None, scale_init="ones",
@@ -183,7 +185,7 @@ class BinaryConv2d(_BinaryLayer):
         if pad_value not in (0.0, 1.0, -1.0):
             raise ValueError(f"pad_value: expected 0.0, 1.0 or -1.0, got {pad_value!r}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
-        self.stride, self.padding = pair(stride, "stride", 1), pair(padding, "padding")
+        self.stride, self.padding = pair(stride, "stride", 1), conv_padding(padding)
         self.dilation, self.groups, self.pad_value = pair(dilation, "dilation", 1), groups, float(pad_value)
         shape = (out_channels, in_channels // groups, kh, kw)
         if init == "uniform":

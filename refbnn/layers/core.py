@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from .. import ops
-from ..checks import pair
+from ..checks import conv_padding, pair
 from .base import Module
 
 
@@ -57,7 +57,7 @@ class Conv2d(Module):
             raise ValueError(f"conv2d: channels {in_channels}->{out_channels} are not divisible by groups={groups}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = (kh, kw)
-        self.stride, self.padding = pair(stride, "stride", 1), pair(padding, "padding")
+        self.stride, self.padding = pair(stride, "stride", 1), conv_padding(padding)
         self.dilation, self.groups = pair(dilation, "dilation", 1), groups
         shape = (out_channels, in_channels // groups, kh, kw)
         fan_in = shape[1] * kh * kw

@@ -1,9 +1,13 @@
 """2-D convolution (cross-correlation, as in PyTorch) by im2col + GEMM.
 
 Shapes: x (N, C, H, W), W (O, C/groups, kh, kw), b (O,), y (N, O, Ho, Wo) with
-Ho = floor((H + 2 ph - dh (kh - 1) - 1) / sh) + 1.
+Ho = floor((H + top + bottom - dh (kh - 1) - 1) / sh) + 1 (Wo likewise with left, right).
+``padding``: an int (all four sides), a pair (ph, pw) (top = bottom = ph, left = right = pw) or a
+4-tuple (top, bottom, left, right), e.g. TensorFlow's ``same`` for an even kernel or a stride,
+which puts the odd pixel at the bottom/right.
 
-Forward:  y[n, o, p, q] = b[o] + sum_{c, i, j} W[o, c, i, j] xpad[n, g(o) C/g + c, p sh + i dh, q sw + j dw]
+Forward:  y[n, o, p, q] = b[o] + sum_{c, i, j} W[o, c, i, j] xpad[n, g(o) C/g + c, p sh + i dh, q sw + j dw],
+          xpad[n, c, top + h, left + w] = x[n, c, h, w], and pad_value outside x
 Backward: dW = sum over n, p, q of dy * cols;  dcols = W^T dy;  dx = col2im(dcols) (padding taps dropped);
           db = sum_{n, p, q} dy.
 dW is a batch of per-sample products dy[n] cols[n]^T summed over n: the (huge) columns are read in
@@ -13,14 +17,14 @@ convolutions may pad with +-1 after binarization, see refbnn.conventions).
 """
 from __future__ import annotations
 
-from ..checks import array_module, check_float_array, check_same_dtype, check_shape, pair
+from ..checks import array_module, check_float_array, check_same_dtype, check_shape, conv_padding, pair
 from ..kernels import reference
 
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, pad_value=0.0):
     check_float_array(x, "x", ndim=4)
     check_float_array(w, "weight", ndim=4)
-    stride, padding, dilation = pair(stride, "stride", 1), pair(padding, "padding"), pair(dilation, "dilation", 1)
+    stride, padding, dilation = pair(stride, "stride", 1), conv_padding(padding), pair(dilation, "dilation", 1)
     reference.conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
     o = w.shape[0]
     if b is not None:
@@ -41,7 +45,8 @@ def conv2d_backward_from_input(dout, x, w, stride, padding, dilation, groups, pa
     at once (dW is summed sample by sample in the same order as :func:`conv2d_backward`'s sum), without
     ever holding the columns of the batch (9x the input for a 3x3 kernel) or paying for fresh pages
     to hold them.
-    Returns (dx, {"weight": dW}). Arguments as normalised by :func:`conv2d_forward` (pairs)."""
+    Returns (dx, {"weight": dW}). Arguments as normalised by :func:`conv2d_forward` (pairs; padding a pair
+    or a 4-tuple)."""
     n = x.shape[0]
     per_sample = w.shape[1] * groups * w.shape[2] * w.shape[3] * dout.shape[2] * dout.shape[3] * x.itemsize
     step = max(1, chunk_bytes // max(per_sample, 1))
@@ -64,7 +69,7 @@ def conv2d_backward_from_input(dout, x, w, stride, padding, dilation, groups, pa
 def conv2d_cache(x, w, stride, padding, dilation, groups, pad_value=0.0, has_bias=False):
     """What :func:`conv2d_backward` needs (the im2col columns and the geometry), without computing
     the product: for a forward pass done elsewhere (a packed binary kernel). Arguments as
-    normalised by :func:`conv2d_forward` (pairs)."""
+    normalised by :func:`conv2d_forward` (pairs; padding a pair or a 4-tuple)."""
     cols = reference.im2col(x, w.shape[2], w.shape[3], stride, padding, dilation, pad_value)
     return cols, w, x.shape, stride, padding, dilation, groups, has_bias
 

@@ -133,7 +133,11 @@ def check_nonnegative(name, v):
 
 def check_choice(name, v, choices):
     if v not in choices:
-        raise ValueError(f"{name}: expected one of {list(choices)}, got {v!r}")
+        hint = ""
+        if v is None and "none" in choices:  # --param NAME=none and a bundle's "none" read as None
+            hint = (f" (the string 'none' is written in quotes: --param {name}=\"'none'\", or the 0-d string "
+                    f"\"'none'\" in a bundle; unquoted none means None)")
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {v!r}{hint}")
     return v
 
 

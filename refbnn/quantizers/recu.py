@@ -87,7 +87,8 @@ class RecuWeight(Quantizer):
         Q  = -b ln(2 - 2 tau)                         the tau-quantile; tau = 1 gives Q = inf (no clamp)
         w2 = clamp(w1, -Q, Q)                         the rectified clamp unit (L24)
         y  = alpha sign(w2),  alpha = b (2 tau - 1)   (``alpha="analytic"``, paper Eq. 13, detached) or 1
-             (``alpha="none"``: the code's learned per-channel alpha is the layer's ``scale="learned"``)
+             (``alpha="none"``, the string: the code's learned per-channel alpha is the layer's
+             ``scale="learned"``; on the command line ``--param alpha="'none'"``, unquoted none is None)
     backward, g = dy:
         g1 = g alpha 1[-Q <= w1 <= Q]                 identity STE of sign (L43-52) times the clamp's gradient
         then back through the standardization, ``standardize_grad`` (refbnn.quantizers.standardize):

@@ -77,10 +77,13 @@ class XnorWeight(Quantizer):
 class XnorActivation(Quantizer):
     """XNOR-Net activations: A ~ K sign(A) with a per-sample scale K (axis 0 = batch).
 
-    forward:   y = K_n sign(x),  K_n = mean |x| over every axis but 0 (``scale="per_sample"``, the form
-               BiBench uses; a constant for backprop), or K = 1 (``scale="none"``: the XNOR-Net++ / ReCU /
-               IR-Net comparisons drop K)
-    backward:  dx = dy K_n 1[|x| <= clip_value]
+    forward:   y = K_n sign(x), with ``scale`` one of
+               - ``"per_sample"`` (default): K_n = mean |x| over every axis but 0 (the form BiBench uses),
+                 a constant for backprop (no gradient flows through K_n);
+               - ``"none"`` (the string): K = 1, plain sign(x) with the clipped STE (the XNOR-Net++ / ReCU /
+                 IR-Net comparisons drop K). On the command line the string is written in quotes,
+                 ``--param input_quantizer.scale="'none'"``: an unquoted ``none`` means None, which is refused.
+    backward:  dx = dy K_n 1[|x| <= clip_value]   (K_n = 1 for ``scale="none"``)
     surrogate: K_n(ref) clip(x, -clip_value, clip_value)
     Parameters: scale="per_sample", clip_value=1.0, clip_inclusive=True, sign_zero=1.0.
     Conventions read: sign_zero, clip_inclusive.
