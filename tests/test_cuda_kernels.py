@@ -60,6 +60,17 @@ def test_source_compiles_with_nvrtc(nvrtc, name, kernels, arch):
 
 
 @pytest.mark.nvrtc
+@pytest.mark.parametrize("arch", cuda.ARCHS)
+def test_float_output_is_not_fused_into_fma(nvrtc, arch):
+    """bconv2d_float rounds the multiply and the add separately, as NumPy's float32 does (the CPU
+    emulation cannot see a contraction NVRTC would make: its g++ build has -ffp-contract=off)."""
+    ptx, _ = nvrtc_compile(nvrtc, cuda.read_source("bconv2d.cu"), "bconv2d.cu", arch)
+    ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+    assert "mul.rn.f32" in ptx and "add.rn.f32" in ptx
+    assert not re.search(r"\bfma\.", ptx)
+
+
+@pytest.mark.nvrtc
 def test_nvrtc_compile_error_fails_with_the_log(nvrtc):
     """The compile test's failure path: a broken kernel fails, and the message carries NVRTC's log."""
     broken = 'extern "C" __global__ void broken(int *out) { out[0] = undeclared_name; }'
