@@ -433,3 +433,52 @@ def test_gpu_refuses_numpy_arrays_mixed_with_cupy(gpu):
     a = signs(np.random.default_rng(0), (3, 5))
     with pytest.raises(TypeError, match="b: expected a CuPy array"):
         backend.binary_matmul(cupy.asarray(a), a)
+
+
+def _import_backend_fresh():
+    import importlib  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    sys.modules.pop("refbnn.kernels.cupy_backend", None)
+    try:
+        return importlib.import_module("refbnn.kernels.cupy_backend")
+    finally:
+        sys.modules.pop("refbnn.kernels.cupy_backend", None)
+
+
+def test_backend_import_without_cupy_says_how_to_install(monkeypatch):
+    import sys  # noqa: PLC0415
+
+    monkeypatch.setitem(sys.modules, "cupy", None)          # `import cupy` raises ImportError
+    with pytest.raises(ImportError, match=r"CuPy is not installed .*pip install 'refbnn\[gpu\]'"):
+        _import_backend_fresh()
+
+
+def test_backend_import_without_a_device_says_so(monkeypatch):
+    cupy = pytest.importorskip("cupy", reason="needs CuPy installed (pip install cupy-cuda13x)")
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 0)
+    with pytest.raises(ImportError, match="there is no CUDA device"):
+        _import_backend_fresh()
+
+
+def test_backend_refuses_numpy_arrays_before_any_launch(monkeypatch):
+    """Mixed NumPy / CuPy arguments are refused naming the argument (checked with the device count
+    faked: no kernel runs, so no GPU is needed)."""
+    cupy = pytest.importorskip("cupy", reason="needs CuPy installed (pip install cupy-cuda13x)")
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
+    backend = _import_backend_fresh()
+    a = np.ones((2, 3), np.float32)
+    with pytest.raises(TypeError, match="a: expected a CuPy array"):
+        backend.binary_matmul(a, a)
+    with pytest.raises(TypeError, match="x_words: expected a CuPy array"):
+        backend.bconv2d(np.zeros((1, 3, 3, 1), np.uint64), np.zeros((1, 1, 1, 1), np.uint64), 3)
+
+
+@pytest.mark.gpu_emulated
+def test_binary_products_refuse_values_other_than_plus_minus_one(emulated):
+    a = np.ones((3, 70), np.float32)
+    a[2, 69] = 0.0
+    with pytest.raises(ValueError, match=r"exactly \+-1"):
+        emulated.binary_matmul(a, np.ones((2, 70), np.float32))
+    with pytest.raises(ValueError, match=r"exactly \+-1"):
+        emulated.binary_conv2d(a.reshape(1, 3, 70, 1), np.ones((1, 3, 1, 1), np.float32))

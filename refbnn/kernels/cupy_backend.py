@@ -41,22 +41,30 @@ if _why is not None:
     raise ImportError(_why)
 
 _modules: dict[tuple[int, str], object] = {}   # (device id, source file) -> cupy.RawModule
+_functions: dict[tuple[int, str], object] = {}  # (device id, kernel) -> its cupy.RawKernel
 _lock = threading.Lock()
 
 
 def _function(kernel: str):
     """The compiled kernel on the current device (compiled once per device and process)."""
+    device = cupy.cuda.Device().id
+    function = _functions.get((device, kernel))
+    if function is not None:
+        return function
     source = cuda.KERNEL_SOURCE[kernel]
-    key = (cupy.cuda.Device().id, source)
-    with _lock:
-        module = _modules.get(key)
-        if module is None:
-            module = _modules[key] = cupy.RawModule(code=cuda.read_source(source), options=cuda.NVRTC_OPTIONS)
+    key = (device, source)
     try:
-        return module.get_function(kernel)
+        with _lock:
+            module = _modules.get(key)
+            if module is None:
+                module = _modules[key] = cupy.RawModule(code=cuda.read_source(source), options=cuda.NVRTC_OPTIONS)
+        function = _functions[(device, kernel)] = module.get_function(kernel)
+        return function
     except cupy.cuda.compiler.CompileException as exc:
+        _modules.pop(key, None)
         raise RuntimeError(f"NVRTC could not compile {source}:\n{exc.get_message()}") from exc
     except (ImportError, OSError, RuntimeError) as exc:
+        _modules.pop(key, None)
         if "nvrtc" in str(exc).lower():
             raise RuntimeError(f"NVRTC, the CUDA runtime compiler, is missing or does not load ({exc}); install "
                                "it with `pip install 'cuda-toolkit[nvrtc]==13.*'`") from exc
