@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from refbnn.kernels import cuda
@@ -152,6 +152,9 @@ def test_pack_bits_refuses_nan_and_non_binary_values(emulated):
 @given(m=st.integers(0, 40), n=st.integers(0, 40), k=st.integers(1, 200), dirty_tail=st.booleans(),
        seed=st.integers(0, 2 ** 32 - 1))
 @settings(max_examples=20)
+@example(m=1, n=40, k=65, dirty_tail=True, seed=0)         # one row, a partial tile of columns
+@example(m=33, n=1, k=64, dirty_tail=False, seed=1)        # one column, K a whole word
+@example(m=0, n=5, k=3, dirty_tail=False, seed=2)          # no rows
 def test_bgemm_equals_reference(emulated, m, n, k, dirty_tail, seed):
     """Partial 16x16 tiles, one row / column, empty operands, K not a multiple of 64 and more than
     one shared-memory step of words; tail bits past k are ignored as on the CPU."""
@@ -201,6 +204,11 @@ conv_cases = st.fixed_dictionaries({
     "seed": st.integers(0, 2 ** 32 - 1)})
 
 
+# partial channel words (70 per group), two groups, stride, dilation and padding on both axes
+CONV_EXAMPLE = {"n": 2, "cg": 70, "groups": 2, "og": 3, "h": 5, "w": 4, "kh": 3, "kw": 2, "stride": (2, 1),
+                "padding": (2, 1), "dilation": (1, 2), "seed": 7}
+
+
 def conv_inputs(case):
     """Packed NHWC activations / OHWI weights, the reference's int64 NHWC dot products, or None
     when the shape has no output."""
@@ -225,6 +233,10 @@ def conv_inputs(case):
 @pytest.mark.gpu_emulated
 @given(case=conv_cases, layout=st.sampled_from(["nhwc", "nchw"]))
 @settings(max_examples=25)
+@example(case={**CONV_EXAMPLE, "pad_value": 0.0}, layout="nhwc")
+@example(case={**CONV_EXAMPLE, "pad_value": 1.0}, layout="nchw")
+@example(case={**CONV_EXAMPLE, "pad_value": -1.0}, layout="nhwc")
+@example(case={**CONV_EXAMPLE, "pad_value": 0.0, "n": 0}, layout="nchw")   # empty batch
 def test_bconv2d_int32_equals_reference(emulated, case, layout):
     """Stride, dilation, groups, every padding mode (exact zero padding, +-1), partial words of
     channels, empty batches."""
