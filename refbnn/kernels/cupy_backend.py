@@ -1,0 +1,136 @@
+"""The ``"cupy"`` backend: the reference's binary products on CuPy arrays, computed by the CUDA
+kernels in ``refbnn/kernels/cuda/`` (XOR and ``__popcll`` on bit-packed words).
+
+Same signatures and results as :mod:`refbnn.kernels.reference` (float +-1 in, integer-valued float
+out, bit for bit). The ``.cu`` sources are compiled with NVRTC through ``cupy.RawModule`` the
+first time a kernel is used on a device, then reused for the rest of the process (CuPy also keeps
+the compiled code in its on-disk kernel cache).
+
+This module imports CuPy; ``refbnn.kernels`` imports it only when the ``"cupy"`` backend is asked
+for (a CuPy array with ``backend="auto"``, or ``refbnn info``), and reports why it is unavailable:
+CuPy not installed, or installed with no usable CUDA device. The packed kernels themselves are
+here too (``pack_bits``, ``bgemm``, ``bconv2d``, ``bmaxpool2d``, with the CPU kernels' arguments).
+"""
+from __future__ import annotations
+
+import threading
+
+try:
+    import cupy
+except ImportError as exc:
+    raise ImportError(f"CuPy is not installed ({exc}); install it with `pip install 'refbnn[gpu]'` "
+                      "(the cupy-cuda13x wheel)") from exc
+
+from . import cuda
+
+
+def _unavailable() -> str | None:
+    """Why CuPy cannot run kernels here, or None."""
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 - CUDARuntimeError, or a missing libcudart / driver
+        return (f"CuPy {cupy.__version__} is installed but the CUDA runtime reports no usable device "
+                f"({type(exc).__name__}: {exc}); a GPU and its driver are needed")
+    if count == 0:
+        return f"CuPy {cupy.__version__} is installed but there is no CUDA device"
+    return None
+
+
+_why = _unavailable()
+if _why is not None:
+    raise ImportError(_why)
+
+_modules: dict[tuple[int, str], object] = {}   # (device id, source file) -> cupy.RawModule
+_functions: dict[tuple[int, str], object] = {}  # (device id, kernel) -> its cupy.RawKernel
+_lock = threading.Lock()
+
+
+def _function(kernel: str):
+    """The compiled kernel on the current device (compiled once per device and process)."""
+    device = cupy.cuda.Device().id
+    function = _functions.get((device, kernel))
+    if function is not None:
+        return function
+    source = cuda.KERNEL_SOURCE[kernel]
+    key = (device, source)
+    try:
+        with _lock:
+            module = _modules.get(key)
+            if module is None:
+                module = _modules[key] = cupy.RawModule(code=cuda.read_source(source), options=cuda.NVRTC_OPTIONS)
+        function = _functions[(device, kernel)] = module.get_function(kernel)
+        return function
+    except cupy.cuda.compiler.CompileException as exc:
+        _modules.pop(key, None)
+        raise RuntimeError(f"NVRTC could not compile {source}:\n{exc.get_message()}") from exc
+    except (ImportError, OSError, RuntimeError) as exc:
+        _modules.pop(key, None)
+        if "nvrtc" in str(exc).lower():
+            raise RuntimeError(f"NVRTC, the CUDA runtime compiler, is missing or does not load ({exc}); install "
+                               "it with `pip install 'cuda-toolkit[nvrtc]==13.*'`") from exc
+        raise
+
+
+def _launch(kernel, grid, block, args):
+    _function(kernel)(tuple(grid), tuple(block), tuple(args))
+
+
+_kernels = cuda.Kernels(cupy, _launch)
+
+
+def _same_device(**arrays):
+    """Refuse NumPy (or other) arrays among CuPy ones, and CuPy arrays on different devices; return
+    the device they are on."""
+    device = None
+    first = None
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        if not isinstance(a, cupy.ndarray):
+            raise TypeError(f"{name}: expected a CuPy array (the other arguments are on the GPU), got "
+                            f"{type(a).__module__}.{type(a).__name__}; move it with cupy.asarray")
+        if device is None:
+            device, first = a.device, name
+        elif a.device.id != device.id:
+            raise ValueError(f"{name} is on CUDA device {a.device.id} but {first} is on device {device.id}; "
+                             "move them to one device")
+    return device
+
+
+def binary_matmul(a, b):
+    """``a @ b.T`` for +-1 CuPy matrices a (M, K), b (N, K) (refbnn.kernels.reference.binary_matmul)."""
+    with _same_device(a=a, b=b):
+        return _kernels.binary_matmul(a, b)
+
+
+def binary_conv2d(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, pad_value=0.0):
+    """Convolution of +-1 CuPy activations (N, C, H, W) with +-1 weights (O, C/groups, kh, kw)."""
+    with _same_device(x=x, w=w):
+        return _kernels.binary_conv2d(x, w, stride, padding, dilation, groups, pad_value)
+
+
+def pack_bits(x, axis=-1, polarity="lce"):
+    """Signs of a CuPy array along ``axis`` -> uint64 words (as refbnn.kernels.pack_bits)."""
+    with _same_device(x=x):
+        return _kernels.pack_bits(x, axis, polarity)
+
+
+def bgemm(a_words, b_words, k):
+    """int32 (M, N) +-1 dot products of packed rows (as refbnn.kernels.bgemm)."""
+    with _same_device(a_words=a_words, b_words=b_words):
+        return _kernels.bgemm(a_words, b_words, k)
+
+
+def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=1, pad_value=0.0, **kwargs):
+    """Binary convolution of packed CuPy words (as refbnn.kernels.bconv2d; output, multiplier, bias,
+    clamp, thresholds, flip, layout by keyword)."""
+    per_channel = {k: kwargs[k] for k in ("multiplier", "bias", "thresholds", "flip")
+                   if k in kwargs and hasattr(kwargs[k], "shape")}
+    with _same_device(x_words=x_words, w_words=w_words, **per_channel):
+        return _kernels.bconv2d(x_words, w_words, channels, stride, padding, dilation, groups, pad_value, **kwargs)
+
+
+def bmaxpool2d(x_words, kernel_size, stride=None, padding=0):
+    """Binary max pool of packed CuPy words (as refbnn.kernels.bmaxpool2d)."""
+    with _same_device(x_words=x_words):
+        return _kernels.bmaxpool2d(x_words, kernel_size, stride, padding)
