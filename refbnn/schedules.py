@@ -128,7 +128,7 @@ def recu_state(progress: float, tau_start: float = 0.85, tau_end: float = 0.99) 
 
 def beta_state(progress: float, beta_start: float = 5.0, beta_end: float = 100.0) -> dict:
     """[reconstructed] The sign-Swish beta of BNN++ grown geometrically: beta = beta_s (beta_e / beta_s)^p.
-    The PC++ paper's beta/mu schedule is not in the spec (algorithms.md 5.4); the parameters are explicit."""
+    The PC++ paper's beta/mu schedule was not available (docs/methods/proxconnect.md); the parameters are explicit."""
     _check_progress(progress)
     if not (beta_start > 0 and beta_end > 0):
         raise ValueError(f"beta_start, beta_end: expected positive values, got {beta_start}, {beta_end}")
@@ -137,7 +137,7 @@ def beta_state(progress: float, beta_start: float = 5.0, beta_end: float = 100.0
 
 def mu_state(progress: float, mu_start: float = 0.0, mu_end: float = 1.0) -> dict:
     """[reconstructed] The ProxConnect prox strength grown linearly: mu = mu_s + (mu_e - mu_s) p (PARQ's
-    AProx grows it with the aggregate step size; the spec does not give Dockhorn et al.'s schedule)."""
+    AProx grows it with the aggregate step size; Dockhorn et al.'s schedule was not available)."""
     _check_progress(progress)
     if not (mu_start >= 0 and mu_end >= 0):
         raise ValueError(f"mu_start, mu_end: expected values >= 0, got {mu_start}, {mu_end}")

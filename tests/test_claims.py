@@ -1,4 +1,4 @@
-"""The checkable claims of algorithms.md section 8 (and 5.5), each as a test.
+"""The checkable claims of the papers (docs/claims.md), each as a test.
 
 Monte Carlo tests use fixed seeds and tolerances of a few standard errors of their sample size."""
 import math
@@ -42,7 +42,7 @@ def test_quantization_error_corrected_closed_form_matches_monte_carlo(laplace, t
     e = (r - analytic_alpha(tau, B) * np.sign(r)) ** 2
     est, se = e.mean(), e.std() / math.sqrt(N)
     assert abs(est - quantization_error(tau, B)) <= 5 * se
-    assert quantization_error(tau, B) == pytest.approx(mc_value, abs=1e-4)   # the spec's numbers (b = 0.7)
+    assert quantization_error(tau, B) == pytest.approx(mc_value, abs=1e-4)   # docs/claims.md's numbers (b = 0.7)
     assert quantization_error_eq14(tau, B) == pytest.approx(paper_value, abs=1e-4)
     if tau < 0.9:
         assert abs(est - quantization_error_eq14(tau, B)) > 100 * se
@@ -134,7 +134,7 @@ def test_bit_shift_exponents():
     q = get_quantizer("libra_pb")
     cases = [(rng.standard_normal((1, n)), math.sqrt(2 / math.pi), 1.0),
              (rng.uniform(-1, 1, (1, n)), math.sqrt(3) / 2, 1.0),
-             (rng.standard_t(3, (1, n)), 2 / math.pi, 0.5)]  # 0.629 in the spec; heavy tails: slow MC
+             (rng.standard_t(3, (1, n)), 2 / math.pi, 0.5)]  # E|t3| / sd = 2/pi; heavy tails: slow MC
     for row, mean_abs, scale in cases:
         w_std = q.standardized(row)
         assert np.abs(w_std).mean() == pytest.approx(mean_abs, abs=2e-2)

@@ -356,7 +356,7 @@ def test_schedules_from_tables_and_functions(catalogue, tmp_path):
 
 
 def tau_by_hand(e, E, tau_min, tau_max, clock):
-    """ReCU Eq. 24 / cifar/main.py L160-167 (algorithms.md 4.6): tau = A exp(p) + B, A = (tau_max - tau_min)/(e - 1),
+    """ReCU Eq. 24 / cifar/main.py L160-167 (docs/methods/recu.md): tau = A exp(p) + B, A = (tau_max - tau_min)/(e - 1),
     B = tau_min - A; p = e / E in the code, e / (E - 1) in the paper convention (the end value is reached)."""
     a = (tau_max - tau_min) / (math.e - 1)
     p = e / E if clock == "official" else e / (E - 1)
@@ -364,7 +364,7 @@ def tau_by_hand(e, E, tau_min, tau_max, clock):
 
 
 def tk_by_hand(e, E, T_min, T_max, clock):
-    """IR-Net Eq. 18 / trainer.py L130-143 (algorithms.md 3.3): t = 10^(log10 T_min + (log10 T_max - log10 T_min) p),
+    """IR-Net Eq. 18 / trainer.py L130-143 (docs/methods/irnet.md): t = 10^(log10 T_min + (log10 T_max - log10 T_min) p),
     k = 1/t if t < 1 else 1."""
     p = e / E if clock == "official" else e / (E - 1)
     t = 10.0 ** (math.log10(T_min) + (math.log10(T_max) - math.log10(T_min)) * p)
@@ -379,7 +379,7 @@ def test_recu_tau_and_irnet_tk_schedules_by_hand(convention, tmp_path):
     tau = tau_by_hand(e, E, 0.85, 0.99, convention)
     bundle = {"epoch": e, "epochs": np.array(E), "tau_min": np.array(0.85), "tau_max": np.array(0.99), "tau": tau}
     assert xc.crosscheck(bundle, schedule="recu_tau", convention=convention).passed
-    if convention == "official":  # the code's values (algorithms.md 4.6): tau(599) = 0.98963, never 0.99
+    if convention == "official":  # the code's values (docs/methods/recu.md): tau(599) = 0.98963, never 0.99
         assert tau[[0, 299, 599]] == pytest.approx([0.85, 0.90263, 0.98963], abs=5e-6)
     rep = xc.crosscheck(bundle, schedule="recu_tau", convention=other)
     assert not rep.passed and rep.notes == [n for n in rep.notes if f"--convention {convention}" in n] and rep.notes

@@ -205,7 +205,7 @@ STATES = {  # t, k: the code's initial values, a stage-1 and a stage-2 point of 
 CASES = [(m, s) for m, states in STATES.items() for s in states]
 
 
-# --- the torch re-implementations are what the spec says -----------------------------------------------
+# --- the torch re-implementations are what the official code computes -----------------------------------------------
 
 def test_torch_functions_follow_the_spec():
     x = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5], dtype=torch.float64, requires_grad=True)

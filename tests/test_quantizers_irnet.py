@@ -65,7 +65,7 @@ def test_libra_pb_scale_is_one_for_gaussian_rows():
 @given(seeds)
 def test_libra_pb_code_gradient_sums_to_zero_per_channel(seed):
     """Official convention (gradients through mean and unbiased std, eps = 0): per output channel the
-    latent-weight gradient sums to zero and is orthogonal to the centered row (algorithms.md 3.4)."""
+    latent-weight gradient sums to zero and is orthogonal to the centered row (docs/methods/irnet.md)."""
     w = _rows(seed)
     q = QUANTIZERS["libra_pb"].from_convention(OFFICIAL)
     y, cache = q.forward(w)

@@ -22,7 +22,7 @@ def test_sign_swish_is_odd(x, beta):
 @pytest.mark.parametrize("beta", [1.0, 5.0, 25.0])
 def test_sign_swish_overshoot_area_and_slope(beta):
     """max SS = 1.19968 at beta x = 2.3994 (not monotone, so not a proximal map); SS'(0) = beta; the integral
-    of SS' over R is 2, the jump of sign (algorithms.md 2.7)."""
+    of SS' over R is 2, the jump of sign (docs/methods/baselines.md)."""
     x = np.linspace(0, 10 / beta, 200001)
     ss = sign_swish(x, beta)
     i = int(np.argmax(ss))

@@ -68,7 +68,7 @@ def test_recu_tau_start_end_monotone_convex(ts, te):
 
 
 def test_recu_code_values_for_600_epochs():
-    """ReCU code, E = 600: tau(0) = 0.85, tau(299) = 0.90263, tau(599) = 0.98963 (algorithms.md 4.6)."""
+    """ReCU code, E = 600: tau(0) = 0.85, tau(299) = 0.90263, tau(599) = 0.98963 (docs/methods/recu.md)."""
     taus = [RECU_SCHEDULE.at(e, 600, "epoch")["tau"] for e in (0, 299, 599)]
     np.testing.assert_allclose(taus, [0.85, 0.90263, 0.98963], atol=5e-6)
     assert RECU_SCHEDULE.at(599, 600, "progress")["tau"] == pytest.approx(0.99)

@@ -79,7 +79,7 @@ class DoReFaSign(Quantizer):
     backward:  dx = dy   (straight-through: DoReFa Eq. 7-8 pass the gradient of r_o to r_i unchanged)
     surrogate: x
     Parameters: sign_zero=1.0. Conventions read: sign_zero.
-    Sources: DoReFa-Net section 2.2 (k = 1 case, Eq. 7-8); algorithms.md 2.5.
+    Sources: DoReFa-Net section 2.2 (k = 1 case, Eq. 7-8); docs/methods/baselines.md.
     """
 
     name = "dorefa_sign"

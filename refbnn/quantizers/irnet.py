@@ -59,7 +59,7 @@ class LibraPB(_EdeState, Quantizer):
     backward, g = dy (IR-Net Algorithm 1 line 9 / the code's autograd):
         g1 = g * s_o * k t (1 - tanh^2(t w_std))               EDE at the standardized weight
         ``standardize_grad="through"`` (code): g1 back through the centering and the std
-            dL/dw = (1/s)(g1 - mean(g1)) - (u^T g1) u / ((n - 1) s^3),  u = w_hat    (algorithms.md 3.4)
+            dL/dw = (1/s)(g1 - mean(g1)) - (u^T g1) u / ((n - 1) s^3),  u = w_hat    (docs/methods/irnet.md)
             per channel the gradient sums to zero and is orthogonal to u (eps = 0)
         ``standardize_grad="detached"`` (mean and std constants): dL/dw = g1 / s
         ``standardize_grad="identity"`` (Algorithm 1): dL/dw = g1

@@ -1,4 +1,4 @@
-"""Larq's remaining quantizers under Larq's names and semantics (larq/quantizers.py; anchors.md 1.1):
+"""Larq's remaining quantizers under Larq's names and semantics (larq/larq 0.14, larq/quantizers.py):
 ``ste_heaviside``, ``ste_tern`` and ``noop``. (``ste_sign``, ``approx_sign``, ``swish_sign`` and
 ``magnitude_aware_sign`` live in sign.py, ``dorefa_quantizer`` in dorefa.py.)
 """

@@ -1,21 +1,21 @@
 """ProxConnect++ (Lu, Yu, Li, Partovi Nia; NeurIPS 2023, arXiv 2402.17710): a forward quantizer F
 and a backward quantizer B as a pair.
 
-[reconstructed] No official code exists and the paper body was not consulted for the spec
-(algorithms.md section 5); the update below is the spec's "most plausible reading" (5.4):
+[reconstructed] No official code exists and the paper body was not available when this was written
+(docs/methods/proxconnect.md); the update below is the most plausible reading of the paper's description:
 
     w_t = F(theta_t)                                   (forward: the network uses F of the latent weights)
     theta_(t+1) = theta_t - eta_t B'(theta_t) * grad_w L(w_t)   (backward: B' replaces F')
 
 with the decomposition criterion F = P o B, P a proximal (monotone) quantizer. The instances
-(``PC_INSTANCES``) follow the spec's table 5.4; every parameter is explicit. The 1-D maps:
+(``PC_INSTANCES``) follow the table of docs/methods/proxconnect.md; every parameter is explicit. The 1-D maps:
 
 - forward F: ``sign`` (sign(0) = sign_zero), ``swish`` (the sign-Swish SS_beta of BNN+, not
   monotone, so not itself a proximal map: BNN++ needs P = identity), ``prox`` (P_mu below);
 - backward B (B' is what the estimator multiplies by): ``identity`` (B' = 1), ``clip``
   (B' = 1[|x| <= clip_value]), ``swish`` (B' = SS_beta').
 
-P_mu, the proximal quantizer of plain ProxConnect [reconstructed: the spec does not give
+P_mu, the proximal quantizer of plain ProxConnect [reconstructed: the paper's text was not available to give
 Dockhorn et al.'s family]: the proximal map of mu * dist(w, {-1, +1}), the "W-shaped" regularizer
 of ProxQuant (Bai et al. 2019): move x towards the nearest of +-1 by mu and stop there,
 
@@ -26,7 +26,7 @@ monotone non-decreasing (a proximal map), the identity at mu = 0, sign(x) on |x|
 mu >= 1, and -> sign as mu -> infinity. P_mu(0) = sign_zero * min(mu, 1) (the map is set-valued at 0).
 
 Evaluation: ``eval_forward="sign"`` evaluates the network with sign(theta) (a binary network at test
-time); ``"train"`` keeps F. [reconstructed choice: the spec does not say whether BNN++ binarizes
+time); ``"train"`` keeps F. [reconstructed choice: it is not known whether BNN++ binarizes
 with sign at the end of training.]
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ from .sign import _clip, sign_swish, sign_swish_grad
 FORWARDS = ("sign", "swish", "prox")
 BACKWARDS = ("identity", "clip", "swish")
 
-# PC++ instances as (forward F, backward B, proximal P with F = P o B); algorithms.md table 5.4
+# PC++ instances as (forward F, backward B, proximal P with F = P o B); docs/methods/proxconnect.md
 PC_INSTANCES = {
     "bc": ("sign", "identity", "sign"),
     "bnn": ("sign", "clip", "sign"),
@@ -177,7 +177,7 @@ class ProxSign(ProxConnectPair):
     Parameters: mu=0.0 (state, >= 0; refbnn's pc method grows it per epoch, ``schedules.mu_state``),
     eval_forward="sign", sign_zero=1.0. Conventions read: sign_zero.
     Sources: Dockhorn et al. 2021 (ProxConnect), Bai et al. 2019 (ProxQuant's W-shaped regularizer), PARQ
-    (Jin et al.) section 1.1 as restated in algorithms.md 5.3.
+    (Jin et al.) section 1.1.
     """
 
     name = "prox_sign"

@@ -2,7 +2,7 @@
 magnitude_aware_sign; refbnn's identity_ste_sign and stochastic_sign).
 
 Every class here outputs sign(x) (possibly scaled) in the forward pass and differs only in the
-estimator. Larq's names keep Larq's semantics (anchors.md section 1.1): sign(0) = +1 by default,
+estimator. Larq's names keep Larq's semantics (larq/larq 0.14, larq/quantizers.py): sign(0) = +1 by default,
 clipped gradients pass at abs(x) == clip_value.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def sign_swish(x, beta):
     """SS_b(x) = 2 sigmoid(b x) [1 + b x (1 - sigmoid(b x))] - 1 = tanh(v) + v (1 - tanh(v)^2), v = b x / 2.
 
     Odd, SS(0) = 0, not monotone: max 1.19968 at b x = 2.3994, -> sign(x) as b -> infinity
-    (algorithms.md 2.7). The tanh form has no overflow for large |b x|.
+    (docs/methods/baselines.md). The tanh form has no overflow for large |b x|.
     """
     v = (0.5 * beta) * x
     t = array_module(x).tanh(v)
@@ -96,7 +96,7 @@ class SteSign(ElementwiseSign):
     Conventions read: sign_zero, clip_inclusive.
 
     Sources: BNN (Hubara et al. 2016, Eq. 4: g_r = g_q 1[|r| <= 1]); Larq ``SteSign(clip_value=1.0)``
-    (larq/quantizers.py: math.sign forward, ``_clipped_gradient`` with less_equal); algorithms.md 2.2.
+    (larq/quantizers.py: math.sign forward, ``_clipped_gradient`` with less_equal); docs/methods/baselines.md.
     """
 
     name = "ste_sign"
@@ -124,7 +124,7 @@ class IdentitySteSign(SteSign):
     forward: y = sign(x) (sign(0) = ``sign_zero``);  backward: dx = dy;  surrogate: x.
     Parameters: sign_zero=1.0. Conventions read: sign_zero.
     Sources: BinaryConnect (Courbariaux et al. 2015, Algorithm 1: the gradient w.r.t. w_b updates the
-    latent w); algorithms.md 2.1. Equivalent to Larq's ``SteSign(clip_value=None)``.
+    latent w); docs/methods/baselines.md. Equivalent to Larq's ``SteSign(clip_value=None)``.
     """
 
     name = "identity_ste_sign"
@@ -143,11 +143,11 @@ class StochasticSign(Quantizer):
     forward (eval):     ``eval_forward="sign"``: y = sign(x) (a binary network at test time, BC's
                         inference method 1); ``"real"``: y = x (the real-valued weights, inference
                         method 2, which BinaryConnect's paper reports for the stochastic variant
-                        [recalled, not in algorithms.md])
+                        [recalled from the paper])
     backward:           dx = dy (identity STE);   surrogate: x.
     Parameters: eval_forward="sign", sign_zero=1.0 (eval sign only), seed=None (the generator used
     until the training loop hands over a per-epoch one with ``set_rng``).
-    Source: Courbariaux et al. 2015, Eq. 2-3 and section 2.6; algorithms.md 2.1.
+    Source: Courbariaux et al. 2015, Eq. 2-3 and section 2.6; docs/methods/baselines.md.
     """
 
     name = "stochastic_sign"
@@ -199,7 +199,7 @@ class ApproxSign(ElementwiseSign):
     backward:  dx = dy * max(0, 2 - 2|x|)   (2 at 0, 0 for |x| >= 1)
     surrogate: F(x) = 2c - c|c|, c = clip(x, -1, 1)   (the piecewise polynomial of Bi-Real Eq. 4)
     Parameters: sign_zero=1.0. Conventions read: sign_zero.
-    Sources: Liu et al. 2018 (Bi-Real Net) Eq. 4-5; ReCU Eq. 7; Larq ``ApproxSign``; algorithms.md 2.6.
+    Sources: Liu et al. 2018 (Bi-Real Net) Eq. 4-5; ReCU Eq. 7; Larq ``ApproxSign``; docs/methods/baselines.md.
     """
 
     name = "approx_sign"
@@ -221,7 +221,7 @@ class SwishSign(ElementwiseSign):
     backward:  dx = dy * SS_b'(x) = dy * b [2 - b x tanh(b x / 2)] / [1 + cosh(b x)]
     surrogate: SS_b(x) = 2 sigmoid(b x) [1 + b x (1 - sigmoid(b x))] - 1
     Parameters: beta=5.0 (> 0), sign_zero=1.0. Conventions read: sign_zero.
-    Sources: Darabi et al. 2018 (BNN+) Eq. 5-6; Larq ``SwishSign(beta=5.0)``; algorithms.md 2.7.
+    Sources: Darabi et al. 2018 (BNN+) Eq. 5-6; Larq ``SwishSign(beta=5.0)``; docs/methods/baselines.md.
     """
 
     name = "swish_sign"
@@ -249,7 +249,7 @@ class MagnitudeAwareSign(Quantizer):
     Parameters: clip_value=1.0 (> 0 or None), scale_gradient=True, sign_zero=1.0, clip_inclusive=True.
     Conventions read: sign_zero, clip_inclusive, bireal_scaled_grad (-> scale_gradient).
     Sources: Liu et al. 2018 section 3.3 (the paper's gradient is a_o 1[|w| < 1], [reconstructed]);
-    Larq ``MagnitudeAwareSign``; ReActNet ``birealnet.py`` HardBinaryConv; algorithms.md 2.6.
+    Larq ``MagnitudeAwareSign``; ReActNet ``birealnet.py`` HardBinaryConv; docs/methods/baselines.md.
     """
 
     name = "magnitude_aware_sign"

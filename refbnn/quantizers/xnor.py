@@ -16,7 +16,7 @@ class XnorWeight(Quantizer):
     forward:  y = a_o sign(x)   (sign(0) = ``sign_zero``)
     backward, with m = 1[|x| <= clip_value], n = entries per output channel, g = dy:
       gradient="paper"    dx = g (1/n + a_o m)   -- XNOR-Net section 3.1, the diagonal of the Jacobian of
-                          a_o sign(W) with the STE for sign [reconstructed: formula recalled, algorithms.md 2.3;
+                          a_o sign(W) with the STE for sign [reconstructed: formula recalled, docs/methods/baselines.md;
                           the paper's "r 1[|r| <= 1]" is read as 1[|r| <= 1]]
       gradient="exact"    dx_j = (1/n) sign(x_j) sum_i g_i sign(x_i) + a_o g_j m_j   -- autograd of
                           a_o(W) sign(W) with a_o not detached and the STE for sign
@@ -25,7 +25,7 @@ class XnorWeight(Quantizer):
     surrogates: "paper" x/n + a_o(ref) clip(x); "exact" a_o(x) [sign(ref) - clip(ref) + clip(x)];
                 "detached" clip(x)
     Parameters: gradient="paper", clip_value=1.0 (> 0 or None), clip_inclusive=True, sign_zero=1.0.
-    Conventions read: sign_zero, clip_inclusive. Sources: XNOR-Net Eq. 2-4 and section 3.1; algorithms.md 2.3.
+    Conventions read: sign_zero, clip_inclusive. Sources: XNOR-Net Eq. 2-4 and section 3.1; docs/methods/baselines.md.
     """
 
     name = "xnor_weight"
@@ -89,7 +89,7 @@ class XnorActivation(Quantizer):
     Conventions read: sign_zero, clip_inclusive.
     Not implemented: the paper's spatial map K = (channel mean of |A|) * box filter of the conv kernel's
     size (XNOR-Net section 3.2); it depends on the layer's kernel, and a quantizer knows no layer.
-    Sources: XNOR-Net section 3.2; BiBench xnor.py; algorithms.md 2.3.
+    Sources: XNOR-Net section 3.2; BiBench xnor.py; docs/methods/baselines.md.
     """
 
     name = "xnor_act"
