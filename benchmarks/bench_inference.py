@@ -90,7 +90,7 @@ def run(models, width, batches, threads, budget):
                 err = float(np.abs(out - ref).max())
                 agree = float((out.argmax(1) == ref.argmax(1)).mean())
                 with _Limit(nt):
-                    t_numpy = best_time(lambda x=x: model.forward(x), budget)
+                    t_numpy = best_time(lambda model=model, x=x: model.forward(x), budget)
                 t_packed = best_time(lambda im=im, x=x: im.forward(x), budget)
                 rows.append({"model": name, "width": width, "batch": batch, "threads": nt,
                              "packed_images_per_second": batch / t_packed, "numpy_images_per_second": batch / t_numpy,
