@@ -32,7 +32,7 @@ from refbnn.inference import (
 from refbnn.kernels import pack_bits, unpack_bits
 from refbnn.layers.binary import BinaryConv2d, _BinaryLayer
 from refbnn.methods import LayerFactory, get_method
-from refbnn.models import build_model, mlp
+from refbnn.models import build_model, mlp, resnet18
 
 EXPORTED = ("bnn", "xnorpp", "bnnplus", "bireal", "irnet", "recu")
 REFUSED = {"float": "no binary layers", "bc": "real-valued activations", "irnet_1w32a": "real-valued activations",
@@ -194,10 +194,17 @@ def test_official_convention_sign_zero_is_refused(method):
         export_model(model, (1, 8, 8), 10)
 
 
-def test_resnet18_basic_block_is_refused():
-    model = build_model("resnet18", _factory("bnn", 0), (3, 8, 8), 10, 0.1)
-    with pytest.raises(ExportError, match="BasicBlock"):
-        export_model(model, (3, 8, 8), 10)
+@pytest.mark.parametrize("shortcut", ("conv", "A"))
+@pytest.mark.parametrize("method", ("bnn", "bireal"))
+def test_resnet18_basic_block_matches(shortcut, method):
+    """conv1 -> bn1 -> act1 -> conv2 as packed bits; the FP 1x1 conv + BN or option-A (average
+    pool) shortcut in float."""
+    rng = np.random.default_rng(5)
+    model = randomize(resnet18(_factory(method, 5), (3, 8, 8), 10, 0.1, shortcut=shortcut), rng)
+    graph = export_model(model, (3, 8, 8), 10)
+    assert sum(n.get("output") == "bits" for n in graph.nodes) == 8
+    check_exact(model, graph, rng.normal(size=(3, 3, 8, 8)).astype(np.float32),
+                float_tol=0.0 if method == "bnn" else 1e-4)
 
 
 # ---- a model trained by refbnn train, through the command line ---------------------------------

@@ -16,7 +16,7 @@ github.com/larq/compute-engine, ``mlir/transforms/optimize.cc`` and ``core/bconv
   scale and a following batch norm folded into the per-channel multiplier and bias (equal to the
   float network's value within float32 rounding);
 - where a float residual add sits between two binary layers (the Bi-Real double skip of
-  ``refbnn.models.resnet.BiRealBlock``), the add needs the real value: the binary conv writes float
+  ``refbnn.models.resnet.BiRealBlock``, and the second conv of ResNet-18's ``BasicBlock``), the add needs the real value: the binary conv writes float
   output d * scale, batch norm runs as the training op does (bit for bit), the add and the
   activation run in float, and the next layer's sign is packed from that;
 - a max pool between a binary layer and the next sign runs on the packed bits (``bmaxpool2d``:
@@ -59,7 +59,7 @@ from ..layers import (
     ShortcutA,
 )
 from ..layers.binary import BinaryConv2d, BinaryLinear, _BinaryLayer
-from ..models.resnet import BiRealBlock
+from ..models.resnet import BasicBlock, BiRealBlock
 from .format import FORMAT, Graph
 
 # input shapes of the data sets refbnn trains on (the checkpoint stores the data set's name)
@@ -343,6 +343,20 @@ def _block(b, blk, name, t):
     return _float_node(b, m["act2"], b.add("add", [y, h]), f"{name}.act2")
 
 
+def _basic_block(b, blk, name, t):
+    """BasicBlock: out = act2(bn2(conv2(act1(bn1(conv1(x))))) + shortcut(x)); conv1 writes conv2's
+    packed input through thresholds, conv2 writes float output for the add."""
+    m = blk.children
+    p = _pack_node(b, t, m["conv1"], f"{name}.conv1")
+    p = _bits_node(b, m["conv1"], f"{name}.conv1", p, None, [m["bn1"], m["act1"]], m["conv2"], f"{name}.conv2")
+    y = _exact_float_out_node(b, m["conv2"], f"{name}.conv2", p)
+    y = _float_node(b, m["bn2"], y, f"{name}.bn2")
+    sc = t
+    for sub_name, sub in _flatten_modules(m["shortcut"], f"{name}.shortcut."):
+        sc = _float_node(b, sub, sc, sub_name)
+    return _float_node(b, m["act2"], b.add("add", [y, sc]), f"{name}.act2")
+
+
 def export_model(model, input_shape, num_classes, source=None) -> Graph:
     """The inference graph of ``model`` (a refbnn model of Sequential layers and BiRealBlocks) for
     inputs of ``input_shape`` (C, H, W); ExportError when a layer has no sign x sign inference form."""
@@ -351,7 +365,7 @@ def export_model(model, input_shape, num_classes, source=None) -> Graph:
     if not binary:
         raise ExportError("the model has no binary layers (a float model needs no packed inference)")
     for n, m in model.modules():
-        if isinstance(m, BiRealBlock) and not all(isinstance(m.children[c], BinaryConv2d) for c in ("conv1", "conv2")):
+        if isinstance(m, (BiRealBlock, BasicBlock)) and not all(isinstance(m.children[c], BinaryConv2d) for c in ("conv1", "conv2")):
             raise ExportError(f"{n}: a residual block with float convolutions has no packed inference form")
     b = _Builder(input_shape)
     items = _flatten_modules(model)
@@ -359,8 +373,10 @@ def export_model(model, input_shape, num_classes, source=None) -> Graph:
     i = 0
     while i < len(items):
         name, m = items[i]
-        if isinstance(m, BiRealBlock):
-            t = _block(b, m, name, t)
+        if isinstance(m, (BiRealBlock, BasicBlock)):
+            if kind == "bits":
+                raise ExportError(f"{name}: a residual block after packed bits has no inference form")
+            t = (_block if isinstance(m, BiRealBlock) else _basic_block)(b, m, name, t)
             i += 1
             continue
         if not isinstance(m, _BinaryLayer):

@@ -27,11 +27,22 @@ class InferenceModel:
             raise ValueError(f"threads: expected a positive int, got {threads!r}")
         self.threads = threads
         self.input_shape = tuple(self.meta["input_shape"])
-        self._invert_words = {}
+        self._invert_words, self._bn, last_use = {}, {}, {}
         for i, n in enumerate(self.nodes):
+            for name in n["in"]:
+                last_use[name] = i
             if n["op"] == "bmaxpool2d":
                 inv = self.arrays[n["arrays"]["invert"]]
                 self._invert_words[i] = self._k.pack_bits(np.where(inv, -1.0, 1.0).astype(np.float32))
+            if n["op"] == "batchnorm":
+                a = {key: self._a(n, key) for key in ("gamma", "beta", "mean", "var")}
+                shape = (1, -1) + (1,) * (len(self.specs[n["in"][0]][1]) - 1)
+                # the constants exactly as refbnn.ops.batchnorm_forward computes them in eval mode
+                inv_std = (1.0 / np.sqrt(a["var"] + n["eps"])).astype(np.float32, copy=False)
+                self._bn[i] = tuple(v.reshape(shape) for v in (a["mean"], inv_std, a["gamma"], a["beta"]))
+        # a float tensor whose last reader is node i may be overwritten by node i (saves a copy per op)
+        self._in_place = {i: [last_use.get(name) == i and name != "input" for name in n["in"]]
+                          for i, n in enumerate(self.nodes)}
 
     @classmethod
     def load(cls, path, threads=None):
@@ -96,8 +107,11 @@ class InferenceModel:
             y = k.bmaxpool2d(x, node["kernel_size"], node["stride"], node["padding"], threads=th)
             y ^= self._invert_words[i]
             return y
+        own = self._in_place[i][0]
         if op == "add":
-            return ops.add_forward(ins[0], ins[1])[0]
+            if ins[0].shape != ins[1].shape:
+                raise ValueError(f"node {i}: residual add of {ins[0].shape} and {ins[1].shape}")
+            return np.add(ins[0], ins[1], out=ins[0] if own else None)
         if op == "flatten":
             return ops.flatten_forward(x)[0]
         if op == "linear":
@@ -105,11 +119,15 @@ class InferenceModel:
         if op == "conv2d":
             return ops.conv2d_forward(x, self._a(node, "weight"), self._a(node, "bias"), tuple(node["stride"]),
                                       tuple(node["padding"]), tuple(node["dilation"]), node["groups"])[0]
-        if op == "batchnorm":
-            a = {key: self._a(node, key) for key in ("gamma", "beta", "mean", "var")}
-            return ops.batchnorm_forward(x, a["gamma"], a["beta"], a["mean"], a["var"], False, 0.1, node["eps"])[0]
+        if op == "batchnorm":    # ((x - mean) * inv_std) * gamma + beta: refbnn.ops.batchnorm_forward's order
+            mean, inv_std, gamma, beta = self._bn[i]
+            y = np.subtract(x, mean, out=x if own else None)
+            y *= inv_std
+            y *= gamma
+            y += beta
+            return y
         if op == "hardtanh":
-            return ops.hardtanh_forward(x, node["min_val"], node["max_val"])[0]
+            return np.clip(x, node["min_val"], node["max_val"], out=x if own else None)
         if op == "relu":
             return ops.relu_forward(x)[0]
         if op == "maxpool2d":
