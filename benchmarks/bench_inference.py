@@ -7,7 +7,8 @@ and random batch-norm statistics (negative gammas included), exported with
 ``refbnn.inference.export_model`` and run by ``InferenceModel`` at batch 1 and 64 with 1 and 2
 kernel threads. The baseline is the same training model's eval-mode forward in NumPy (binary layers
 on the ``"numpy"`` backend: im2col and a float32 BLAS GEMM, BLAS threads as the environment sets
-them; with threadpoolctl installed they are limited to the kernel thread count). Before timing,
+them; with threadpoolctl installed they are limited to the kernel thread count, on both sides, since
+the exported model's float layers (the stem, the head) run the same NumPy ops). Before timing,
 the logits of the two are compared. Timings are the best of short repeats; the load average is
 printed, since a shared machine changes every number here. Needs the compiled kernels.
 """
@@ -89,9 +90,9 @@ def run(models, width, batches, threads, budget):
                 out = im.forward(x)
                 err = float(np.abs(out - ref).max())
                 agree = float((out.argmax(1) == ref.argmax(1)).mean())
-                with _Limit(nt):
+                with _Limit(nt):   # both sides: the float layers' BLAS calls get the same thread count
                     t_numpy = best_time(lambda model=model, x=x: model.forward(x), budget)
-                t_packed = best_time(lambda im=im, x=x: im.forward(x), budget)
+                    t_packed = best_time(lambda im=im, x=x: im.forward(x), budget)
                 rows.append({"model": name, "width": width, "batch": batch, "threads": nt,
                              "packed_images_per_second": batch / t_packed, "numpy_images_per_second": batch / t_numpy,
                              "ratio": t_numpy / t_packed, "max_abs_logit_difference": err,

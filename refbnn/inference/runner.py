@@ -69,7 +69,8 @@ class InferenceModel:
 
     def forward(self, x, record=None):
         """Logits (N, classes) float32. ``record``: a dict that receives every tensor by name (packed
-        bits as uint64 NHWC words), for tests that compare the boundaries."""
+        bits as uint64 NHWC words), for tests that compare the boundaries; a float tensor whose last
+        reader writes its output in place holds that output instead."""
         self.check_input(x)
         x = np.ascontiguousarray(x)
         t = {"input": x}
