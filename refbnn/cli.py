@@ -186,17 +186,66 @@ def cmd_info(args) -> int:
     return 0
 
 
+# ---- inference: refbnn export / refbnn infer (refbnn/inference) --------------------------------------
+def _add_inference(sub):
+    p = sub.add_parser("export", help="turn a training checkpoint into a packed inference model (.npz)")
+    p.add_argument("checkpoint", help="checkpoint.npz written by refbnn train --out DIR")
+    p.add_argument("--out", required=True, metavar="MODEL.npz", help="the inference model file to write")
+    p = sub.add_parser("infer", help="run an exported model with the bit-packed kernels: accuracy, images/s")
+    p.add_argument("model", metavar="MODEL.npz")
+    p.add_argument("--dataset", default="digits", choices=DATASETS)
+    p.add_argument("--data-dir", default=None, help="directory with the MNIST IDX or CIFAR-10 binary files")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None, help="kernel threads (default: OpenMP's)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
+
+
+def cmd_export(args) -> int:
+    from .inference import export_checkpoint
+
+    graph = export_checkpoint(args.checkpoint, args.out)
+    print(f"wrote {args.out}: {len(graph.nodes)} nodes, packed weights {graph.packed_weight_bytes()} bytes, "
+          f"float arrays {graph.float_array_bytes()} bytes")
+    return 0
+
+
+def cmd_infer(args) -> int:
+    import time
+
+    from .data import load_dataset
+    from .inference import load_model
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: expected a positive integer, got {args.batch_size}")
+    model = load_model(args.model, threads=args.threads)
+    data = load_dataset(args.dataset, args.data_dir)
+    t0 = time.perf_counter()
+    pred = model.predict(data.x_test, args.batch_size)
+    seconds = time.perf_counter() - t0
+    result = {"accuracy": float((pred == data.y_test).mean()), "images_per_second": len(pred) / seconds,
+              "n_images": len(pred), "seconds": seconds, "threads": args.threads, "model": args.model,
+              "dataset": args.dataset}
+    print(f"{args.model} on {args.dataset}: accuracy {100 * result['accuracy']:.2f} % on {result['n_images']} "
+          f"images, {result['images_per_second']:.0f} images/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="refbnn", description="refbnn: the reference for binary neural networks")
     parser.add_argument("--version", action="version", version=f"refbnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_crosscheck(sub)
+    _add_inference(sub)
     p = sub.add_parser("info", help="versions and the kernel backends that are available")
     p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
-        return {"train": cmd_train, "crosscheck": cmd_crosscheck, "info": cmd_info}[args.command](args)
+        return {"train": cmd_train, "crosscheck": cmd_crosscheck, "info": cmd_info,
+                "export": cmd_export, "infer": cmd_infer}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"refbnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
