@@ -131,35 +131,61 @@ def supported_paths():
 _SUPPORTED = tuple(p for p in PATHS if bk_path_supported(_PATH_ID[p]))
 
 
+class KernelPathError(RuntimeError, ValueError):
+    """A kernel path (``path=`` or $REFBNN_KERNEL_PATH) that this build or CPU cannot run. A
+    ValueError (it is a bad setting) and, as before, a RuntimeError."""
+
+
 def resolve_path(path=None):
-    """The path a kernel call uses: ``path`` if given, else $REFBNN_KERNEL_PATH, else the fastest."""
+    """The path a kernel call uses: ``path`` if given, else $REFBNN_KERNEL_PATH, else the fastest.
+
+    Raises :class:`KernelPathError` naming the setting (``path`` or ``REFBNN_KERNEL_PATH``), its
+    value and the paths this CPU supports when the path is unknown, not compiled or not supported.
+    Only kernel calls (and ``info()``, which reports it) resolve the path: ``import refbnn`` never
+    fails because of the variable.
+    """
     cdef const char *env
     if path is not None:
-        name = path
+        if not isinstance(path, str):
+            raise TypeError(f"path: expected a str (one of 'auto', {', '.join(repr(p) for p in PATHS)}) or None, "
+                            f"got {type(path).__name__}")
+        name, src = path, "path"
     else:
         env = getenv(b"REFBNN_KERNEL_PATH")          # C getenv: os.environ writes reach it via putenv
         name = "auto" if env == NULL else env.decode("utf-8", "replace")
-    if name == "auto" or name == "":
-        return _SUPPORTED[0]
-    if name in _SUPPORTED:
+        src = ENV_PATH
+    supported = supported_paths()
+    if name == "auto" or (name == "" and path is None):      # an empty variable is an unset one
+        return supported[0]
+    if name in supported:
         return name
     if name not in _PATH_ID:
-        src = "path" if path is not None else f"${ENV_PATH}"
-        raise ValueError(f"{src}={name!r}: expected one of 'auto', " + ", ".join(repr(p) for p in PATHS))
+        raise KernelPathError(f"{src}={name!r}: unknown kernel path; expected 'auto' or one of {list(PATHS)} "
+                              f"(this CPU supports {supported})")
     if not bk_path_compiled(_PATH_ID[name]):
-        raise RuntimeError(f"kernel path {name!r} is not compiled into this build (x86-64 only); "
-                           f"compiled: {compiled_paths()}")
-    raise RuntimeError(f"kernel path {name!r} needs {_PATH_NEEDS[name]}, which this CPU does not support; "
-                       f"supported: {supported_paths()}")
+        raise KernelPathError(f"{src}={name!r}: kernel path {name!r} is not compiled into this build (x86-64 "
+                              f"only); this CPU supports {supported}")
+    raise KernelPathError(f"{src}={name!r}: kernel path {name!r} needs {_PATH_NEEDS[name]}, which this CPU does "
+                          f"not support; this CPU supports {supported} (unset {ENV_PATH} or use 'auto')")
 
 
 def openmp_enabled():
     return bool(bk_openmp())
 
 
+def usable_cpus():
+    """The CPUs this process may run on: ``len(os.sched_getaffinity(0))`` where the OS has it,
+    else ``os.cpu_count()`` (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def default_threads():
-    """OpenMP's default thread count (OMP_NUM_THREADS, else the cores); 1 without OpenMP."""
-    return bk_max_threads()
+    """The threads a kernel call with ``threads=None`` runs: OpenMP's default (OMP_NUM_THREADS,
+    else the cores) capped at :func:`usable_cpus`; 1 without OpenMP."""
+    return max(1, min(bk_max_threads(), usable_cpus()))
 
 
 def info():
@@ -174,23 +200,51 @@ def info():
 
 
 def _threads(threads):
+    """``threads`` -> the OpenMP team size: an int >= 1 (bool and float refused) or None; clamped
+    to :func:`usable_cpus`, so no value asks the OS for threads it may refuse (libgomp exits the
+    process when thread creation fails). The results never depend on the thread count."""
     if threads is None:
-        return bk_max_threads()
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise ValueError(f"threads: expected a positive int or None, got {threads!r}")
-    return int(threads) if bk_openmp() else 1
+        return default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads: expected a positive int or None, got {type(threads).__name__} {threads!r}")
+    if threads < 1:
+        raise ValueError(f"threads: expected a positive int (1 or more; larger values are capped at the "
+                         f"{usable_cpus()} usable CPUs) or None, got {threads!r}")
+    return min(int(threads), usable_cpus()) if bk_openmp() else 1
 
 
 # ---- validation (everything is checked here, before any C code runs) -----------------------
 
-def _words(a, name, int ndim):
+def _plain_array(a, name, what):
+    """``a`` as a plain ndarray (subclasses viewed as ndarray); masked arrays are refused, the
+    kernels would read the values under the mask."""
     if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a NumPy array of packed uint64 words, got {type(a).__name__}")
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    if cnp.PyArray_TYPE(arr) != cnp.NPY_UINT64:
-        raise TypeError(f"{name}: expected dtype uint64 (packed words, see pack_bits), got {a.dtype}")
-    if cnp.PyArray_NDIM(arr) != ndim:
+        raise TypeError(f"{name}: expected a NumPy array of {what}, got {type(a).__name__}")
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name}: expected a plain NumPy array of {what}, got a masked array")
+    return a if type(a) is np.ndarray else a.view(np.ndarray)
+
+
+def _dtype_name(dt):
+    """A dtype as the error messages print it: with its byte order when that is not native."""
+    return f"{dt} ({dt.str!r}, non-native byte order)" if not dt.isnative else f"{dt} ({dt.str!r})"
+
+
+def _words(a, name, int ndim):
+    """Packed words: any uint64 dtype spelling ('u8', 'Q', np.ulonglong) and byte order; a
+    non-native byte order, misaligned or odd strides are copied to a native array (never read as
+    native)."""
+    a = _plain_array(a, name, "packed uint64 words")
+    dt = a.dtype
+    if dt.kind != "u" or dt.itemsize != 8:
+        raise TypeError(f"{name}: expected dtype uint64 (packed words, see pack_bits), got {_dtype_name(dt)}")
+    if a.ndim != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D array of words, got shape {a.shape}")
+    if not dt.isnative:
+        return a.astype(_U64)                          # byte-swapped, C-contiguous copy
+    if dt is not _U64:
+        a = a.view(_U64)                               # 'Q' / ulonglong: same bits, one type number
+    cdef cnp.ndarray arr = <cnp.ndarray>a
     # the C code walks rows with word strides and reads each row's words contiguously
     cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(arr)
     cdef int i
@@ -202,33 +256,61 @@ def _words(a, name, int ndim):
     return a
 
 
-def _int(v, name, minimum):
+INT_MAX = _INT32_MAX            # the largest stride, padding, dilation, groups, kernel size, channels
+
+
+def _int(v, name, minimum, maximum=_INT32_MAX):
+    """An int in [minimum, maximum] (Python or NumPy integer; bool, float and others refused)."""
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-    if v < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {v}")
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__} {v!r}")
+    if not minimum <= v <= maximum:
+        raise ValueError(f"{name}: expected an int >= {minimum} and <= {maximum}, got {v}")
     return int(v)
 
 
-def _pair(v, name, minimum):
+def _pair(v, name, minimum, maximum=_INT32_MAX):
     if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         v = (v, v)
+    if isinstance(v, (str, bytes, dict)) or (isinstance(v, np.ndarray) and v.ndim != 1):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
     try:
         v = tuple(v)
     except TypeError:
         raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}") from None
     if len(v) != 2:
         raise ValueError(f"{name}: expected an int or a pair of ints, got {v!r}")
-    return _int(v[0], name, minimum), _int(v[1], name, minimum)
+    return _int(v[0], name, minimum, maximum), _int(v[1], name, minimum, maximum)
+
+
+def _choice(v, name, options):
+    if not isinstance(v, str):
+        raise TypeError(f"{name}: expected one of {list(options)}, got {type(v).__name__} {v!r}")
+    if v not in options:
+        raise ValueError(f"{name}: expected one of {list(options)}, got {v!r}")
+    return v
+
+
+def _pad_value(v):
+    """0.0, +1.0 or -1.0 as a float (a real scalar; bool refused)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"pad_value: expected 0.0, 1.0 or -1.0, got {type(v).__name__} {v!r}")
+    if v not in (0.0, 1.0, -1.0):
+        raise ValueError(f"pad_value: expected 0.0, 1.0 or -1.0, got {v!r}")
+    return float(v)
 
 
 def _check_out(out, name, tuple shape, dtype):
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name}: expected a NumPy array, got {type(out).__name__}")
+    """``out=``: written in place, so nothing is converted: exactly ``dtype`` (any spelling of it) in
+    native byte order, ``shape``, C-contiguous, aligned, writeable."""
+    out = _plain_array(out, name, f"{dtype}")
+    dt = out.dtype
+    if dt != dtype:
+        if dt.newbyteorder("=") == dtype:
+            raise TypeError(f"{name}: expected {dtype} in native byte order ({dtype.str!r}), got {_dtype_name(dt)}; "
+                            f"out= is written in place, so it is not converted")
+        raise TypeError(f"{name}: expected dtype {dtype}, got {_dtype_name(dt)}")
     cdef cnp.ndarray arr = <cnp.ndarray>out
     cdef int i, nd = len(shape)
-    if cnp.PyArray_TYPE(arr) != (<cnp.dtype>dtype).type_num:
-        raise TypeError(f"{name}: expected dtype {dtype}, got {out.dtype}")
     cdef bint same = cnp.PyArray_NDIM(arr) == nd
     for i in range(nd):
         same = same and cnp.PyArray_DIM(arr, i) == shape[i]
@@ -243,20 +325,59 @@ def _check_out(out, name, tuple shape, dtype):
     return out
 
 
+def _check_no_overlap(out, ws, **inputs):
+    """``out`` must not share memory with an input or a workspace buffer: the kernels write out
+    while they still read those (a bgemm whose B spans several panels would read results as
+    words). Refused rather than computed through a temporary: it is almost always a mistake.
+    ``np.may_share_memory`` compares the memory bounds, so interleaved views are refused too."""
+    if out is None:
+        return
+    for name, a in inputs.items():
+        if isinstance(a, np.ndarray) and np.may_share_memory(out, a):
+            raise ValueError(f"out: shares memory with {name}; the kernel reads {name} while it writes out, "
+                             f"so pass a separate array (or out=None)")
+    if ws is not None:
+        for a in ws._bufs.values():
+            if np.may_share_memory(out, a):
+                raise ValueError("out: shares memory with a workspace buffer; pass a separate array")
+
+
 def _per_channel(v, name, n, dtype):
-    """A per-output-channel vector (O,) as a contiguous array of ``dtype``."""
+    """A per-output-channel vector (O,) as a contiguous native array of ``dtype``.
+
+    float32: any real dtype whose values are exactly float32 values (a float64 1/3 would be
+    rounded, a 1e300 become Inf; refused); int32 thresholds: any integers (compared with
+    dot products in [-K, K], so they are clipped to int32 later); bool flips: booleans only."""
+    if isinstance(v, np.ma.MaskedArray):
+        raise TypeError(f"{name}: expected a plain array, got a masked array")
     v = np.asarray(v)
-    if np.dtype(dtype).kind == "f" and v.dtype.kind not in "fiu":
+    kind = np.dtype(dtype).kind
+    if kind == "f" and v.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected real numbers, got dtype {v.dtype}")
-    if np.dtype(dtype).kind == "i" and v.dtype.kind not in "iu":
+    if kind == "i" and v.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected integers, got dtype {v.dtype}")
-    if np.dtype(dtype).kind == "b" and v.dtype.kind != "b":
+    if kind == "b" and v.dtype.kind != "b":
         raise TypeError(f"{name}: expected booleans, got dtype {v.dtype}")
     if v.shape != (n,):
         raise ValueError(f"{name}: expected shape ({n},) (one value per output channel), got {v.shape}")
     if v.dtype.kind == "f" and not np.isfinite(v).all():
         raise ValueError(f"{name}: contains NaN or Inf")
-    return v
+    if kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            v32 = v.astype(np.float32)
+            if v.dtype.kind == "f":
+                exact = bool(np.isfinite(v32).all() and (v32.astype(v.dtype) == v).all())
+            else:
+                exact = all(int(f) == i for f, i in zip(v32.tolist(), v.tolist()))
+        if not exact:
+            raise ValueError(f"{name}: values not exactly representable in float32 (the transform is float32 "
+                             f"arithmetic); pass float32 values")
+        return v32
+    if kind == "i":
+        v = np.clip(v.astype(np.float64) if v.dtype.kind == "u" and v.dtype.itemsize == 8 else
+                    v.astype(np.int64), _INT32_MIN, _INT32_MAX).astype(np.int32)
+        return v
+    return v.astype(np.bool_)
 
 
 cdef size_t _addr(a):
@@ -318,19 +439,22 @@ def pack_bits(x, axis=-1, polarity="lce", threads=None):
     i of the axis goes to bit i % 64 of word i // 64. ``polarity``: ``"lce"`` bit 1 = x < 0 (Larq
     Compute Engine; 0.0 packs as +1), ``"dabnn"`` bit 1 = x > 0, ``"bitorch"`` bit 1 = x >= 0.
     Tail bits past L are 0.
+
+    Any byte order; float16 is widened to float32 (exact). Bool, complex and other dtypes, NaN and
+    Inf are refused. ``threads``: see :func:`bgemm`.
     """
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x: expected a NumPy array, got {type(x).__name__}")
-    if polarity not in POLARITIES:
-        raise ValueError(f"polarity: expected one of {list(POLARITIES)}, got {polarity!r}")
+    x = _plain_array(x, "x", "floats")
+    polarity = _choice(polarity, "polarity", POLARITIES)
     if x.dtype.kind in "iu":
-        x = x.astype(np.float64)
-    elif x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"x: expected a float32/float64 (or integer) array, got dtype {x.dtype}")
+        x = x.astype(np.float64)                     # the sign survives the rounding of huge ints
+    elif x.dtype.kind == "f" and x.dtype.itemsize in (2, 4, 8):
+        if x.dtype.itemsize == 2 or not x.dtype.isnative:
+            x = x.astype(np.float32 if x.dtype.itemsize <= 4 else np.float64)   # exact: same values
+    else:
+        raise TypeError(f"x: expected a float16/float32/float64 (or integer) array, got dtype {_dtype_name(x.dtype)}")
     if x.ndim == 0:
         raise ValueError("x: expected at least a 1-D array, got a scalar")
-    if not -x.ndim <= _int(axis, "axis", -x.ndim) < x.ndim:
-        raise ValueError(f"axis: {axis} is out of range for a {x.ndim}-D array")
+    axis = _int(axis, "axis", -x.ndim, x.ndim - 1)
     axis %= x.ndim
     if x.size and not np.isfinite(x).all():
         raise ValueError("x: contains NaN or Inf (their sign is undefined)")
@@ -378,14 +502,20 @@ def bgemm(a_words, b_words, k, threads=None, out=None, path=None, workspace=None
     """int32 (M, N): the +-1 dot products of the rows of A (M x k signs) and B (N x k signs).
 
     ``a_words`` (M, ceil(k/64)) and ``b_words`` (N, ceil(k/64)) uint64, packed by
-    :func:`pack_bits` (both with the same polarity). Bits past k are ignored. ``out``: an optional
-    C-contiguous int32 (M, N) array to write into.
+    :func:`pack_bits` (both with the same polarity). Bits past k are ignored. Words of any uint64
+    spelling and byte order are accepted (a non-native or oddly strided operand is copied first).
+
+    ``out``: an optional int32 (M, N) array to write into: native byte order, C-contiguous,
+    aligned, writeable, and sharing no memory with the operands (or the workspace): refused
+    otherwise, never converted or computed through a temporary.
+
+    ``threads``: an int >= 1 or None (OpenMP's default); either is capped at the CPUs this process
+    may use (``usable_cpus()``), so no value makes the OpenMP runtime fail to create threads (which
+    would exit the process). The result does not depend on it.
     """
     a = _words(a_words, "a_words", 2)
     b = _words(b_words, "b_words", 2)
-    k = _int(k, "k", 1)
-    if k > MAX_K:
-        raise ValueError(f"k: at most {MAX_K} bits, got {k}")
+    k = _int(k, "k", 1, MAX_K)
     kw = (k + 63) // 64
     if a.shape[1] != kw or b.shape[1] != kw:
         raise ValueError(f"bgemm: k = {k} bits needs {kw} words per row; got a_words {a.shape}, b_words {b.shape}")
@@ -394,11 +524,12 @@ def bgemm(a_words, b_words, k, threads=None, out=None, path=None, workspace=None
         out = np.empty((m, n), np.int32)
     else:
         _check_out(out, "out", (m, n), _I32)
+    ws = _workspace(workspace)
+    _check_no_overlap(out, ws, a_words=a_words, b_words=b_words)
     pth = _PATH_ID[resolve_path(path)]
     cdef int nt = _threads(threads)
     if m == 0 or n == 0:
         return out
-    ws = workspace if workspace is not None else default_workspace()
     cdef int64_t npanels = (n + BK_NC - 1) // BK_NC
     panels = ws.get("panels", npanels * kw * BK_NC, _U64)
     cdef bk_job job
@@ -418,6 +549,14 @@ def bgemm(a_words, b_words, k, threads=None, out=None, path=None, workspace=None
         bk_pack_panels(bp, n, 1, kw, s_row, 0, job.tailmask, <uint64_t *><size_t>_addr(panels))
         _run(&job, nt)
     return out
+
+
+def _workspace(workspace):
+    if workspace is None:
+        return default_workspace()
+    if not isinstance(workspace, Workspace):
+        raise TypeError(f"workspace: expected a refbnn Workspace or None, got {type(workspace).__name__}")
+    return workspace
 
 
 cdef void _job_defaults(bk_job *job, int path, int64_t m, int64_t n, int ntaps, int cw, int32_t kbits,
@@ -472,6 +611,10 @@ def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=
       flip[o]; see :func:`refbnn.kernels.threshold_fold` for batch norm + sign.
 
     ``layout``: ``"nhwc"`` (N, Ho, Wo, O) or ``"nchw"`` (N, O, Ho, Wo) for int32/float output.
+
+    ``channels``, ``stride``, ``padding``, ``dilation``, ``groups``: ints (bool and float refused)
+    in [1 (0 for padding), 2**31 - 1]. ``multiplier``/``bias``: finite values exactly
+    representable in float32. ``out``, ``threads``, word dtypes and byte orders: as :func:`bgemm`.
     """
     x = _words(x_words, "x_words", 4)
     w = np.ascontiguousarray(_words(w_words, "w_words", 4))    # small; taps at a fixed stride
@@ -480,8 +623,7 @@ def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=
     sh, sw = _pair(stride, "stride", 1)
     ph, pw = _pair(padding, "padding", 0)
     dh, dw = _pair(dilation, "dilation", 1)
-    if pad_value not in (0.0, 1.0, -1.0):
-        raise ValueError(f"pad_value: expected 0.0, 1.0 or -1.0, got {pad_value!r}")
+    pad_value = _pad_value(pad_value)
     if c % g:
         raise ValueError(f"bconv2d: {c} channels are not divisible by groups={g}")
     nimg, h, wd, xw = x.shape
@@ -503,10 +645,8 @@ def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=
     if ho < 1 or wo < 1:
         raise ValueError(f"bconv2d: input {h}x{wd} is smaller than the (dilated) kernel {kh}x{kw} with padding "
                          f"{(ph, pw)}; expected an output of at least 1x1")
-    if output not in ("int32", "float", "bits"):
-        raise ValueError(f"output: expected 'int32', 'float' or 'bits', got {output!r}")
-    if layout not in ("nhwc", "nchw"):
-        raise ValueError(f"layout: expected 'nhwc' or 'nchw', got {layout!r}")
+    output = _choice(output, "output", ("int32", "float", "bits"))
+    layout = _choice(layout, "layout", ("nhwc", "nchw"))
     og = o // g
     if output != "float" and (multiplier is not None or bias is not None or clamp is not None):
         raise ValueError("multiplier, bias and clamp apply to output='float' only")
@@ -533,10 +673,13 @@ def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=
     else:
         shape = (nimg, ho, wo, o) if layout == "nhwc" else (nimg, o, ho, wo)
         dtype = np.int32 if output == "int32" else np.float32
+    ws = _workspace(workspace)
     if out is None:
-        out = np.empty(shape, dtype)
+        out = _allocate(shape, dtype, "bconv2d")
     else:
-        _check_out(out, "out", shape, np.dtype(dtype))
+        out = _check_out(out, "out", shape, np.dtype(dtype))
+        _check_no_overlap(out, ws, x_words=x_words, w_words=w_words, multiplier=multiplier, bias=bias,
+                          thresholds=thresholds, flip=flip)
     pth = _PATH_ID[resolve_path(path)]
     nt = _threads(threads)
     if m == 0:
@@ -544,7 +687,6 @@ def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=
 
     # workspace: weight panels of every group, padding words, the zero-padding correction table,
     # the per-channel transform padded to whole panels
-    ws = workspace if workspace is not None else default_workspace()
     ntaps = kh * kw
     npg = (og + BK_NC - 1) // BK_NC                      # panels per group
     pwords = npg * ntaps * cwg * BK_NC
@@ -610,7 +752,21 @@ def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=
     return out
 
 
+def _allocate(shape, dtype, what):
+    """np.empty, with an error naming the geometry when the output cannot exist."""
+    try:
+        return np.empty(shape, dtype)
+    except ValueError as exc:          # more elements than an array may hold
+        raise ValueError(f"{what}: the output {shape} is too large ({exc}); check stride, padding and "
+                         f"dilation") from None
+    except MemoryError:
+        raise MemoryError(f"{what}: cannot allocate the output {shape} of {np.dtype(dtype)}; check stride, "
+                          f"padding and dilation") from None
+
+
 def _clamp(clamp):
+    if isinstance(clamp, (str, bytes)):
+        raise ValueError(f"clamp: expected a pair of ints (lo, hi), got {clamp!r}")
     try:
         lo, hi = clamp
     except (TypeError, ValueError):
@@ -637,6 +793,9 @@ def bmaxpool2d(x_words, kernel_size, stride=None, padding=0, threads=None, out=N
 
     Equals the float max pool of the unpacked +-1 values; taps outside the image are skipped
     (padding at most half the kernel, as PyTorch). Returns (N, Ho, Wo, words) uint64.
+    ``kernel_size``, ``stride``: ints in [1, 2**31 - 1], ``padding`` in [0, kernel // 2]; the
+    image needs H, W >= 1 (a window of padding only has no maximum). ``out``, ``threads``, word
+    dtypes and byte orders: as :func:`bgemm`.
     """
     x = _words(x_words, "x_words", 4)
     kh, kw = _pair(kernel_size, "kernel_size", 1)
@@ -645,6 +804,8 @@ def bmaxpool2d(x_words, kernel_size, stride=None, padding=0, threads=None, out=N
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(f"bmaxpool2d: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)}")
     nimg, h, wd, cw = x.shape
+    if h < 1 or wd < 1:
+        raise ValueError(f"x_words: expected an image of at least 1x1 pixels, got shape {x.shape}")
     ho, wo = conv_output_size(h, kh, sh, ph, 1), conv_output_size(wd, kw, sw, pw, 1)
     if ho < 1 or wo < 1:
         raise ValueError(f"bmaxpool2d: input {h}x{wd} is smaller than the window {(kh, kw)}")
@@ -652,7 +813,9 @@ def bmaxpool2d(x_words, kernel_size, stride=None, padding=0, threads=None, out=N
     if out is None:
         out = np.empty(shape, np.uint64)
     else:
-        _check_out(out, "out", shape, _U64)
+        out = _check_out(out, "out", shape, _U64)
+        _check_no_overlap(out, None, x_words=x_words)
+    resolve_path()               # one portable loop, but a bad $REFBNN_KERNEL_PATH is reported by every kernel
     cdef int nt = _threads(threads)
     cdef int64_t rows = nimg * ho
     if out.size == 0:
@@ -673,6 +836,9 @@ def bmaxpool2d(x_words, kernel_size, stride=None, padding=0, threads=None, out=N
 def measure_peak(path=None, threads=1, seconds=0.2):
     """Binary ops/s (2 per bit) of independent xor + popcount + add on the path's widest registers,
     ``threads`` threads each running the loop; the benchmarks' "measured peak"."""
+    if isinstance(seconds, (bool, np.bool_)) or not isinstance(seconds, (int, float, np.integer, np.floating)) \
+            or not 0 < seconds <= 3600:
+        raise ValueError(f"seconds: expected a number in (0, 3600], got {seconds!r}")
     cdef int pth = _PATH_ID[resolve_path(path)]
     cdef int nt = _threads(threads)
     cdef int64_t iters = 1 << 14, c

@@ -25,6 +25,8 @@ import os
 # kernels nothing measurable; it is set before the extension loads, unless the user chose a policy.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numpy as np
+
 from ..checks import array_module, check_float_array, padding4, pair
 from . import reference
 from .fold import threshold_fold
@@ -116,32 +118,68 @@ def resolve_backend(backend: str, x):
     return mod
 
 
+_INT32_MAX = 2 ** 31 - 1
+
+
+def _geometry_pair(v, name: str, minimum: int) -> tuple[int, int]:
+    """stride/padding/dilation: an int or a pair of ints in [minimum, 2**31 - 1]; bool, float and
+    NumPy arrays of other than two ints refused (the compiled kernels hold them as C ints)."""
+    items = (v, v) if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) else v
+    if isinstance(items, (str, bytes, dict)) or not hasattr(items, "__len__") or len(items) != 2:
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
+    for e in items:
+        if isinstance(e, (bool, np.bool_)) or not isinstance(e, (int, np.integer)):
+            raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
+        if not minimum <= e <= _INT32_MAX:
+            raise ValueError(f"{name}: expected ints >= {minimum} and <= {_INT32_MAX}, got {v!r}")
+    return pair(tuple(int(e) for e in items), name, minimum)
+
+
 def binary_matmul(a, b, backend: str = "auto"):
-    """``a @ b.T`` for +-1 matrices a (M, K) and b (N, K); exact integers in a's float dtype."""
+    """``a @ b.T`` for +-1 matrices a (M, K) and b (N, K); exact integers in a's float dtype.
+
+    ``a``, ``b``: float32 or float64 (native byte order), no NaN/Inf; the result has NumPy's
+    promoted dtype of the two. The compiled kernels also refuse values other than exactly +-1. Empty operands are computed
+    by the reference on every backend.
+    """
     check_float_array(a, "a", ndim=2)
     check_float_array(b, "b", ndim=2)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"binary_matmul: a is (M, K) = {a.shape} but b is (N, K) = {b.shape}; K must match")
-    return resolve_backend(backend, a).binary_matmul(a, b)
+    mod = resolve_backend(backend, a)
+    if a.size == 0 or b.size == 0:
+        mod = reference
+    return mod.binary_matmul(a, b)
 
 
 def binary_conv2d(x, w, stride=1, padding=0, dilation=1, groups=1, pad_value=0.0, backend: str = "auto"):
     """Convolution of +-1 activations with +-1 weights, padding with 0 (true zero) or +-1.
 
-    ``padding``: an int, a pair (ph, pw) or (top, bottom, left, right). The packed kernels pad
+    ``x`` (N, C, H, W), ``w`` (O, C/groups, kh, kw): float32/float64, the result in their promoted
+    dtype; ``stride``, ``dilation``: ints or pairs of ints in [1, 2**31 - 1]; ``padding``: an int, a
+    pair (ph, pw) or (top, bottom, left, right), each in [0, 2**31 - 1]; ``groups`` a positive int
+    (bool and float refused). Empty operands are computed by the reference. The packed kernels pad
     symmetrically; asymmetric padding with +-1 is applied to the input first (exact: the padded
     input is still +-1), and asymmetric zero padding runs the NumPy reference (a 0 is not a bit)."""
     check_float_array(x, "x", ndim=4)
     check_float_array(w, "w", ndim=4)
+    if isinstance(pad_value, (bool, np.bool_)) or not isinstance(pad_value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"pad_value: expected 0.0, 1.0 or -1.0, got {type(pad_value).__name__} {pad_value!r}")
     if pad_value not in (0.0, 1.0, -1.0):
         raise ValueError(f"pad_value: expected 0.0, 1.0 or -1.0, got {pad_value!r}")
-    stride, dilation = pair(stride, "stride", 1), pair(dilation, "dilation", 1)
+    stride = _geometry_pair(stride, "stride", 1)
+    dilation = _geometry_pair(dilation, "dilation", 1)
     top, bottom, left, right = padding4(padding)
+    if max(top, bottom, left, right) > _INT32_MAX:
+        raise ValueError(f"padding: expected ints >= 0 and <= {_INT32_MAX}, got {padding!r}")
     reference.conv2d_geometry(x.shape, w.shape, stride, (top, bottom, left, right), dilation, groups)
     mod = resolve_backend(backend, x)
+    if x.size == 0 or w.size == 0:
+        mod = reference
     if (top, left) == (bottom, right):
-        return mod.binary_conv2d(x, w, stride, (top, left), dilation, groups, float(pad_value))
+        return mod.binary_conv2d(x, w, stride, (top, left), dilation, int(groups), float(pad_value))
     if mod is reference or pad_value == 0.0:
-        return reference.binary_conv2d(x, w, stride, (top, bottom, left, right), dilation, groups, float(pad_value))
+        return reference.binary_conv2d(x, w, stride, (top, bottom, left, right), dilation, int(groups),
+                                       float(pad_value))
     xp = array_module(x).pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=float(pad_value))
-    return mod.binary_conv2d(xp, w, stride, (0, 0), dilation, groups, float(pad_value))
+    return mod.binary_conv2d(xp, w, stride, (0, 0), dilation, int(groups), float(pad_value))

@@ -1,7 +1,7 @@
 """The ``"cython"`` backend: the reference's binary products computed by the bit-packed kernels.
 
 Same signatures and results as :mod:`refbnn.kernels.reference` (float +-1 in, integer-valued
-float out, bit for bit): the operands are packed along K (LCE polarity), multiplied with
+float out in NumPy's promoted dtype of the operands, bit for bit): the operands are packed along K (LCE polarity), multiplied with
 ``bgemm``/``bconv2d`` and the integers returned in the input's dtype. The packing also checks the
 contract: a value that is not exactly +-1 raises ValueError instead of being read as its sign.
 """
@@ -19,10 +19,10 @@ def binary_matmul(a, b):
     threads = _bitpack.default_threads()
     m, k = a.shape
     if k == 0:
-        return np.zeros((m, b.shape[0]), a.dtype)
+        return np.zeros((m, b.shape[0]), np.result_type(a, b))
     aw = _bitpack._pack(a, 1, LCE, threads, binary=True)
     bw = _bitpack._pack(b, 1, LCE, threads, binary=True)
-    return _bitpack.bgemm(aw, bw, k).astype(a.dtype, copy=False)
+    return _bitpack.bgemm(aw, bw, k).astype(np.result_type(a, b), copy=False)
 
 
 def binary_conv2d(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, pad_value=0.0):
@@ -38,4 +38,4 @@ def binary_conv2d(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1
     ww = _bitpack._pack(w, 1, LCE, threads, binary=True)                           # (O, kh, kw, CWg)
     out = _bitpack.bconv2d(xw, ww, c, stride, padding, dilation, groups, pad_value, layout="nchw",
                            output="float" if x.dtype == np.float32 else "int32", threads=threads)
-    return out.astype(x.dtype, copy=False)
+    return out.astype(np.result_type(x, w), copy=False)

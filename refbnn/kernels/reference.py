@@ -21,7 +21,9 @@ def conv_output_size(size: int, k: int, stride: int, padding, dilation: int) -> 
 
 def conv2d_geometry(x_shape, w_shape, stride, padding, dilation, groups):
     """Check a convolution's shapes; return the output size (Ho, Wo). Errors name what was expected."""
-    if not isinstance(groups, int) or groups < 1:
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
+        raise TypeError(f"groups: expected a positive int, got {type(groups).__name__} {groups!r}")
+    if groups < 1:
         raise ValueError(f"groups: expected a positive int, got {groups!r}")
     n, c, h, wd = x_shape
     o, cg, kh, kw = w_shape
@@ -121,11 +123,14 @@ def pack_bits(x, axis=-1, polarity="lce"):
     Element i of the axis is bit i % 64 of word i // 64 (least significant bit first): a word is
     sum_i bit_i 2**i. Bit values by ``polarity``: ``"lce"`` (Larq Compute Engine) bit = x < 0, so
     bit 1 = -1 and 0.0 packs as +1; ``"dabnn"`` bit = x > 0; ``"bitorch"`` bit = x >= 0. The tail
-    bits past the axis length are 0.
+    bits past the axis length are 0. NaN (whose sign is undefined: every comparison is False) is
+    refused.
     """
     xp = array_module(x)
-    if polarity not in POLARITIES:
+    if not isinstance(polarity, str) or polarity not in POLARITIES:
         raise ValueError(f"polarity: expected one of {POLARITIES}, got {polarity!r}")
+    if x.dtype.kind == "f" and x.size and bool(xp.isnan(x).any()):
+        raise ValueError("x: contains NaN (its sign is undefined)")
     bits = {"lce": x < 0, "dabnn": x > 0, "bitorch": x >= 0}[polarity]
     bits = xp.moveaxis(bits, axis, -1)
     n = bits.shape[-1]
@@ -139,20 +144,43 @@ def pack_bits(x, axis=-1, polarity="lce"):
 def unpack_bits(words, n, axis=-1, polarity="lce", dtype=np.float32):
     """Inverse of :func:`pack_bits`: uint64 words (..., ceil(n/64)) -> +-1 values of ``dtype``
     with the n-long axis at ``axis``. ``"lce"``: bit 1 -> -1, bit 0 -> +1; ``"dabnn"`` and
-    ``"bitorch"``: bit 1 -> +1, bit 0 -> -1. Bits past n are not read."""
+    ``"bitorch"``: bit 1 -> +1, bit 0 -> -1. Bits past n are not read.
+
+    ``words``: any uint64 dtype spelling and byte order (NumPy reads them by value). ``dtype``: a
+    float or signed integer dtype (an unsigned one cannot hold -1). ``axis``: an int in
+    [-(words.ndim), words.ndim - 1]."""
     xp = array_module(words)
-    if polarity not in POLARITIES:
+    if not isinstance(polarity, str) or polarity not in POLARITIES:
         raise ValueError(f"polarity: expected one of {POLARITIES}, got {polarity!r}")
-    if getattr(words, "dtype", None) != np.uint64:
-        raise TypeError(f"words: expected a uint64 array (packed words), got {getattr(words, 'dtype', type(words))}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+    wdt = getattr(words, "dtype", None)
+    if wdt is None or not hasattr(words, "shape"):
+        raise TypeError(f"words: expected a uint64 array (packed words), got {type(words).__name__}")
+    if wdt.kind != "u" or wdt.itemsize != 8:
+        raise TypeError(f"words: expected a uint64 array (packed words), got {wdt} ({wdt.str!r})")
+    if isinstance(words, np.ma.MaskedArray):
+        raise TypeError("words: expected a plain array, got a masked array")
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n: expected a non-negative int, got {type(n).__name__} {n!r}")
+    if n < 0:
         raise ValueError(f"n: expected a non-negative int, got {n!r}")
+    try:
+        out_dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype: expected a float or signed integer dtype, got {dtype!r}") from None
+    if out_dtype.kind not in "fi":
+        raise TypeError(f"dtype: expected a float or signed integer dtype (values are -1 and +1), got {out_dtype}")
     if words.ndim < 1 or words.shape[-1] != -(-n // 64):
         raise ValueError(f"words: {n} values need {-(-n // 64)} words on the last axis, got shape {words.shape}")
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis: expected an int, got {type(axis).__name__} {axis!r}")
+    if not -words.ndim <= axis < words.ndim:
+        raise ValueError(f"axis: expected an int >= {-words.ndim} and <= {words.ndim - 1} for {words.ndim}-D words, "
+                         f"got {axis}")
+    dtype = out_dtype
     bits = (words[..., None] >> xp.arange(64, dtype=xp.uint64)) & xp.uint64(1)
     bits = bits.reshape(words.shape[:-1] + (-1,))[..., :n].astype(dtype)
     values = 1 - 2 * bits if polarity == "lce" else 2 * bits - 1
-    return xp.moveaxis(values, -1, axis)
+    return xp.moveaxis(values.astype(dtype, copy=False), -1, axis)     # a non-native dtype as asked
 
 
 # ---- the bit-level reference: what the packed kernels compute, in NumPy -----------------------
