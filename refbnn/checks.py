@@ -1,13 +1,25 @@
-"""Input validation shared by every op and layer.
+"""Input validation shared by every op, layer and quantizer.
 
 Bad input gets a clear ``TypeError``/``ValueError`` naming what was expected, before any arithmetic
 runs: refbnn never returns a silently wrong result for a wrong shape, dtype or a NaN.
+
+Finiteness is checked in two steps: the sum of the array is finite exactly when no element is NaN
+or +-Inf, unless finite elements overflow the sum (IEEE 754: NaN + a = NaN, Inf + finite = Inf,
+Inf - Inf = NaN). So one pass of ``x.sum()``, with no temporary array, clears the common case, and
+only a non-finite sum pays for the element-wise ``isfinite`` pass that finds (or rules out) the
+offending element.
 """
 from __future__ import annotations
+
+import math
+import numbers
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Upper bound for sizes, channel counts, strides, paddings...: int32, what BLAS, the kernels' index
+# arithmetic and every framework refbnn is compared with can hold.
+MAX_INT = 2 ** 31 - 1
 
 
 def array_module(x):
@@ -19,22 +31,64 @@ def array_module(x):
     return np
 
 
-def check_float_array(x, name: str, ndim: int | tuple[int, ...] | None = None, finite: bool = True):
-    """Return ``x`` unchanged after checking it is a float32/float64 array of the given ndim.
+def first_nonfinite(x):
+    """``None`` if every element of ``x`` is finite, else ("NaN" | "Inf" | "-Inf", index tuple) of the
+    first non-finite element in C order. Cost: one ``x.sum()`` when all elements are finite."""
+    if not x.size:
+        return None
+    xp = array_module(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = x.sum()
+    if bool(xp.isfinite(total)):
+        return None
+    bad = ~xp.isfinite(x)
+    if not bool(bad.any()):  # the sum of finite values overflowed
+        return None
+    flat = int(xp.argmax(bad.reshape(-1)))
+    idx = tuple(int(i) for i in np.unravel_index(flat, x.shape))
+    v = float(x[idx])
+    return ("NaN" if math.isnan(v) else "Inf" if v > 0 else "-Inf"), idx
 
-    ``finite=True`` rejects NaN and Inf (one reduction over the array; cheap next to any op).
-    """
+
+def check_finite_statistic(v, name: str, dtype):
+    """A statistic (a mean, a std; scalar or small array) computed from finite input must be finite:
+    otherwise the input's values overflowed ``dtype`` in the reduction. Cheap: ``v`` is small."""
+    xp = array_module(v)
+    if not bool(xp.isfinite(v).all()):
+        raise ValueError(f"{name} overflows {np.dtype(dtype)} (the input's magnitudes are too large for this "
+                         f"reduction); expected values whose {name} is finite")
+    return v
+
+
+def check_finite(x, name: str):
+    """Raise ``ValueError`` "<name> contains NaN at index (...)" for the first non-finite element."""
+    found = first_nonfinite(x)
+    if found is not None:
+        raise ValueError(f"{name} contains {found[0]} at index {found[1]}; expected finite values")
+    return x
+
+
+def check_float_array(x, name: str, ndim: int | tuple[int, ...] | None = None, finite: bool = True):
+    """Return ``x`` after checking it is a float32/float64 array (native byte order) of the given
+    ndim; a C-contiguous copy if it was not C-contiguous, so that reductions over it add in the same
+    order as for a contiguous array (bit-identical results). ``finite=True`` rejects NaN and Inf (see
+    the module docstring for the cost)."""
     if not hasattr(x, "dtype") or not hasattr(x, "shape"):
         raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
+        raise TypeError(f"{name}: expected dtype float32 or float64 (native byte order), got {x.dtype.str} "
+                        f"({x.dtype})")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if x.ndim not in allowed:
             want = " or ".join(str(d) for d in allowed)
             raise ValueError(f"{name}: expected a {want}-D array, got shape {tuple(x.shape)}")
-    if finite and x.size and not bool(array_module(x).isfinite(x).all()):
-        raise ValueError(f"{name}: contains NaN or Inf")
+    if finite:
+        found = first_nonfinite(x)
+        if found is not None:
+            raise ValueError(f"{name}: contains NaN or Inf ({found[0]} at index {found[1]}); expected finite values")
+    if not x.flags.c_contiguous:
+        x = array_module(x).ascontiguousarray(x)
     return x
 
 
@@ -48,20 +102,79 @@ def check_same_dtype(*named):
 
 def check_shape(x, name: str, expected: tuple):
     """``expected`` may hold ``None`` for a free axis."""
+    if not hasattr(x, "shape"):
+        raise TypeError(f"{name}: expected an array, got {type(x).__name__}")
     if len(x.shape) != len(expected) or any(e is not None and e != s for s, e in zip(x.shape, expected)):
         want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
         raise ValueError(f"{name}: expected shape {want}, got {tuple(x.shape)}")
 
 
-def pair(v, name: str, minimum: int = 0) -> tuple[int, int]:
-    """Normalise an int or a 2-sequence of ints (stride, padding, kernel size...) to a pair."""
-    if isinstance(v, (int, np.integer)):
-        v = (int(v), int(v))
-    v = tuple(v)
-    if len(v) != 2 or not all(isinstance(e, (int, np.integer)) for e in v):
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_int(name: str, v, minimum: int = 0, maximum: int = MAX_INT) -> int:
+    """An int (Python or NumPy, not a bool, not a float) in [minimum, maximum]."""
+    if not _is_int(v) or not minimum <= int(v) <= maximum:
+        raise ValueError(f"{name}: expected an int in [{minimum}, {maximum}], got {v!r}")
+    return int(v)
+
+
+def check_real(name: str, v, minimum: float | None = None, maximum: float | None = None,
+               open_min: bool = False) -> float:
+    """A finite real number (not a bool) in [minimum, maximum] (``open_min``: > minimum)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+        raise ValueError(f"{name}: expected a finite number, got {v!r}")
+    v = float(v)
+    low_ok = minimum is None or (v > minimum if open_min else v >= minimum)
+    if not low_ok or (maximum is not None and v > maximum):
+        lo = "" if minimum is None else (f"> {minimum}" if open_min else f">= {minimum}")
+        hi = "" if maximum is None else f"<= {maximum}"
+        raise ValueError(f"{name}: expected a finite number {' and '.join(s for s in (lo, hi) if s)}, got {v!r}")
+    return v
+
+
+def check_bool_arg(name: str, v) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected True or False, got {v!r}")
+    return bool(v)
+
+
+def check_choice_arg(name: str, v, choices):
+    """``v`` is one of ``choices`` (None, strings or floats); a bool never matches a number, and a
+    float choice accepts any real number equal to it."""
+    def matches(c):
+        if c is None or isinstance(c, str):
+            return v is c or (isinstance(v, str) and v == c)
+        return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and v == c
+    if not any(matches(c) for c in choices):
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {v!r}")
+    return v
+
+
+def check_float_dtype(name: str, dtype) -> np.dtype:
+    try:
+        d = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"{name}: expected float32 or float64, got {dtype!r}") from exc
+    if d not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected float32 or float64, got {d}")
+    return d
+
+
+def pair(v, name: str, minimum: int = 0, maximum: int = MAX_INT) -> tuple[int, int]:
+    """Normalise an int or a 2-sequence of ints (stride, padding, kernel size...) to a pair of ints in
+    [minimum, maximum]; bools and floats are refused."""
+    if _is_int(v):
+        v = (v, v)
+    try:
+        v = tuple(v)
+    except TypeError:
+        raise ValueError(f"{name}: expected an int or a pair of ints, got {v!r}") from None
+    if len(v) != 2 or not all(_is_int(e) for e in v):
         raise ValueError(f"{name}: expected an int or a pair of ints, got {v!r}")
-    if any(e < minimum for e in v):
-        raise ValueError(f"{name}: expected values >= {minimum}, got {v!r}")
+    if any(not minimum <= int(e) <= maximum for e in v):
+        raise ValueError(f"{name}: expected values in [{minimum}, {maximum}], got {v!r}")
     return int(v[0]), int(v[1])
 
 
@@ -77,8 +190,8 @@ def padding4(v, name: str = "padding") -> tuple[int, int, int, int]:
                                                     for e in v):
         raise ValueError(f"{name}: expected an int, a pair (ph, pw) or a 4-tuple (top, bottom, left, right) of "
                          f"ints, got {given!r}")
-    if any(e < 0 for e in v):
-        raise ValueError(f"{name}: expected values >= 0, got {v!r}")
+    if any(not 0 <= e <= MAX_INT for e in v):
+        raise ValueError(f"{name}: expected values in [0, {MAX_INT}], got {v!r}")
     v = tuple(int(e) for e in v)
     return (v[0], v[0], v[1], v[1]) if len(v) == 2 else v
 

@@ -40,6 +40,23 @@ def _normalise(x_train, x_test):
 
 
 DATASETS = ("digits", "mnist1d", "mnist", "cifar10")
+# The loaders' contract: at least 2 training samples (a training batch of 1 cannot be batch-normalised)
+# and at least 1 test sample; as many labels as samples; labels 0..9; finite values.
+MIN_SAMPLES = {"train": 2, "test": 1}
+
+
+def check_splits(name, train, test):
+    """Refuse a data set the training loop cannot use, naming the split and the count."""
+    for split, (x, y) in (("train", train), ("test", test)):
+        if len(x) != len(y):
+            raise ValueError(f"dataset {name!r} {split}: {len(x)} samples but {len(y)} labels")
+        if len(x) < MIN_SAMPLES[split]:
+            raise ValueError(f"dataset {name!r} {split}: {len(x)} sample(s); expected at least {MIN_SAMPLES[split]}")
+        if len(y) and (int(np.min(y)) < 0 or int(np.max(y)) > 9):
+            raise ValueError(f"dataset {name!r} {split}: labels in [{int(np.min(y))}, {int(np.max(y))}]; "
+                             "expected 0..9")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise ValueError(f"dataset {name!r} {split}: the samples contain NaN or Inf")
 
 
 def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
@@ -55,6 +72,7 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
         (xtr, ytr), (xte, yte) = load_mnist(data_dir)
     else:
         (xtr, ytr), (xte, yte) = load_cifar10(data_dir)
+    check_splits(name, (xtr, ytr), (xte, yte))
     xtr, xte = _normalise(xtr.astype(np.float64), xte.astype(np.float64))
     return Dataset(name, xtr, ytr.astype(np.int64), xte, yte.astype(np.int64), 10, augment=name == "cifar10")
 

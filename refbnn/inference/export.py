@@ -213,7 +213,7 @@ def _float_node(b, m, t, name):
     if isinstance(m, Identity):
         return t
     if isinstance(m, MaxPool2d):
-        return b.add("maxpool2d", [t], kernel_size=m.kernel_size, stride=m.stride, padding=m.padding)
+        return b.add("maxpool2d", [t], **_pool_geometry(m))
     if isinstance(m, GlobalAvgPool):
         return b.add("global_avgpool", [t])
     if isinstance(m, ShortcutA):
@@ -276,8 +276,7 @@ def _bits_node(b, layer, name, t, maxpool, post, next_layer, next_name):
             invert ^= p.params["gamma"] < 0
     arrays["flip"] = flip ^ invert
     t = b.add("bconv", [t], arrays, **attrs)
-    return b.add("bmaxpool2d", [t], {"invert": invert}, kernel_size=maxpool.kernel_size,
-                 stride=maxpool.stride, padding=maxpool.padding, channels=o)
+    return b.add("bmaxpool2d", [t], {"invert": invert}, **_pool_geometry(maxpool), channels=o)
 
 
 def _float_out_node(b, layer, name, t, bn=None):
@@ -462,3 +461,11 @@ def export_checkpoint(path, out=None) -> Graph:
 
 
 __all__ = ["DATASET_SHAPES", "ExportError", "build_from_checkpoint", "export_checkpoint", "export_model"]
+
+
+def _pool_geometry(pool):
+    """A max pool's kernel_size, stride and padding as the model file holds them: ints or lists of two ints
+    (the layer may hold ints or tuples; JSON has lists)."""
+    def plain(v):
+        return v if v is None or isinstance(v, int) else [int(e) for e in v]
+    return {"kernel_size": plain(pool.kernel_size), "stride": plain(pool.stride), "padding": plain(pool.padding)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import check_float_array
+from ..checks import check_bool_arg, check_float_array
 
 
 class Module:
@@ -23,6 +23,8 @@ class Module:
 
     # -- composition -------------------------------------------------------------------------
     def add(self, name: str, module: "Module") -> "Module":
+        if not isinstance(module, Module):
+            raise TypeError(f"{name}: expected a refbnn Module, got {type(module).__name__}")
         self.children[name] = module
         return module
 
@@ -67,6 +69,7 @@ class Module:
             m.grads = {k: None for k in m.params}
 
     def train(self, mode: bool = True):
+        mode = check_bool_arg("mode", mode)
         for _, m in self.modules():
             m.training = mode
         return self

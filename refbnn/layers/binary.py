@@ -37,12 +37,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels, ops
-from ..checks import conv_padding, pair
+from ..checks import check_bool_arg, check_choice_arg, check_float_dtype, check_int
 from ..conventions import BIAS_ORDERS
 from ..ops.linear import check_linear_operands
 from ..quantizers import get_quantizer
 from .base import Module
-from .core import _rng, kaiming_normal, kaiming_uniform
+from .core import _rng, check_conv_args, check_param_shape, kaiming_normal, kaiming_uniform
 
 SCALES = (None, "mean_abs", "learned")
 
@@ -50,13 +50,11 @@ SCALES = (None, "mean_abs", "learned")
 class _BinaryLayer(Module):
     def _setup(self, weight_quantizer, input_quantizer, scale, scale_init, out_features, backend, rng, dtype,
                bias_order="after_scale"):
-        if scale not in SCALES:
-            raise ValueError(f"scale: expected one of {SCALES}, got {scale!r}")
-        if bias_order not in BIAS_ORDERS:
-            raise ValueError(f"bias_order: expected one of {list(BIAS_ORDERS)}, got {bias_order!r}")
+        check_choice_arg("scale", scale, SCALES)
+        check_choice_arg("scale_init", scale_init, ("ones", "uniform"))
+        check_choice_arg("backend", backend, kernels.BACKENDS + ("auto",))
+        check_choice_arg("bias_order", bias_order, BIAS_ORDERS)
         self.bias_order = bias_order
-        if backend not in kernels.BACKENDS + ("auto",):
-            raise ValueError(f"backend: expected one of {kernels.BACKENDS + ('auto',)}, got {backend!r}")
         self.weight_quantizer = get_quantizer(weight_quantizer)
         self.input_quantizer = get_quantizer(input_quantizer)
         self.scale, self.backend = scale, backend
@@ -139,6 +137,9 @@ class BinaryLinear(_BinaryLayer):
                  bias_order="after_scale"):
         super().__init__()
         rng = _rng(rng)
+        in_features, out_features = check_int("in_features", in_features, 1), check_int("out_features", out_features, 1)
+        check_param_shape("weight", (out_features, in_features))
+        bias, dtype = check_bool_arg("bias", bias), check_float_dtype("dtype", dtype)
         self.in_features, self.out_features = in_features, out_features
         self.params["weight"] = kaiming_uniform(rng, (out_features, in_features), in_features, dtype)
         if bias:
@@ -179,14 +180,14 @@ class BinaryConv2d(_BinaryLayer):
                  bias_order="after_scale"):
         super().__init__()
         rng = _rng(rng)
-        kh, kw = pair(kernel_size, "kernel_size", 1)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"conv2d: channels {in_channels}->{out_channels} are not divisible by groups={groups}")
-        if pad_value not in (0.0, 1.0, -1.0):
-            raise ValueError(f"pad_value: expected 0.0, 1.0 or -1.0, got {pad_value!r}")
+        in_channels, out_channels, (kh, kw), stride, padding, dilation, groups = check_conv_args(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        check_choice_arg("pad_value", pad_value, (0.0, 1.0, -1.0))
+        bias, dtype = check_bool_arg("bias", bias), check_float_dtype("dtype", dtype)
+        check_choice_arg("init", init, ("uniform", "kaiming_normal"))
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, (kh, kw)
-        self.stride, self.padding = pair(stride, "stride", 1), conv_padding(padding)
-        self.dilation, self.groups, self.pad_value = pair(dilation, "dilation", 1), groups, float(pad_value)
+        self.stride, self.padding = stride, padding
+        self.dilation, self.groups, self.pad_value = dilation, groups, float(pad_value)
         shape = (out_channels, in_channels // groups, kh, kw)
         if init == "uniform":
             self.params["weight"] = kaiming_uniform(rng, shape, shape[1] * kh * kw, dtype)

@@ -6,12 +6,42 @@ import math
 import numpy as np
 
 from .. import ops
-from ..checks import conv_padding, pair
+from ..checks import (MAX_INT, check_bool_arg, check_choice_arg, check_float_dtype, check_int, check_real,
+                      conv_padding, pair)
 from .base import Module
 
 
 def _rng(rng):
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    """A generator: ``rng`` itself, or ``numpy.random.default_rng(rng)`` for None or a seed >= 0."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is not None and (isinstance(rng, (bool, np.bool_)) or not isinstance(rng, (int, np.integer)) or rng < 0):
+        raise ValueError(f"rng: expected a numpy.random.Generator, None or a seed (an int >= 0), got {rng!r}")
+    return np.random.default_rng(rng)
+
+
+def check_param_shape(name, shape):
+    """A parameter of ``shape`` must have at most 2**31 - 1 elements (what the checks allow any size)."""
+    n = 1
+    for d in shape:
+        n *= d
+    if n > MAX_INT:
+        raise ValueError(f"{name}: a parameter of shape {tuple(shape)} has {n} elements, more than {MAX_INT}")
+    return tuple(shape)
+
+
+def check_conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups):
+    """Validated (in, out, (kh, kw), stride, padding, dilation, groups) of a convolution layer."""
+    in_channels = check_int("in_channels", in_channels, 1)
+    out_channels = check_int("out_channels", out_channels, 1)
+    kh, kw = pair(kernel_size, "kernel_size", 1)
+    stride, padding, dilation = pair(stride, "stride", 1), conv_padding(padding), pair(dilation, "dilation", 1)
+    groups = check_int("groups", groups, 1)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups: channels {in_channels}->{out_channels} are not divisible by groups={groups}; "
+                         "expected a common divisor of in_channels and out_channels")
+    check_param_shape("weight", (out_channels, in_channels // groups, kh, kw))
+    return in_channels, out_channels, (kh, kw), stride, padding, dilation, groups
 
 
 def kaiming_uniform(rng, shape, fan_in, dtype):
@@ -29,6 +59,9 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32):
         super().__init__()
         rng = _rng(rng)
+        in_features, out_features = check_int("in_features", in_features, 1), check_int("out_features", out_features, 1)
+        check_param_shape("weight", (out_features, in_features))
+        bias, dtype = check_bool_arg("bias", bias), check_float_dtype("dtype", dtype)
         self.in_features, self.out_features = in_features, out_features
         self.params["weight"] = kaiming_uniform(rng, (out_features, in_features), in_features, dtype)
         if bias:
@@ -52,13 +85,14 @@ class Conv2d(Module):
                  bias=True, rng=None, dtype=np.float32, init="uniform"):
         super().__init__()
         rng = _rng(rng)
-        kh, kw = pair(kernel_size, "kernel_size", 1)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"conv2d: channels {in_channels}->{out_channels} are not divisible by groups={groups}")
+        in_channels, out_channels, (kh, kw), stride, padding, dilation, groups = check_conv_args(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
+        bias, dtype = check_bool_arg("bias", bias), check_float_dtype("dtype", dtype)
+        check_choice_arg("init", init, ("uniform", "kaiming_normal"))
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = (kh, kw)
-        self.stride, self.padding = pair(stride, "stride", 1), conv_padding(padding)
-        self.dilation, self.groups = pair(dilation, "dilation", 1), groups
+        self.stride, self.padding = stride, padding
+        self.dilation, self.groups = dilation, groups
         shape = (out_channels, in_channels // groups, kh, kw)
         fan_in = shape[1] * kh * kw
         if init == "uniform":
@@ -92,6 +126,10 @@ class BatchNorm(Module):
 
     def __init__(self, num_features, momentum=0.1, eps=1e-5, dtype=np.float32, gamma_init=1.0):
         super().__init__()
+        num_features = check_int("num_features", num_features, 1)
+        momentum = check_real("momentum", momentum, 0.0, 1.0)
+        eps = check_real("eps", eps, 0.0, open_min=True)
+        gamma_init, dtype = check_real("gamma_init", gamma_init), check_float_dtype("dtype", dtype)
         self.num_features, self.momentum, self.eps = num_features, momentum, eps
         self.params["gamma"] = np.full(num_features, gamma_init, dtype=dtype)
         self.params["beta"] = np.zeros(num_features, dtype=dtype)
@@ -133,7 +171,9 @@ class _Stateless(Module):
 class Hardtanh(_Stateless):
     def __init__(self, min_val=-1.0, max_val=1.0):
         super().__init__()
-        self.min_val, self.max_val = min_val, max_val
+        self.min_val, self.max_val = check_real("min_val", min_val), check_real("max_val", max_val)
+        if not self.min_val < self.max_val:
+            raise ValueError(f"min_val, max_val: expected min_val < max_val, got {min_val!r}, {max_val!r}")
 
     def forward(self, x):
         return ops.hardtanh_forward(x, self.min_val, self.max_val)
@@ -154,9 +194,15 @@ class Identity(_Stateless):
         return dout, {}
 
 
+def check_channel_args(num_channels, init, dtype):
+    return (check_int("num_channels", num_channels, 1), check_real("init", init),
+            check_float_dtype("dtype", dtype))
+
+
 class PReLU(Module):
     def __init__(self, num_channels, init=0.25, dtype=np.float32):
         super().__init__()
+        num_channels, init, dtype = check_channel_args(num_channels, init, dtype)
         self.params["weight"] = np.full(num_channels, init, dtype=dtype)
         self.zero_grad()
 
@@ -174,6 +220,7 @@ class RPReLU(Module):
 
     def __init__(self, num_channels, init=0.25, dtype=np.float32):
         super().__init__()
+        num_channels, init, dtype = check_channel_args(num_channels, init, dtype)
         self.params["gamma"] = np.zeros(num_channels, dtype=dtype)
         self.params["weight"] = np.full(num_channels, init, dtype=dtype)
         self.params["zeta"] = np.zeros(num_channels, dtype=dtype)
@@ -193,6 +240,7 @@ class LearnableBias(Module):
 
     def __init__(self, num_channels, dtype=np.float32):
         super().__init__()
+        num_channels, _, dtype = check_channel_args(num_channels, 0.0, dtype)
         self.params["bias"] = np.zeros(num_channels, dtype=dtype)
         self.zero_grad()
 
@@ -208,7 +256,12 @@ class LearnableBias(Module):
 class MaxPool2d(_Stateless):
     def __init__(self, kernel_size=2, stride=None, padding=0):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        k = pair(kernel_size, "kernel_size", 1)
+        s = k if stride is None else pair(stride, "stride", 1)
+        p = pair(padding, "padding")
+        if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+            raise ValueError(f"padding: expected at most half the kernel size {k}, got {p}")
+        self.kernel_size, self.stride, self.padding = k, s, p
 
     def forward(self, x):
         return ops.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
@@ -238,8 +291,13 @@ class ShortcutA(_Stateless):
 
     def __init__(self, in_channels, out_channels, stride=2, mode="subsample"):
         super().__init__()
+        in_channels = check_int("in_channels", in_channels, 1)
+        out_channels = check_int("out_channels", out_channels, 1)
+        stride = check_int("stride", stride, 1)
+        mode = check_choice_arg("mode", mode, ("subsample", "avgpool"))
         if out_channels < in_channels:
-            raise ValueError(f"shortcut A cannot reduce channels ({in_channels} -> {out_channels})")
+            raise ValueError(f"out_channels: shortcut A cannot reduce channels ({in_channels} -> {out_channels}); "
+                             "expected out_channels >= in_channels")
         extra = out_channels - in_channels
         self.stride, self.mode = stride, mode
         self.pad_before, self.pad_after = extra // 2, extra - extra // 2

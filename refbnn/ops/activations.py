@@ -8,7 +8,7 @@ bias:      y = x + b_c                                    (ReActNet's LearnableB
 """
 from __future__ import annotations
 
-from ..checks import check_float_array, check_shape
+from ..checks import check_float_array, check_real, check_same_dtype, check_shape
 
 
 def _channel(p, x, name):
@@ -16,6 +16,7 @@ def _channel(p, x, name):
     if x.ndim < 2:
         raise ValueError(f"{name}: input must have a channel axis 1, got shape {tuple(x.shape)}")
     check_shape(p, name, (x.shape[1],))
+    check_same_dtype(("x", x), (name, p))
     return p.reshape((1, -1) + (1,) * (x.ndim - 2))
 
 
@@ -24,7 +25,8 @@ def _reduce_to_channel(g):
 
 
 def hardtanh_forward(x, min_val=-1.0, max_val=1.0):
-    check_float_array(x, "x")
+    x = check_float_array(x, "x")
+    min_val, max_val = check_real("min_val", min_val), check_real("max_val", max_val)
     if not min_val < max_val:
         raise ValueError(f"hardtanh: expected min_val < max_val, got {min_val}, {max_val}")
     mask = (x > min_val) & (x < max_val)
@@ -38,7 +40,7 @@ def hardtanh_backward(dout, cache):
 
 
 def relu_forward(x):
-    check_float_array(x, "x")
+    x = check_float_array(x, "x")
     mask = x > 0
     return x * mask, mask
 
@@ -47,7 +49,7 @@ relu_backward = hardtanh_backward  # both multiply by the saved pass-through mas
 
 
 def prelu_forward(x, a):
-    check_float_array(x, "x")
+    x = check_float_array(x, "x")
     ab = _channel(a, x, "prelu weight")
     neg = x <= 0
     slope = neg * ab + (~neg)
@@ -61,7 +63,7 @@ def prelu_backward(dout, cache):
 
 
 def bias_forward(x, b):
-    check_float_array(x, "x")
+    x = check_float_array(x, "x")
     return x + _channel(b, x, "bias"), x.shape
 
 

@@ -14,7 +14,7 @@ Backward (eval): dx = dy gamma / sqrt(running_var + eps).
 """
 from __future__ import annotations
 
-from ..checks import array_module, check_float_array, check_shape
+from ..checks import array_module, check_bool_arg, check_float_array, check_real, check_same_dtype, check_shape
 
 
 def _axes(x):
@@ -28,15 +28,18 @@ def _bshape(x):
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, training=True, momentum=0.1, eps=1e-5):
     """Returns (y, cache). In training mode updates ``running_mean``/``running_var`` in place
     (they are buffers passed in explicitly; pass copies to leave them untouched)."""
-    check_float_array(x, "x", ndim=(2, 4))
+    x = check_float_array(x, "x", ndim=(2, 4))
     c = x.shape[1]
     for name, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
         check_float_array(a, name, ndim=1)
         check_shape(a, name, (c,))
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum: expected a value in [0, 1], got {momentum}")
-    if eps <= 0:
-        raise ValueError(f"eps: expected a positive value, got {eps}")
+    check_same_dtype(("x", x), ("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+                     ("running_var", running_var))
+    training = check_bool_arg("training", training)
+    momentum = check_real("momentum", momentum, 0.0, 1.0)
+    eps = check_real("eps", eps, 0.0, open_min=True)
+    if not training and bool((running_var < 0).any()):
+        raise ValueError("running_var: expected values >= 0 (a variance)")
     xp = array_module(x)
     axes, bs = _axes(x), _bshape(x)
     if training:

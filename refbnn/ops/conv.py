@@ -17,18 +17,20 @@ convolutions may pad with +-1 after binarization, see refbnn.conventions).
 """
 from __future__ import annotations
 
-from ..checks import array_module, check_float_array, check_same_dtype, check_shape, conv_padding, pair
+from ..checks import (array_module, check_float_array, check_int, check_real, check_same_dtype, check_shape,
+                      conv_padding, pair)
 from ..kernels import reference
 
 
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, pad_value=0.0):
-    check_float_array(x, "x", ndim=4)
-    check_float_array(w, "weight", ndim=4)
+    x = check_float_array(x, "x", ndim=4)
+    w = check_float_array(w, "weight", ndim=4)
     stride, padding, dilation = pair(stride, "stride", 1), conv_padding(padding), pair(dilation, "dilation", 1)
+    groups, pad_value = check_int("groups", groups, 1), check_real("pad_value", pad_value)
     reference.conv2d_geometry(x.shape, w.shape, stride, padding, dilation, groups)
     o = w.shape[0]
     if b is not None:
-        check_float_array(b, "bias", ndim=1)
+        b = check_float_array(b, "bias", ndim=1)
         check_shape(b, "bias", (o,))
     check_same_dtype(("x", x), ("weight", w), ("bias", b))
     cache = conv2d_cache(x, w, stride, padding, dilation, groups, pad_value, b is not None)

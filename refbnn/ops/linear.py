@@ -9,16 +9,17 @@ from ..checks import check_float_array, check_same_dtype, check_shape
 
 
 def check_linear_operands(x, w):
-    check_float_array(x, "x", ndim=2)
-    check_float_array(w, "weight", ndim=2)
+    x = check_float_array(x, "x", ndim=2)
+    w = check_float_array(w, "weight", ndim=2)
     if x.shape[1] != w.shape[1]:
         raise ValueError(f"linear: input has {x.shape[1]} features, weight (out, in) = {w.shape} expects {w.shape[1]}")
+    return x, w
 
 
 def linear_forward(x, w, b=None):
-    check_linear_operands(x, w)
+    x, w = check_linear_operands(x, w)
     if b is not None:
-        check_float_array(b, "bias", ndim=1)
+        b = check_float_array(b, "bias", ndim=1)
         check_shape(b, "bias", (w.shape[0],))
     check_same_dtype(("x", x), ("weight", w), ("bias", b))
     out = x @ w.T

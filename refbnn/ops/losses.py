@@ -7,7 +7,7 @@ distillation:           L = -(1/N) sum_n sum_k p_nk log softmax(z_n / T)_k,   p 
 """
 from __future__ import annotations
 
-from ..checks import array_module, check_float_array, check_shape
+from ..checks import array_module, check_float_array, check_real, check_same_dtype, check_shape
 
 
 def log_softmax(z):
@@ -16,13 +16,22 @@ def log_softmax(z):
     return zs - xp.log(xp.exp(zs).sum(axis=1, keepdims=True))
 
 
+def _check_logits(logits, name="logits"):
+    logits = check_float_array(logits, name, ndim=2)
+    if logits.shape[0] < 1 or logits.shape[1] < 1:
+        raise ValueError(f"{name}: expected a batch of at least 1 sample and 1 class, got shape {tuple(logits.shape)}")
+    return logits
+
+
 def softmax_cross_entropy_forward(logits, labels):
     """Returns (loss, cache); ``labels`` are integer class indices (N,)."""
-    check_float_array(logits, "logits", ndim=2)
+    logits = _check_logits(logits)
     xp = array_module(logits)
+    if not hasattr(labels, "dtype") or not hasattr(labels, "ndim"):
+        raise TypeError(f"labels: expected an integer array of class indices, got {type(labels).__name__}")
     if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
         raise ValueError(f"labels: expected shape ({logits.shape[0]},), got {tuple(labels.shape)}")
-    if labels.dtype.kind not in "iu":
+    if labels.dtype.kind not in "iu" or labels.dtype.itemsize > 8:
         raise TypeError(f"labels: expected integer class indices, got dtype {labels.dtype}")
     if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
         raise ValueError(f"labels: expected values in [0, {logits.shape[1]}), got [{int(labels.min())}, {int(labels.max())}]")
@@ -42,11 +51,11 @@ def softmax_cross_entropy_backward(cache):
 
 
 def distillation_forward(logits, teacher_logits, temperature=1.0):
-    check_float_array(logits, "logits", ndim=2)
-    check_float_array(teacher_logits, "teacher_logits", ndim=2)
+    logits = _check_logits(logits)
+    teacher_logits = _check_logits(teacher_logits, "teacher_logits")
     check_shape(teacher_logits, "teacher_logits", logits.shape)
-    if temperature <= 0:
-        raise ValueError(f"temperature: expected a positive value, got {temperature}")
+    check_same_dtype(("logits", logits), ("teacher_logits", teacher_logits))
+    temperature = check_real("temperature", temperature, 0.0, open_min=True)
     xp = array_module(logits)
     p = xp.exp(log_softmax(teacher_logits / temperature))
     logq = log_softmax(logits / temperature)

@@ -13,7 +13,7 @@ from ..kernels import reference
 
 
 def _geometry(x, kernel_size, stride, padding):
-    check_float_array(x, "x", ndim=4)
+    x = check_float_array(x, "x", ndim=4)
     k = pair(kernel_size, "kernel_size", 1)
     s = k if stride is None else pair(stride, "stride", 1)
     p = pair(padding, "padding")
@@ -64,7 +64,9 @@ def avgpool2d_backward(dout, cache):
 
 
 def global_avgpool_forward(x):
-    check_float_array(x, "x", ndim=4)
+    x = check_float_array(x, "x", ndim=4)
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"global average pool: expected at least 1x1 spatial values, got shape {tuple(x.shape)}")
     return x.mean(axis=(2, 3)), x.shape
 
 

@@ -9,12 +9,12 @@ shortcut A:    (He et al. 2016, CIFAR ResNets) subsample (stride s: x[:, :, ::s,
 """
 from __future__ import annotations
 
-from ..checks import array_module, check_float_array, check_shape
+from ..checks import array_module, check_choice_arg, check_float_array, check_int, check_same_dtype, check_shape
 from .pooling import avgpool2d_backward, avgpool2d_forward
 
 
 def flatten_forward(x):
-    check_float_array(x, "x")
+    x = check_float_array(x, "x")
     if x.ndim < 2:
         raise ValueError(f"flatten: expected a batch (N, ...) with at least 2 axes, got shape {tuple(x.shape)}")
     return x.reshape(x.shape[0], -1), x.shape
@@ -25,6 +25,9 @@ def flatten_backward(dout, cache):
 
 
 def add_forward(a, b):
+    a = check_float_array(a, "a")
+    b = check_float_array(b, "b")
+    check_same_dtype(("a", a), ("b", b))
     if a.shape != b.shape:
         raise ValueError(f"residual add: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
     return a + b, a.shape
@@ -36,11 +39,10 @@ def add_backward(dout, cache):
 
 
 def shortcut_a_forward(x, stride=2, pad_before=0, pad_after=0, mode="subsample"):
-    check_float_array(x, "x", ndim=4)
-    if mode not in ("subsample", "avgpool"):
-        raise ValueError(f"shortcut mode: expected 'subsample' or 'avgpool', got {mode!r}")
-    if pad_before < 0 or pad_after < 0:
-        raise ValueError("shortcut: channel padding must be non-negative")
+    x = check_float_array(x, "x", ndim=4)
+    check_choice_arg("mode", mode, ("subsample", "avgpool"))
+    stride = check_int("stride", stride, 1)
+    pad_before, pad_after = check_int("pad_before", pad_before), check_int("pad_after", pad_after)
     xp = array_module(x)
     if stride == 1:
         sub, sub_cache = x, None

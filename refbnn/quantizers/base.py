@@ -30,6 +30,14 @@ Attributes:
 - ``needs_rng``: the quantizer draws random numbers (stochastic BinaryConnect); the training loop
   hands it a per-epoch generator through ``set_rng`` so that a resumed run is bit-exact.
 
+Input: every ``forward`` (the subclass's own, wrapped once by ``Quantizer.__init_subclass__``) first
+checks its input: a float32/float64 array in native byte order (else ``TypeError``) with no NaN
+(else ``ValueError`` "<name>: x contains NaN at index (...)"), and no +-Inf unless the quantizer's
+formulas are defined there (``accepts_inf``: sign-type outputs with estimators that vanish at
++-Inf). A non-contiguous input is quantized as its C-contiguous copy, so that the reductions
+(per-channel means, stds) add in the same order and the result is bit-identical. The check costs
+one ``x.sum()`` pass for finite input (refbnn.checks.first_nonfinite).
+
 Quantizers hold no learnable parameters. Values that schedules change once per epoch (ReCU's tau,
 IR-Net's t and k, ...) are plain attributes listed by ``state()`` and set by ``set_state()``
 (validated), so checkpoints save and restore them. ``config()`` returns the full constructor
@@ -44,8 +52,11 @@ are OIHW or (out, in)); activation quantizers with per-sample statistics treat a
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
+
+from ..checks import FLOAT_DTYPES, array_module, first_nonfinite
 
 
 class Quantizer:
@@ -54,6 +65,53 @@ class Quantizer:
     binary = False
     part = None
     needs_rng = False
+    accepts_inf = False  # True where sign-type formulas are defined at +-Inf (see the module docstring)
+
+    def __init_subclass__(cls, **kwargs):
+        """Wrap the subclass's own ``forward`` with ``check_input``: one check for every quantizer."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("forward")
+        if own is None or getattr(own, "checks_input", False):
+            return
+
+        @functools.wraps(own)
+        def forward(self, x, training=True):
+            x = self.check_input(x)
+            try:
+                return own(self, x, training)
+            except (ValueError, TypeError) as exc:  # name the quantizer in errors of shared helpers
+                if str(exc).startswith(f"{self.name}:"):
+                    raise
+                raise type(exc)(f"{self.name}: {exc}") from exc
+
+        forward.checks_input = True
+        cls.forward = forward
+
+    def check_input(self, x, name="x"):
+        """``x`` as the forward pass reads it: a native float32/float64 array without NaN (and without
+        +-Inf unless ``accepts_inf``), C-contiguous (a copy if it was not). Errors name the quantizer."""
+        if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+            raise TypeError(f"{self.name}: {name}: expected a NumPy or CuPy array, got {type(x).__name__}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{self.name}: {name}: expected dtype float32 or float64 (native byte order), got "
+                            f"{x.dtype.str} ({x.dtype})")
+        found = first_nonfinite(x)
+        if found is not None:
+            kind, idx = found
+            if kind != "NaN" and self.accepts_inf:
+                xp = array_module(x)
+                nan = xp.isnan(x)
+                if not bool(nan.any()):
+                    found = None
+                else:
+                    kind = "NaN"
+                    idx = tuple(int(i) for i in xp.unravel_index(int(xp.argmax(nan.reshape(-1))), x.shape))
+            if found is not None:
+                allowed = "no NaN" if self.accepts_inf else "finite values"
+                raise ValueError(f"{self.name}: {name} contains {kind} at index {idx}; expected {allowed}")
+        if not x.flags.c_contiguous:
+            x = array_module(x).ascontiguousarray(x)
+        return x
 
     def forward(self, x, training=True):
         raise NotImplementedError

@@ -2,7 +2,9 @@
 quantizer ``dorefa_sign`` (E(|w|) sign(w)) that the IR-Net and ReCU tables compare with."""
 from __future__ import annotations
 
-from ..checks import array_module
+import numpy as np
+
+from ..checks import array_module, check_finite_statistic
 from ..conventions import sign
 from .base import Quantizer, check_choice, check_sign_zero
 
@@ -94,7 +96,8 @@ class DoReFaSign(Quantizer):
         return {"sign_zero": c.sign_zero}
 
     def forward(self, x, training=True):
-        e = abs(x).mean() if x.size else x.dtype.type(0)
+        with np.errstate(over="ignore"):
+            e = check_finite_statistic(abs(x).mean(), "mean |x|", x.dtype) if x.size else x.dtype.type(0)
         return (e * sign(x, self.sign_zero)).astype(x.dtype, copy=False), None
 
     def backward(self, dy, cache):

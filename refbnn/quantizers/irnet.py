@@ -133,6 +133,7 @@ class EDE(_EdeState, ElementwiseSign):
     """
 
     name = "ede"
+    accepts_inf = True  # sign(+-Inf) = +-1, k t (1 - tanh^2(t x)) = 0 there
 
     def __init__(self, t: float = 0.1, k: float = 10.0, sign_zero: float = 0.0):
         self.t, self.k = check_positive("t", t), check_positive("k", k)

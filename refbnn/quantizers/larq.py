@@ -4,7 +4,9 @@
 """
 from __future__ import annotations
 
-from ..checks import array_module
+import numpy as np
+
+from ..checks import array_module, check_finite_statistic
 from ..conventions import clip_mask
 from .base import Quantizer, check_bool, check_nonnegative, check_positive
 from .sign import _clip
@@ -22,6 +24,7 @@ class SteHeaviside(Quantizer):
 
     name = "ste_heaviside"
     precision = 1
+    accepts_inf = True  # h(+Inf) = 1, h(-Inf) = 0, the clipped estimator is 0 there
 
     def __init__(self, clip_value: float | None = 1.0, clip_inclusive: bool = True):
         self.clip_value = check_positive("clip_value", clip_value, allow_none=True)
@@ -70,7 +73,10 @@ class SteTern(Quantizer):
         return {"clip_inclusive": c.clip_inclusive}
 
     def threshold(self, x):
-        return float(0.7 * abs(x).mean()) if self.ternary_weight_networks else self.threshold_value
+        if not self.ternary_weight_networks:
+            return self.threshold_value
+        with np.errstate(over="ignore"):
+            return float(0.7 * check_finite_statistic(abs(x).mean(), "mean |x|", x.dtype))
 
     def forward(self, x, training=True):
         xp = array_module(x)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import array_module
+from ..checks import array_module, check_finite_statistic
 from ..conventions import clip_mask, sign
 from .base import Quantizer, check_bool, check_choice, check_positive, check_sign_zero
 
 
 def _row_mean_abs(x):
-    """mean |x| over every axis but 0 (per output channel), keepdims."""
-    return abs(x).mean(axis=tuple(range(1, x.ndim)), keepdims=True)
+    """mean |x| over every axis but 0 (per output channel), keepdims; refused if it overflows."""
+    with np.errstate(over="ignore"):
+        m = abs(x).mean(axis=tuple(range(1, x.ndim)), keepdims=True)
+    return check_finite_statistic(m, "mean |x| per row", x.dtype) if m.size else m
 
 
 def _clip(x, c):
@@ -24,14 +26,28 @@ def _clip(x, c):
 
 
 # -- sign-Swish (BNN+, Darabi et al. 2018), shared with refbnn.quantizers.proxconnect ---------------
+# |v| = |b x / 2| beyond this gives tanh(v) = 1 exactly in float32 and float64, so both formulas below
+# have reached their limits (SS = +-1, SS' = 0); clipping v there keeps b x from overflowing to Inf,
+# where v (1 - tanh(v)^2) = Inf * 0 would be NaN. Values within the bound are unchanged.
+_SWISH_V_MAX = 1e4
+
+
+def _swish_v(xp, x, beta):
+    """v = b x / 2, clipped to +-_SWISH_V_MAX (an overflow to Inf is clipped too)."""
+    with np.errstate(over="ignore"):
+        v = xp.asarray((0.5 * beta) * x)
+    return xp.clip(v, -_SWISH_V_MAX, _SWISH_V_MAX, out=v)
+
+
 def sign_swish(x, beta):
     """SS_b(x) = 2 sigmoid(b x) [1 + b x (1 - sigmoid(b x))] - 1 = tanh(v) + v (1 - tanh(v)^2), v = b x / 2.
 
     Odd, SS(0) = 0, not monotone: max 1.19968 at b x = 2.3994, -> sign(x) as b -> infinity
     (docs/methods/baselines.md). The tanh form has no overflow for large |b x|.
     """
-    v = (0.5 * beta) * x
-    t = array_module(x).tanh(v)
+    xp = array_module(x)
+    v = _swish_v(xp, x, beta)
+    t = xp.tanh(v)
     return (t + v * (1.0 - t * t)).astype(x.dtype, copy=False)
 
 
@@ -39,8 +55,9 @@ def sign_swish_grad(x, beta):
     """SS_b'(x) = b [2 - b x tanh(b x / 2)] / [1 + cosh(b x)] = b (1 - tanh(v)^2) (1 - v tanh(v)), v = b x / 2.
 
     SS'(0) = b; the integral over R is 2 (Larq's swish_sign gradient, BNN+ Eq. 6)."""
-    v = (0.5 * beta) * x
-    t = array_module(x).tanh(v)
+    xp = array_module(x)
+    v = _swish_v(xp, x, beta)
+    t = xp.tanh(v)
     return (beta * (1.0 - t * t) * (1.0 - v * t)).astype(x.dtype, copy=False)
 
 
@@ -101,6 +118,7 @@ class SteSign(ElementwiseSign):
 
     name = "ste_sign"
     precision = 1
+    accepts_inf = True  # sign(+-Inf) = +-1, the clipped estimator is 0 there
 
     def __init__(self, clip_value: float | None = 1.0, sign_zero: float = 1.0, clip_inclusive: bool = True):
         self.clip_value = check_positive("clip_value", clip_value, allow_none=True)
@@ -203,6 +221,7 @@ class ApproxSign(ElementwiseSign):
     """
 
     name = "approx_sign"
+    accepts_inf = True  # sign(+-Inf) = +-1, max(0, 2 - 2|x|) = 0 there
 
     def __init__(self, sign_zero: float = 1.0):
         self.sign_zero = check_sign_zero(sign_zero)

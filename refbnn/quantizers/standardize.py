@@ -23,7 +23,9 @@ tests check the backward against its finite differences).
 """
 from __future__ import annotations
 
-from ..checks import array_module
+import numpy as np
+
+from ..checks import array_module, check_finite_statistic
 from ..conventions import STANDARDIZE_GRADS
 
 
@@ -45,14 +47,16 @@ def row_standardize_forward(x, center=True, ddof=1, eps=0.0, eps_inside_sqrt=Tru
         raise ValueError(f"standardization: each {what} (axis 0) needs more than {ddof} entries for a "
                          f"std with ddof={ddof}; got shape {tuple(x.shape)}")
     axes = tuple(range(1, x.ndim))
-    u = x - x.mean(axis=axes, keepdims=True)
-    var = (u * u).sum(axis=axes, keepdims=True) / (n - ddof)
+    with np.errstate(over="ignore", invalid="ignore"):
+        u = x - x.mean(axis=axes, keepdims=True)
+        var = (u * u).sum(axis=axes, keepdims=True) / (n - ddof)
+    check_finite_statistic(var, f"the variance per {what}", x.dtype)
     if eps_inside_sqrt:
         s = xp.sqrt(var + eps)
     else:
         s = xp.sqrt(var) + eps
     if bool((s == 0).any()):
-        raise ValueError(f"standardization: a {what} (axis 0) has zero standard deviation and eps = {eps}; "
+        raise ValueError(f"standardization: {'an' if what[0] in 'aeiou' else 'a'} {what} (axis 0) has zero standard deviation and eps = {eps}; "
                          "expected non-constant rows or eps > 0")
     z = u if center else x
     y = (gain * z / s).astype(x.dtype, copy=False)

@@ -2,12 +2,19 @@
 gradients found in the literature, and the per-sample scaled sign activations."""
 from __future__ import annotations
 
+import math
+
 from ..checks import array_module
 from ..conventions import clip_mask, sign
 from .base import Quantizer, check_bool, check_choice, check_positive, check_sign_zero
 from .sign import _clip, _row_mean_abs
 
 GRADIENTS = ("paper", "exact", "detached")
+
+
+def _row_size(x):
+    """n, the entries per output channel (1 for an empty array: then there is nothing to scale)."""
+    return max(math.prod(x.shape[1:]), 1) if x.ndim else 1
 
 
 class XnorWeight(Quantizer):
@@ -53,7 +60,7 @@ class XnorWeight(Quantizer):
 
     def backward(self, dy, cache):
         x, a, b, m = cache
-        n = x[0].size
+        n = _row_size(x)
         if self.gradient == "detached":
             dx = dy * m
         elif self.gradient == "paper":
@@ -70,7 +77,7 @@ class XnorWeight(Quantizer):
         if self.gradient == "detached":
             return c
         if self.gradient == "paper":
-            return x / x[0].size + _row_mean_abs(ref) * c
+            return x / _row_size(x) + _row_mean_abs(ref) * c
         return _row_mean_abs(x) * (sign(ref, self.sign_zero) - _clip(ref, self.clip_value) + c)
 
 
