@@ -33,7 +33,7 @@ Overriding parameters. ``Method.with_params(**params)`` returns a copy with para
 
 Variants. Where implementations of one method commonly differ in a way the catalogue's own options
 express, each common form is a method of its own, a plain entry of ``METHODS`` whose ``variant_of``
-names the method it varies (``refbnn crosscheck --list`` and the README list them together):
+names the method it varies (``refbnn crosscheck --list`` and docs/usage.md list them together):
 ``xnor_common`` (XNOR-Net as PyTorch code usually writes it: autograd through the weights' mean|W|,
 sign activations with the clipped STE, no activation scale), ``bnn_ste`` (the clipped STE on BNN's
 weights too), ``bireal_scaled``/``bireal_unscaled`` (Bi-Real's weight gradient with or without the
@@ -48,7 +48,7 @@ and returns the values set (logged per epoch). The training loop passes
 ``rng = default_rng([seed, epoch, 1])``, so a resumed run draws the same numbers.
 
 Training defaults on the digits data (MLP, 30 epochs, batch 64, cosine learning rate): Adam with
-lr 1e-3 for every method; each reaches 98.3-100 % test accuracy in about 7-15 s (the README's
+lr 1e-3 for every method; each reaches 98.3-100 % test accuracy in about 7-15 s (docs/usage.md's
 "Methods" section has the measured table). Stochastic BinaryConnect needs lr 1e-2.
 """
 from __future__ import annotations

@@ -336,9 +336,9 @@ def test_the_variants_are_listed():
     out = subprocess.run([sys.executable, "-m", "refbnn", "crosscheck", "--list"], cwd=root, capture_output=True, check=True,
                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": root}).stdout
     assert all(f"{m} (of {METHODS[m].variant_of})" in out for m in VARIANTS), out
-    with open(os.path.join(root, "README.md")) as f:
-        readme = f.read()
-    assert all(f"| `{m}` |" in readme for m in VARIANTS)
+    with open(os.path.join(root, "docs", "usage.md")) as f:
+        usage = f.read()
+    assert all(f"| `{m}` |" in usage for m in VARIANTS)
 
 
 @pytest.mark.parametrize("method", VARIANTS)

@@ -2,7 +2,7 @@
 
 One file per family: sign.py (BinaryConnect, BNN, Bi-Real, BNN+), larq.py (Larq's remaining
 quantizers), dorefa.py, xnor.py, irnet.py, recu.py, proxconnect.py (ProxConnect++ / BNN++). The
-interface is in base.py; the README's "Catalogue" section lists every entry with its formulas.
+interface is in base.py; docs/usage.md ("Catalogue") lists every entry with its formulas.
 """
 from __future__ import annotations
 
