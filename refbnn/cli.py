@@ -33,6 +33,15 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def _get_values(self, action, arg_strings):
+        # argparse drops a lone '--' even from "--opt=--" and then hands the option [] unconverted; read it
+        # as the value it is, so the option's type checks it
+        if action.nargs is None and arg_strings == ["--"]:
+            value = self._get_value(action, "--")
+            self._check_value(action, value)
+            return value
+        return super()._get_values(action, arg_strings)
+
 
 def _ranged(name: str):
     """An argparse type for the numeric setting ``name`` of :data:`refbnn.train.RANGES`: parses, and
@@ -160,7 +169,8 @@ CROSSCHECK_EXAMPLES = """examples:
   refbnn crosscheck q.npz --quantizer ste_sign --param clip_value=1.25
   refbnn crosscheck tau.npz --schedule recu_tau --convention official   # epoch, epochs, tau_min, tau_max, tau
   refbnn crosscheck --export refs/ --method bnn --convention official --dtype float32
-exit status: 0 every tensor agrees, 1 some tensor differs, 2 bad input (the message says what)"""
+exit status: 0 every tensor agrees, 1 some tensor differs, 2 anything else: bad input, a file that cannot be
+read or written, an error (one line on stderr saying what; REFBNN_TRACEBACK=1 adds the traceback)"""
 
 
 def _add_crosscheck(sub):
@@ -190,14 +200,17 @@ def _add_crosscheck(sub):
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="set a setting, quantizer or method parameter the bundle does not hold (repeatable; "
                    "'none' for None); prefix weight_quantizer./kernel_quantizer./input_quantizer. for one quantizer")
-    p.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: 1e-10 for float64 "
-                   "bundles, 1e-5 for float32)")
-    p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: 1e-12 / 1e-6)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--rtol", type=_tolerance, default=None, help="relative tolerance, finite >= 0 (default: 1e-10 "
+                   "for float64 bundles, 1e-5 for float32)")
+    p.add_argument("--atol", type=_tolerance, default=None, help="absolute tolerance, finite >= 0 (default: 1e-12 / "
+                   "1e-6)")
+    p.add_argument("--json", type=_path, default=None, metavar="PATH", help="also write the report as JSON")
     p.add_argument("--list", action="store_true", help="list the known methods, quantizers and schedules")
     ex = p.add_argument_group("export (bundles computed by refbnn, to test your implementation against)")
-    ex.add_argument("--export", default=None, metavar="DIR", help="write bundles into DIR instead of checking one")
-    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--export", type=_path, default=None, metavar="DIR",
+                    help="write bundles into DIR instead of checking one")
+    ex.add_argument("--overwrite", action="store_true", help="let --export replace existing files")
+    ex.add_argument("--seed", type=_ranged("seed"), default=0)
     ex.add_argument("--dtype", default="float64", choices=("float32", "float64"))
     ex.add_argument("--x-shape", default=None, help="e.g. 2,3,5,5 (in the chosen layout)")
     ex.add_argument("--weight-shape", default=None, help="e.g. 4,3,3,3 (OIHW; HWIO with --layout nhwc)")
@@ -216,20 +229,51 @@ def cmd_crosscheck(args) -> int:
                    input_quantizer=args.input_quantizer, kernel_quantizer=args.kernel_quantizer,
                    schedule=args.schedule, params=parse_params(args.param), require_convention=True)
     if args.export:
+        if args.json:
+            raise ValueError("--json writes the report of a check; --export checks nothing")
         paths = crosscheck.export_bundles(args.export, **request, seed=args.seed, dtype=args.dtype,
                                           x_shape=args.x_shape, weight_shape=args.weight_shape,
-                                          bias=not args.no_bias, bundle=args.bundle)
+                                          bias=not args.no_bias, bundle=args.bundle, overwrite=args.overwrite)
         for path in paths:
             print(f"wrote {path}")
         return 0
+    if args.overwrite:
+        raise ValueError("--overwrite applies to --export")
     if args.bundle is None:
         raise ValueError("give the bundle to check (BUNDLE.npz), or --export DIR to write bundles")
+    if args.json:
+        _check_report_path(args.json, args.bundle)
     report = crosscheck.crosscheck(args.bundle, **request, rtol=args.rtol, atol=args.atol)
     print(report.table())
     if args.json:
-        with open(args.json, "w") as f:
-            f.write(report.to_json())
+        _write_text_atomic(args.json, report.to_json())
     return 0 if report.passed else 1
+
+
+def _check_report_path(path, bundle):
+    """--json: a file (new, or a regular file to replace) in an existing directory, and not the bundle."""
+    if os.path.isdir(path):
+        raise ValueError(f"--json {path}: is a directory; expected a file name")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise ValueError(f"--json {path}: exists and is not a regular file")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"--json {path}: {parent} is not a directory")
+    if os.path.exists(path) and os.path.exists(bundle) and os.path.samefile(path, bundle):
+        raise ValueError(f"--json {path}: is the bundle being checked; choose another name for the report")
+
+
+def _write_text_atomic(path, text):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def info() -> dict:

@@ -5,7 +5,8 @@ member claims a huge array (a "zip bomb", or a header that lies) costs that memo
 accepts members that are not arrays. :func:`read_npz` reads an ``.npz`` in this order:
 
 1. the zip's end-of-central-directory record: the number of entries and the size of the central
-   directory are bounded before :mod:`zipfile` parses the directory;
+   directory are bounded before :mod:`zipfile` parses the directory, the directory must end where
+   the end record begins (nothing cut out or prepended), and list exactly the entries counted;
 2. each entry's declared sizes: an ``.npy`` name, unique, not encrypted, stored or deflated, its
    uncompressed size at most ``max_member_bytes`` (and all of them together at most
    ``max_total_bytes``), and no more than deflate can produce from its compressed size (at most
@@ -72,6 +73,7 @@ def _directory_size(f, size: int, path: str, max_members: int):
         raise NpzError(f"{path}: not a zip archive (.npz): no end-of-central-directory record "
                        f"(truncated, or not an .npz at all)")
     entries, directory_bytes, directory_offset = struct.unpack("<HII", tail[at + 10:at + 20])
+    directory_end = size - tail_len + at
     if entries == 0xFFFF or directory_bytes == 0xFFFFFFFF or directory_offset == 0xFFFFFFFF:
         locator = tail[at - 20:at] if at >= 20 else b""
         if len(locator) != 20 or locator[:4] != _ZIP64_LOCATOR:
@@ -83,12 +85,17 @@ def _directory_size(f, size: int, path: str, max_members: int):
         record = f.read(56)
         if record[:4] != _ZIP64_EOCD:
             raise NpzError(f"{path}: corrupt zip64 end record")
-        entries, directory_bytes = struct.unpack("<QQ", record[32:48])
+        entries, directory_bytes, directory_offset = struct.unpack("<QQQ", record[32:56])
+        directory_end = record_at
     if entries > max_members:
         raise NpzError(f"{path}: {entries} entries; at most {max_members} are read")
     if directory_bytes > size or directory_bytes > max_members * _CENTRAL_ENTRY_BYTES:
         raise NpzError(f"{path}: the zip's central directory claims {_human(directory_bytes)}; the file has "
                        f"{_human(size)} and at most {max_members} entries are read")
+    if directory_offset + directory_bytes != directory_end:
+        raise NpzError(f"{path}: the zip's central directory ({_human(directory_bytes)} at offset {directory_offset}) "
+                       f"does not end where its end record begins (offset {directory_end}): a corrupt or altered zip")
+    return entries
 
 
 class _Counted:
@@ -198,12 +205,13 @@ def read_npz(path, *, max_member_bytes: int, max_total_bytes: int, max_members: 
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            _directory_size(f, size, path, max_members)
+            entries = _directory_size(f, size, path, max_members)
             f.seek(0)
             with zipfile.ZipFile(f) as zf:
                 infos = zf.infolist()
-                if len(infos) > max_members:
-                    raise NpzError(f"{path}: {len(infos)} entries; at most {max_members} are read")
+                if len(infos) != entries:
+                    raise NpzError(f"{path}: the zip's end record counts {entries} entries, its central directory "
+                                   f"lists {len(infos)}: a corrupt or altered zip")
                 names, total = set(), 0
                 for info in infos:
                     member = info.filename

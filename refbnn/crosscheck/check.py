@@ -13,6 +13,18 @@ from .report import Report, compare, default_tolerances
 from .schedule import _other_clock_notes, _run_schedule
 from .settings import Request
 
+def check_tolerance(name, value):
+    """A tolerance: None (the dtype's default) or a finite number >= 0. NaN would pass every tensor, a negative
+    one fail identical tensors, so both are errors."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise BundleError(f"{name}: expected a finite number >= 0, got {value!r}")
+    if not (np.isfinite(value) and value >= 0):
+        raise BundleError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def _as_request(bundle_meta, kwargs, require_convention=False):
     params = dict(kwargs.pop("params", None) or {})
     req = Request(**kwargs, params=params)
@@ -29,6 +41,7 @@ def crosscheck(bundle, method=None, convention=None, part=None, layer=None, layo
     ``input_quantizer``/``kernel_quantizer``. ``params``: name -> value for settings the bundle does not
     hold (an error where it holds a different value). Returns a :class:`Report`; ``report.passed``.
     """
+    rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     data = load_bundle(bundle) if isinstance(bundle, (str, os.PathLike)) else {k: np.asarray(v) for k, v in
                                                                                  dict(bundle).items()}
     arrays, settings, meta = _split_bundle(data)
@@ -66,8 +79,8 @@ def crosscheck(bundle, method=None, convention=None, part=None, layer=None, layo
                              else ", ".join(QUANTIZER_OUTPUTS) if req.mode != "schedule" else "the schedule's values"))
     low = np.float32 if any(d == np.float32 for d in dtypes) else np.float64
     d_rtol, d_atol = default_tolerances(low)
-    rtol = d_rtol if rtol is None else float(rtol)
-    atol = d_atol if atol is None else float(atol)
+    rtol = d_rtol if rtol is None else rtol
+    atol = d_atol if atol is None else atol
     rows = [compare(k, results[k], arrays[k], rtol, atol) for k in expected]
     settings_out = {**req.describe(), **info, "params": req.params or None}
     return Report(rows, rtol, atol, settings_out, notes=_other_clock_notes(req, arrays, rows, rtol, atol))
