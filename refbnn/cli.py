@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import sys
+import tempfile
+import traceback
+import warnings
 
 import numpy as np
 
@@ -16,17 +21,80 @@ from .models import MODELS
 from .optim import OPTIMIZER_NAMES
 from .params import parse_params, parse_value
 from .schedules import LR_SCHEDULES
-from .train import DEFAULT_EPOCHS, DEFAULT_MODEL, TrainConfig, train
+from .train import DEFAULT_EPOCHS, DEFAULT_MODEL, RANGES, TrainConfig, train
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+TRACEBACK_ENV = "REFBNN_TRACEBACK"  # set to 1 to see the traceback behind a one-line error
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit status 2), naming the option."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _get_values(self, action, arg_strings):
+        # argparse drops a lone '--' even from "--opt=--" and then hands the option [] unconverted; read it
+        # as the value it is, so the option's type checks it
+        if action.nargs is None and arg_strings == ["--"]:
+            value = self._get_value(action, "--")
+            self._check_value(action, value)
+            return value
+        return super()._get_values(action, arg_strings)
+
+
+def _ranged(name: str):
+    """An argparse type for the numeric setting ``name`` of :data:`refbnn.train.RANGES`: parses, and
+    refuses values outside the range (NaN and infinities included) with the range in the message."""
+    allowed = RANGES[name]
+
+    def parse(text: str):
+        try:
+            value = allowed.kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"expected {allowed.describe()}, got {text!r}") from None
+        try:
+            return allowed.check(name, value)
+        except (ValueError, TypeError):
+            raise argparse.ArgumentTypeError(f"expected {allowed.describe()}, got {text!r}") from None
+
+    parse.__name__ = allowed.kind.__name__  # argparse names the type in "invalid <type> value"
+    return parse
+
+
+def _tolerance(text: str) -> float:
+    """--rtol/--atol: a finite number >= 0 (NaN would pass every tensor, a negative one fail identical ones)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _path(text: str) -> str:
+    """An argparse type for a path: not empty (an empty --out or --metrics-json would write nothing)."""
+    if not text or "\0" in text:
+        raise argparse.ArgumentTypeError(f"expected a non-empty path, got {text!r}")
+    return text
+
+
+TRAIN_EPILOG = """exit status: 0 trained (and wrote --out / --metrics-json), 1 the run failed (diverged, out of
+memory, a write failed; the message says why), 2 bad input: an option, a file or a setting (the message
+names it), 130 interrupted. Errors are one line on stderr; REFBNN_TRACEBACK=1 adds the traceback."""
 
 
 def _add_train(sub):
     p = sub.add_parser("train", help="train a (binary) network; with no options, the main job on the digits data",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       epilog=TRAIN_EPILOG, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="digits", choices=DATASETS)
-    p.add_argument("--data-dir", default=None, help="directory with the MNIST IDX or CIFAR-10 binary files")
+    p.add_argument("--data-dir", type=_path, default=None,
+                   help="directory with the MNIST IDX or CIFAR-10 binary files")
     p.add_argument("--model", default=None, choices=sorted(MODELS),
                    help=f"default per data set: {DEFAULT_MODEL}")
-    p.add_argument("--width", type=float, default=1.0, help="channel/width multiplier of the model")
+    p.add_argument("--width", type=_ranged("width"), default=1.0,
+                   help=f"channel/width multiplier of the model ({RANGES['width'].describe()})")
     p.add_argument("--method", default="recu", choices=list(METHODS), help="quantization method")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method parameter (repeatable), e.g. T_min=1e-3, clip_value=1.2, "
@@ -34,20 +102,25 @@ def _add_train(sub):
                         "quotes is that string: input.scale=\"'none'\" is the string 'none'")
     p.add_argument("--convention", default="paper", choices=sorted(PRESETS),
                    help="paper or official-code conventions (sign(0), padding, statistics, schedule clock)")
-    p.add_argument("--epochs", type=int, default=None, help=f"default per data set: {DEFAULT_EPOCHS}")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=None, help="base learning rate (default: the method's)")
+    p.add_argument("--epochs", type=_ranged("epochs"), default=None, help=f"default per data set: {DEFAULT_EPOCHS}")
+    p.add_argument("--batch-size", type=_ranged("batch_size"), default=64)
+    p.add_argument("--lr", type=_ranged("lr"), default=None, help="base learning rate (default: the method's)")
     p.add_argument("--optimizer", default=None, choices=sorted(OPTIMIZER_NAMES),
                    help="default: the method's; bop: Bop for the binary weights, Adam for the rest")
-    p.add_argument("--bop-threshold", type=float, default=1e-8, help="Bop's flip threshold")
-    p.add_argument("--bop-gamma", type=float, default=1e-4, help="Bop's gradient moving-average rate")
-    p.add_argument("--weight-decay", type=float, default=None, help="default: the method's")
+    p.add_argument("--bop-threshold", type=_ranged("bop_threshold"), default=1e-8, help="Bop's flip threshold")
+    p.add_argument("--bop-gamma", type=_ranged("bop_gamma"), default=1e-4,
+                   help="Bop's gradient moving-average rate, in (0, 1]")
+    p.add_argument("--weight-decay", type=_ranged("weight_decay"), default=None, help="default: the method's")
     p.add_argument("--lr-schedule", default="cosine", choices=sorted(LR_SCHEDULES))
-    p.add_argument("--warmup-epochs", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="directory for checkpoint.npz (written after every epoch)")
+    p.add_argument("--warmup-epochs", type=_ranged("warmup_epochs"), default=0, help="at most --epochs")
+    p.add_argument("--seed", type=_ranged("seed"), default=0, help=RANGES["seed"].describe())
+    p.add_argument("--out", type=_path, default=None,
+                   help="directory for checkpoint.npz (written after every epoch)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz, bit-exactly")
-    p.add_argument("--metrics-json", default=None, help="write the metrics to this JSON file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT/checkpoint.npz of an earlier run (without --resume or --overwrite, an "
+                        "existing checkpoint is an error)")
+    p.add_argument("--metrics-json", type=_path, default=None, help="write the metrics to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -58,16 +131,30 @@ def parse_param(text: str):
     return key, value
 
 
+def _check_kernel_path():
+    """$REFBNN_KERNEL_PATH naming a path that is unknown, not compiled or not supported by this CPU is an
+    error before training, not in the middle of the first epoch."""
+    if "cython" not in kernels.available_backends():
+        return
+    try:
+        kernels.compiled().resolve_path()
+    except RuntimeError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def cmd_train(args) -> int:
-    params = dict(parse_param(t) for t in args.param)
+    params = parse_params(args.param)  # refuses a name given twice
+    _check_kernel_path()
     cfg = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model, width=args.width,
                       method=args.method, method_params=params or None, convention=args.convention,
                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                       bop_threshold=args.bop_threshold, bop_gamma=args.bop_gamma,
                       weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
                       warmup_epochs=args.warmup_epochs, seed=args.seed, out=args.out, resume=args.resume,
-                      metrics_json=args.metrics_json, progress=not args.no_progress)
-    m = train(cfg)
+                      overwrite=args.overwrite, metrics_json=args.metrics_json, progress=not args.no_progress)
+    with warnings.catch_warnings():  # overflow on the way to a divergence: reported as one line instead
+        warnings.simplefilter("ignore", RuntimeWarning)
+        m = train(cfg)
     print(f"{m['method']} / {m['model']} / {m['dataset']}: test accuracy {100 * m['test_accuracy']:.2f} % "
           f"after {m['epochs']} epochs in {m['seconds']:.1f} s "
           f"({m['binary_parameters']} of {m['parameters']} parameters binary)")
@@ -83,7 +170,8 @@ CROSSCHECK_EXAMPLES = """examples:
   refbnn crosscheck q.npz --quantizer ste_sign --param clip_value=1.25
   refbnn crosscheck tau.npz --schedule recu_tau --convention official   # epoch, epochs, tau_min, tau_max, tau
   refbnn crosscheck --export refs/ --method bnn --convention official --dtype float32
-exit status: 0 every tensor agrees, 1 some tensor differs, 2 bad input (the message says what)"""
+exit status: 0 every tensor agrees, 1 some tensor differs, 2 anything else: bad input, a file that cannot be
+read or written, an error (one line on stderr saying what; REFBNN_TRACEBACK=1 adds the traceback)"""
 
 
 def _add_crosscheck(sub):
@@ -116,16 +204,19 @@ def _add_crosscheck(sub):
                    "true/false, a number, else a string; a value in quotes is always that string: "
                    "input_quantizer.scale=\"'none'\" is the string 'none' (a bundle's 0-d string: 'none' is None, "
                    "\"'none'\" the string)")
-    p.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: 1e-10 for float64 "
-                   "bundles, 1e-5 for float32)")
-    p.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: 1e-12 / 1e-6)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--rtol", type=_tolerance, default=None, help="relative tolerance, finite >= 0 (default: 1e-10 "
+                   "for float64 bundles, 1e-5 for float32)")
+    p.add_argument("--atol", type=_tolerance, default=None, help="absolute tolerance, finite >= 0 (default: 1e-12 / "
+                   "1e-6)")
+    p.add_argument("--json", type=_path, default=None, metavar="PATH", help="also write the report as JSON")
     p.add_argument("--diagnose", action="store_true", help="when tensors differ, re-run the check with nearby "
                    "choices changed (convention fields, estimators, layout) and say which makes each tensor pass")
     p.add_argument("--list", action="store_true", help="list the known methods, quantizers and schedules")
     ex = p.add_argument_group("export (bundles computed by refbnn, to test your implementation against)")
-    ex.add_argument("--export", default=None, metavar="DIR", help="write bundles into DIR instead of checking one")
-    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--export", type=_path, default=None, metavar="DIR",
+                    help="write bundles into DIR instead of checking one")
+    ex.add_argument("--overwrite", action="store_true", help="let --export replace existing files")
+    ex.add_argument("--seed", type=_ranged("seed"), default=0)
     ex.add_argument("--dtype", default="float64", choices=("float32", "float64"))
     ex.add_argument("--x-shape", default=None, help="e.g. 2,3,5,5 (in the chosen layout)")
     ex.add_argument("--weight-shape", default=None, help="e.g. 4,3,3,3 (OIHW; HWIO with --layout nhwc)")
@@ -146,21 +237,52 @@ def cmd_crosscheck(args) -> int:
                    input_quantizer=args.input_quantizer, kernel_quantizer=args.kernel_quantizer,
                    schedule=args.schedule, params=parse_params(args.param), require_convention=True)
     if args.export:
+        if args.json:
+            raise ValueError("--json writes the report of a check; --export checks nothing")
         paths = crosscheck.export_bundles(args.export, **request, seed=args.seed, dtype=args.dtype,
                                           x_shape=args.x_shape, weight_shape=args.weight_shape,
-                                          bias=not args.no_bias, bundle=args.bundle)
+                                          bias=not args.no_bias, bundle=args.bundle, overwrite=args.overwrite)
         for path in paths:
             print(f"wrote {path}")
         return 0
+    if args.overwrite:
+        raise ValueError("--overwrite applies to --export")
     if args.bundle is None:
         raise ValueError("give the bundle to check (BUNDLE.npz), or --export DIR to write bundles")
+    if args.json:
+        _check_report_path(args.json, args.bundle)
     report = crosscheck.crosscheck(args.bundle, **request, rtol=args.rtol, atol=args.atol,
                                    diagnose=args.diagnose)
     print(report.table())
     if args.json:
-        with open(args.json, "w") as f:
-            f.write(report.to_json())
+        _write_text_atomic(args.json, report.to_json())
     return 0 if report.passed else 1
+
+
+def _check_report_path(path, bundle):
+    """--json: a file (new, or a regular file to replace) in an existing directory, and not the bundle."""
+    if os.path.isdir(path):
+        raise ValueError(f"--json {path}: is a directory; expected a file name")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise ValueError(f"--json {path}: exists and is not a regular file")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"--json {path}: {parent} is not a directory")
+    if os.path.exists(path) and os.path.exists(bundle) and os.path.samefile(path, bundle):
+        raise ValueError(f"--json {path}: is the bundle being checked; choose another name for the report")
+
+
+def _write_text_atomic(path, text):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def info() -> dict:
@@ -234,7 +356,7 @@ def cmd_infer(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="refbnn", description="refbnn: the reference for binary neural networks")
+    parser = _Parser(prog="refbnn", description="refbnn: the reference for binary neural networks")
     parser.add_argument("--version", action="version", version=f"refbnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
@@ -243,12 +365,47 @@ def main(argv=None) -> int:
     p = sub.add_parser("info", help="versions and the kernel backends that are available")
     p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    command = {"train": cmd_train, "crosscheck": cmd_crosscheck, "info": cmd_info, "export": cmd_export,
+               "infer": cmd_infer}[args.command]
     try:
-        return {"train": cmd_train, "crosscheck": cmd_crosscheck, "info": cmd_info,
-                "export": cmd_export, "infer": cmd_infer}[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
-        print(f"refbnn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return command(args)
+    except KeyboardInterrupt:
+        print(f"refbnn {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every error becomes one line and a documented exit status
+        status = exit_status(args.command, exc)
+        what = "error" if status == EXIT_BAD_INPUT else "failed"
+        if os.environ.get(TRACEBACK_ENV):
+            traceback.print_exc()
+        print(f"refbnn {args.command}: {what}: {one_line(exc)}", file=sys.stderr)
+        return status
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line: the message (with the exception's type where the message alone would not say
+    what happened)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, MemoryError):
+        return f"out of memory ({text})" if text else "out of memory"
+    if isinstance(exc, (ValueError, TypeError, OSError, ImportError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# an OSError of these kinds names a path the user gave (a missing file, a file where a directory is needed,
+# no permission): bad input. Others (a full disk, an I/O error) are failures of the run.
+_BAD_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
+
+def exit_status(command: str, exc: BaseException) -> int:
+    """The exit status for an error: 2 bad input (ValueError, TypeError, a missing optional package, a path
+    that does not exist or cannot be used); else 1, a failure of the run, except for crosscheck, where 1 means
+    "some tensor differs" and so every error is 2."""
+    if command == "crosscheck":
+        return EXIT_BAD_INPUT
+    if isinstance(exc, (ValueError, TypeError, ImportError, _BAD_PATH_ERRORS)):
+        return EXIT_BAD_INPUT
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -10,24 +10,77 @@ buffers, quantizer schedule values, optimizer state, and the metric history.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from . import ops
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, model_layout, optimizer_layout, save_checkpoint
 from .conventions import get_convention
-from .data import load_dataset
+from .data import DATASETS, load_dataset
 from .methods import LayerFactory, get_method
-from .models import build_model
+from .models import MODELS, build_model
 from .optim import OPTIMIZER_NAMES, OPTIMIZERS, WeightClip, build_bop_optimizer, no_decay_bn_and_bias, param_groups
 from .schedules import LR_SCHEDULES
 
 DEFAULT_MODEL = {"digits": "mlp", "mnist1d": "mlp", "mnist": "mlp", "cifar10": "resnet20"}
 DEFAULT_EPOCHS = {"digits": 30, "mnist1d": 60, "mnist": 10, "cifar10": 100}
+CHECKPOINT_NAME = "checkpoint.npz"
+MAX_WIDTH = 4.0            # resnet18 at width 4: 2048-channel 3x3 convolutions, about 1.8e8 weights
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 1 << 20
+MAX_SEED = 2 ** 63 - 1     # kept as an int64 in every JSON/NumPy tool
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting accepts: ``kind`` (int or float; floats must be finite), ``low`` and
+    ``high`` (None: unbounded), ``low_open`` (``low`` itself excluded)."""
+    kind: type
+    low: float
+    high: float | None = None
+    low_open: bool = False
+
+    def describe(self) -> str:
+        noun = "an integer" if self.kind is int else "a finite number"
+        fmt = "d" if self.kind is int else "g"
+        if self.kind is int and self.low == 1 and not self.low_open:
+            noun, lower = "a positive integer", ""
+        else:
+            lower = f" {'>' if self.low_open else '>='} {self.low:{fmt}}"
+        upper = f"{' and' if lower else ''} <= {self.high:{fmt}}" if self.high is not None else ""
+        return f"{noun}{lower}{upper}"
+
+    def check(self, name: str, value):
+        """``value`` if it is in range; TypeError/ValueError naming ``name`` and the range otherwise."""
+        ok_type = (isinstance(value, (int, np.integer)) if self.kind is int
+                   else isinstance(value, (int, float, np.integer, np.floating)))
+        if not ok_type or isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected {self.describe()}, got {type(value).__name__} {value!r}")
+        ok = (math.isfinite(value) and (value > self.low if self.low_open else value >= self.low)
+              and (self.high is None or value <= self.high))
+        if not ok:
+            raise ValueError(f"{name}: expected {self.describe()}, got {value!r}")
+        return value
+
+
+# every numeric setting of a run, checked by TrainConfig.resolved and by `refbnn train`'s option parser
+RANGES = {
+    "width": Range(float, 0.0, MAX_WIDTH, low_open=True),
+    "epochs": Range(int, 1, MAX_EPOCHS),
+    "batch_size": Range(int, 1, MAX_BATCH_SIZE),
+    "lr": Range(float, 0.0, low_open=True),
+    "weight_decay": Range(float, 0.0),
+    "bop_threshold": Range(float, 0.0),
+    "bop_gamma": Range(float, 0.0, 1.0, low_open=True),
+    "warmup_epochs": Range(int, 0, MAX_EPOCHS),
+    "seed": Range(int, 0, MAX_SEED),
+}
 
 
 @dataclass
@@ -49,15 +102,31 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     warmup_epochs: int = 0
     seed: int = 0
-    out: str | None = None
-    resume: bool = False
+    out: str | None = None            # directory for checkpoint.npz
+    resume: bool = False              # continue from out/checkpoint.npz
+    overwrite: bool = False           # replace out/checkpoint.npz of an earlier run (else an error)
     metrics_json: str | None = None
     progress: bool = True
 
     def resolved(self) -> "TrainConfig":
-        """Fill the defaults that depend on the data set and method; validate names and ranges."""
+        """Fill the defaults that depend on the data set and method; validate names, ranges and paths
+        (the paths' file system state is checked by :func:`check_outputs`)."""
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; known data sets: {', '.join(DATASETS)}")
+        if self.model is not None and self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; known models: {', '.join(MODELS)}")
         method = get_method(self.method).with_params(**(self.method_params or {}))
         get_convention(self.convention)
+        for name in ("out", "metrics_json", "data_dir"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            text = os.fsdecode(value) if isinstance(value, (str, bytes, os.PathLike)) else None
+            if not text or "\0" in text:
+                raise ValueError(f"{name}: expected a non-empty path, got {value!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: --resume continues the checkpoint, "
+                             "--overwrite replaces it")
         c = TrainConfig(**asdict(self))
         c.model = c.model or DEFAULT_MODEL.get(c.dataset, "mlp")
         c.epochs = c.epochs if c.epochs is not None else DEFAULT_EPOCHS.get(c.dataset, 30)
@@ -68,16 +137,83 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {c.optimizer!r}; known: {', '.join(OPTIMIZER_NAMES)}")
         if c.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr schedule {c.lr_schedule!r}; known: {', '.join(LR_SCHEDULES)}")
-        for name in ("epochs", "batch_size"):
-            if getattr(c, name) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(c, name)}")
-        if not c.lr > 0:
-            raise ValueError(f"lr: expected a positive learning rate, got {c.lr}")
+        for name, allowed in RANGES.items():
+            allowed.check(name, getattr(c, name))
+        if c.warmup_epochs > c.epochs:
+            raise ValueError(f"warmup_epochs: expected at most epochs ({c.epochs}), got {c.warmup_epochs}")
         return c
 
     # settings a resumed run must share with the run that wrote the checkpoint
     RUN_KEYS = ("dataset", "model", "width", "method", "method_params", "convention", "epochs", "batch_size", "lr",
                 "optimizer", "weight_decay", "bop_threshold", "bop_gamma", "lr_schedule", "warmup_epochs", "seed")
+
+
+def _path_error(name, path, what):
+    return ValueError(f"{name}: {path}: {what}")
+
+
+def check_outputs(c: TrainConfig, create: bool = False):
+    """Check that the run can write what it must, before any work: ``out`` is (or can be made) a
+    writable directory whose checkpoint is resumed (``resume``), replaced (``overwrite``) or absent;
+    ``metrics_json`` is (or can be) a file in a writable directory, not the checkpoint. With
+    ``create``, make the directories and try a write in each (a temporary file, removed)."""
+    ckpt = os.path.join(c.out, CHECKPOINT_NAME) if c.out else None
+    if c.out:
+        if os.path.exists(c.out) and not os.path.isdir(c.out):
+            raise _path_error("out", c.out, "exists and is not a directory (out names the directory for "
+                              f"{CHECKPOINT_NAME})")
+        if os.path.isdir(ckpt) or (os.path.lexists(ckpt) and not os.path.isfile(ckpt)):
+            raise _path_error("out", ckpt, "exists and is not a regular file")
+        if c.resume and not os.path.exists(ckpt):
+            raise FileNotFoundError(f"no checkpoint at {ckpt!r} to resume (--resume continues a run written "
+                                    f"with --out {c.out})")
+        if not c.resume and not c.overwrite and os.path.exists(ckpt):
+            raise _path_error("out", ckpt, "holds the checkpoint of an earlier run; pass --resume to continue "
+                              "it or --overwrite to replace it (or choose another --out)")
+    elif c.resume:
+        raise ValueError("--resume needs --out DIR (the directory holding checkpoint.npz)")
+    if c.metrics_json:
+        m = c.metrics_json
+        if os.path.isdir(m):
+            raise _path_error("metrics_json", m, "is a directory; expected a file name")
+        if os.path.lexists(m) and not os.path.isfile(m):
+            raise _path_error("metrics_json", m, "exists and is not a regular file")
+        if ckpt and os.path.abspath(m) == os.path.abspath(ckpt):
+            raise _path_error("metrics_json", m, "is the checkpoint file; choose another name")
+        parent = os.path.dirname(os.path.abspath(m))
+        probe = parent
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        if not os.path.isdir(probe):
+            raise _path_error("metrics_json", m, f"{probe} is not a directory")
+    if not create:
+        return
+    for name, directory in (("out", c.out), ("metrics_json", c.metrics_json and os.path.dirname(
+            os.path.abspath(c.metrics_json)))):
+        if not directory:
+            continue
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".refbnn-write-test-", dir=directory)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise _path_error(name, directory, f"cannot write there ({exc.strerror or exc})") from None
+
+
+def write_json_atomic(path, obj):
+    """Write ``obj`` as JSON to ``path`` through a temporary file renamed over it (removed on failure)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def build(config: TrainConfig, input_shape, num_classes):
@@ -158,28 +294,32 @@ def _binary_parameter_count(model):
 def train(config: TrainConfig, log=print) -> dict:
     """Run a training job; returns the metrics dict (also written to ``metrics_json``)."""
     c = config.resolved()
+    check_outputs(c)
     data = load_dataset(c.dataset, c.data_dir)
     method, model, optimizer = build(c, data.input_shape, data.num_classes)
     convention = get_convention(c.convention)
     constraint = WeightClip(method.latent_clip) if method.latent_clip else None
-    ckpt_path = os.path.join(c.out, "checkpoint.npz") if c.out else None
+    check_outputs(c, create=True)
+    ckpt_path = os.path.join(c.out, CHECKPOINT_NAME) if c.out else None
     run = {k: getattr(c, k) for k in TrainConfig.RUN_KEYS}
     history = {"train_loss": [], "train_accuracy": [], "test_loss": [], "test_accuracy": [], "lr": [],
                "schedule": []}
     start_epoch, seconds_before = 0, 0.0
 
     if c.resume:
-        if ckpt_path is None:
-            raise ValueError("--resume needs --out DIR (the directory holding checkpoint.npz)")
-        mstate, ostate, meta = load_checkpoint(ckpt_path)
+        mstate, ostate, meta = load_checkpoint(ckpt_path, model_layout(model), optimizer_layout(optimizer))
         diff = {k: (meta["run"].get(k), v) for k, v in run.items() if meta["run"].get(k) != v}
         if diff:
             raise ValueError("cannot resume: the checkpoint was written with other settings "
                              + ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items()))
+        if meta["epoch"] >= c.epochs:
+            raise CheckpointError(f"{ckpt_path}: the checkpoint says epoch {meta['epoch'] + 1} is done, but the run "
+                                  f"has {c.epochs} epochs; it is not a checkpoint of this run")
         model.load_state_dict(mstate)
         optimizer.load_state_dict(ostate)
         start_epoch, history, seconds_before = meta["epoch"] + 1, meta["history"], meta["seconds"]
-        log(f"resuming from {ckpt_path} after epoch {start_epoch} of {c.epochs}")
+        log(f"resuming from {ckpt_path} after epoch {start_epoch} of {c.epochs}"
+            + (" (the run is complete; nothing left to train)" if start_epoch == c.epochs else ""))
 
     steps = -(-len(data.x_train) // c.batch_size)
     bar = None
@@ -194,7 +334,15 @@ def train(config: TrainConfig, log=print) -> dict:
         optimizer.lr = LR_SCHEDULES[c.lr_schedule](epoch, c.epochs, c.lr, warmup_epochs=c.warmup_epochs)
         values = method.on_epoch(model, epoch, c.epochs, convention, rng=np.random.default_rng([c.seed, epoch, 1]))
         rng = np.random.default_rng([c.seed, epoch])
-        tr_loss, tr_acc = train_epoch(model, optimizer, constraint, data, c.batch_size, rng, bar)
+        try:
+            tr_loss, tr_acc = train_epoch(model, optimizer, constraint, data, c.batch_size, rng, bar)
+        except ValueError as exc:  # a layer refusing non-finite weights: the optimizer diverged
+            bad = [k for k, v in model.state_dict().items() if np.asarray(v).dtype.kind == "f"
+                   and not np.isfinite(v).all()]
+            if bad:
+                raise FloatingPointError(f"training diverged in epoch {epoch + 1}: {bad[0]} is no longer finite "
+                                         f"({exc}); lower --lr") from exc
+            raise
         te_loss, te_acc = evaluate(model, data.x_test, data.y_test)
         for k, v in (("train_loss", tr_loss), ("train_accuracy", tr_acc), ("test_loss", te_loss),
                      ("test_accuracy", te_acc), ("lr", optimizer.lr), ("schedule", values)):
@@ -219,8 +367,5 @@ def train(config: TrainConfig, log=print) -> dict:
         "binary_parameters": _binary_parameter_count(model),
     }
     if c.metrics_json:
-        d = os.path.dirname(os.path.abspath(c.metrics_json))
-        os.makedirs(d, exist_ok=True)
-        with open(c.metrics_json, "w") as f:
-            json.dump(metrics, f, indent=2)
+        write_json_atomic(c.metrics_json, metrics)
     return metrics

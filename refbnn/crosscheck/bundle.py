@@ -8,11 +8,15 @@ each one is used by something.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
+import tempfile
 
 import numpy as np
 
+from ..conventions import Convention
+from ..npzio import NpzError, read_npz
 from ..params import read_setting
 
 META_KEYS = ("method", "convention", "quantizer", "input_quantizer", "kernel_quantizer", "schedule", "part", "layer",
@@ -25,29 +29,35 @@ class BundleError(ValueError):
 
 
 
+MAX_ARRAY_BYTES = 256 << 20   # a bundle holds test tensors: at most 256 MiB per array, 1 GiB in all
+MAX_BUNDLE_BYTES = 1 << 30
+MAX_ARRAYS = 1000
+
+
 def load_bundle(path) -> dict:
-    """The arrays of an ``.npz`` file, read with ``allow_pickle=False``; clear errors otherwise."""
+    """The arrays of an ``.npz`` file, read by :func:`refbnn.npzio.read_npz` (every size checked from the zip
+    entry and the ``.npy`` header before anything is decompressed: at most :data:`MAX_ARRAY_BYTES` per array
+    and :data:`MAX_BUNDLE_BYTES` in all; plain numbers and strings only, never pickle); clear errors otherwise."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such bundle file")
     if os.path.isdir(path):
         raise BundleError(f"{path}: is a directory; expected an .npz bundle file")
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - any failure to parse means "not a bundle"; the reason is kept
-        raise BundleError(f"{path}: not a readable .npz bundle ({type(exc).__name__}: {exc}); write one with "
-                          f"numpy.savez(path, x=..., out=..., ...)") from exc
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        with open(path, "rb") as f:
+            single = f.read(6) == b"\x93NUMPY"
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if single:
         raise BundleError(f"{path}: holds a single array (.npy), not a bundle of named arrays; write one with "
                           f"numpy.savez(path, x=..., out=..., ...)")
-    data = {}
-    with loaded:
-        for name in loaded.files:
-            try:
-                data[name] = loaded[name]
-            except Exception as exc:  # noqa: BLE001 - object arrays, truncated members, ...
-                raise BundleError(f"{path}: array {name!r} cannot be read without pickle ({exc}); store numbers "
-                                  f"and strings only") from exc
+    try:
+        data = read_npz(path, max_member_bytes=MAX_ARRAY_BYTES, max_total_bytes=MAX_BUNDLE_BYTES,
+                        max_members=MAX_ARRAYS)
+    except NpzError as exc:
+        why = str(exc)[len(path) + 2:] if str(exc).startswith(path + ": ") else str(exc)
+        raise BundleError(f"{path}: not a readable .npz bundle ({why}); write one with numpy.savez(path, x=..., "
+                          f"out=..., ...)") from None
     if not data:
         raise BundleError(f"{path}: the bundle holds no arrays")
     return data
@@ -70,9 +80,27 @@ def _scalar(name, a):
 
 
 def _int(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or v != int(v):
+    if (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating))
+            or not np.isfinite(v) or v != int(v)):
         raise BundleError(f"{name}: expected an integer, got {v!r}")
     return int(v)
+
+
+# settings that are booleans (the layer's mode, the convention's flags): read strictly, never with bool()
+FLAGS = ("training",) + tuple(f.name for f in dataclasses.fields(Convention) if f.type in ("bool", bool))
+
+
+def _flag(name, v, source="the bundle"):
+    """A boolean setting: True/False, the integers 0/1 or the strings true/false (any case); anything else
+    (``"no"``, ``"0"``, NaN, 2, ...) is an error, where ``bool()`` would read it as True."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+        return v.strip().lower() == "true"
+    raise BundleError(f"{name} (from {source}): expected true or false (a bool, 0 or 1, or the string true/false), "
+                      f"got {v!r}")
 
 
 def _pair(name, v, minimum):
@@ -160,9 +188,12 @@ class _Namespace:
             if "pad_value" in given and "pad_values" in given:
                 raise BundleError(f"{source} holds both 'pad_value' and 'pad_values' (Larq's name), two names for one "
                                   f"setting; keep one")
-        values = {("pad_value" if k == "pad_values" else k): v for k, v in bundle_values.items()}
+        values = {("pad_value" if k == "pad_values" else k): (_flag(k, v) if k in FLAGS else v)
+                  for k, v in bundle_values.items()}
         for k, v in params.items():
             k = "pad_value" if k == "pad_values" else k
+            if k in FLAGS:
+                v = _flag(k, v, "--param")
             if k in values and not _same_value(values[k], v):
                 raise BundleError(f"{k} is given by the bundle ({values[k]!r}) and by --param ({v!r}); remove one")
             values[k] = v
@@ -211,10 +242,27 @@ def _nearest(name, known):
 
 
 
-def save_bundle(path, bundle: dict):
-    """Write ``bundle`` (name -> array or number or string) as an ``.npz`` at ``path``; returns the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez(path, **{k: np.asarray(v) for k, v in bundle.items()})
+def save_bundle(path, bundle: dict, overwrite: bool = True):
+    """Write ``bundle`` (name -> array or number or string) as an ``.npz`` at ``path``, atomically (a temporary
+    file in the same directory, renamed over ``path``; removed if anything fails); returns the path. With
+    ``overwrite=False`` an existing file is an error."""
+    path = os.fspath(path)
+    arrays = {k: np.asarray(v) for k, v in bundle.items()}
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError(f"{path}: exists; pass --overwrite (overwrite=True) to replace it")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        if not overwrite and os.path.lexists(path):
+            raise FileExistsError(f"{path}: exists; pass --overwrite (overwrite=True) to replace it")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return path
 
 

@@ -15,6 +15,18 @@ from .report import Report, compare, default_tolerances
 from .schedule import _other_clock_notes, _run_schedule
 from .settings import Request
 
+def check_tolerance(name, value):
+    """A tolerance: None (the dtype's default) or a finite number >= 0. NaN would pass every tensor, a negative
+    one fail identical tensors, so both are errors."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise BundleError(f"{name}: expected a finite number >= 0, got {value!r}")
+    if not (np.isfinite(value) and value >= 0):
+        raise BundleError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def _as_request(bundle_meta, kwargs, require_convention=False):
     params = dict(kwargs.pop("params", None) or {})
     req = Request(**kwargs, params=params)
@@ -101,6 +113,7 @@ def crosscheck(bundle, method=None, convention=None, part=None, layer=None, layo
     """
     if not isinstance(diagnose, (bool, int)) or (not isinstance(diagnose, bool) and diagnose < 1):
         raise ValueError(f"diagnose: expected True, False or a positive number of re-runs, got {diagnose!r}")
+    rtol, atol = check_tolerance("rtol", rtol), check_tolerance("atol", atol)
     _refuse_torch_module(bundle)
     if isinstance(bundle, (str, os.PathLike)):
         data = load_bundle(bundle)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -9,8 +10,8 @@ import numpy as np
 from ..conventions import get_convention
 from ..methods import get_method
 from ..params import format_setting
-from .bundle import GEOMETRY, LAYER_INPUTS, LAYER_OUTPUTS, BundleError, _int, _Namespace, _save, _scalar, \
-    _split_bundle, load_bundle
+from .bundle import GEOMETRY, LAYER_INPUTS, LAYER_OUTPUTS, BundleError, _int, _Namespace, _scalar, _split_bundle, \
+    load_bundle, save_bundle
 from .check import _as_request
 from .boundaries import zero_mean_row as _zero_mean_row
 from .layer import _larq_method, _larq_quantizers, _layer_geometry, _layer_settings_names, _run_layer
@@ -58,21 +59,56 @@ def _meta(req: Request):
     return {k: np.array(str(v)) for k, v in req.describe().items()}
 
 
+MAX_EXPORT_ELEMENTS = 1 << 24  # per exported array: 16 Mi values, 128 MiB in float64 (bundles are read up to 256 MiB)
+
+
 def _parse_shape(v, name):
-    if v is None or isinstance(v, tuple):
+    """A shape given as ``"2,3,5,5"`` (or ``2x3x5x5``) or a sequence: positive integers, at most
+    :data:`MAX_EXPORT_ELEMENTS` values in all, so that a typo is an error rather than an allocation."""
+    if v is None:
         return v
     if isinstance(v, str):
         try:
-            return tuple(int(s) for s in v.replace("x", ",").split(",") if s.strip())
+            shape = tuple(int(s) for s in v.replace("x", ",").split(",") if s.strip())
         except ValueError as exc:
             raise BundleError(f"{name}: expected comma-separated integers, got {v!r}") from exc
-    return tuple(int(s) for s in v)
+    else:
+        try:
+            shape = tuple(_int(name, s) for s in v)
+        except TypeError as exc:
+            raise BundleError(f"{name}: expected a sequence of integers, got {v!r}") from exc
+    if not shape or any(d < 1 for d in shape):
+        raise BundleError(f"{name}: expected positive sizes, got {v!r}")
+    if math.prod(shape) > MAX_EXPORT_ELEMENTS:
+        raise BundleError(f"{name}: {v!r} has {math.prod(shape)} values; at most {MAX_EXPORT_ELEMENTS} are "
+                          f"exported per array")
+    return shape
+
+
+def _write_all(planned, overwrite, source):
+    """Write the planned ``(path, arrays)`` bundles, each atomically (:func:`save_bundle`). Before the first is
+    written: an existing file is an error unless ``overwrite``, and the input bundle ``source`` is never
+    replaced by its own export."""
+    paths = [p for p, _ in planned]
+    for p in paths:
+        if os.path.isdir(p):
+            raise BundleError(f"{p}: is a directory; the export would write a bundle file there")
+    if source is not None and isinstance(source, (str, os.PathLike)):
+        for p in paths:
+            if os.path.exists(p) and os.path.samefile(p, source):
+                raise BundleError(f"{p}: is the input bundle; the export would replace it with refbnn's own outputs "
+                                  f"(write the export into another directory)")
+    existing = [p for p in paths if os.path.lexists(p)]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)}: exist{'s' if len(existing) == 1 else ''}; the export does "
+                              f"not replace files unless --overwrite (overwrite=True) is given")
+    return [save_bundle(p, arrays, overwrite=overwrite) for p, arrays in planned]
 
 
 def export_bundles(directory, method=None, convention=None, part=None, layer=None, layout=None, params=None,
                    quantizer=None, input_quantizer=None, kernel_quantizer=None, schedule=None, padding=None,
                    seed=0, dtype="float64", x_shape=None, weight_shape=None, bias=True, bundle=None,
-                   require_convention=False) -> list:
+                   require_convention=False, overwrite=False) -> list:
     """Write bundles computed by refbnn into ``directory``; returns their paths.
 
     Inputs come from ``bundle`` (a path or mapping holding the inputs; any expected outputs in it are
@@ -81,8 +117,12 @@ def export_bundles(directory, method=None, convention=None, part=None, layer=Non
     unless ``part`` names one, each quantizer the method has (``-weight``/``-input`` files);
     ``schedule`` exports its values at ``epoch = 0..epochs-1`` (``params["epochs"]``, default 10).
     Each file records how it was made (``method``, ``convention``, ...), so that ``crosscheck`` of an
-    exported file needs no options.
+    exported file needs no options. Every bundle is computed before the first is written; an existing file is
+    an error unless ``overwrite`` (never the input ``bundle`` itself), and each is written atomically.
     """
+    directory = os.fspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise BundleError(f"export: {directory}: exists and is not a directory")
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise BundleError(f"dtype: expected float32 or float64, got {dtype}")
@@ -97,9 +137,9 @@ def export_bundles(directory, method=None, convention=None, part=None, layer=Non
                       require_convention)
     rng = np.random.default_rng(seed)
     if req.mode == "schedule":
-        return [_export_schedule(directory, req, given)]
+        return _write_all([_export_schedule(directory, req, given)], overwrite, bundle)
 
-    paths = []
+    planned = []
 
     def run_and_save(name, r: Request, inputs):
         arrays, settings, _ = _split_bundle(inputs)
@@ -114,7 +154,7 @@ def export_bundles(directory, method=None, convention=None, part=None, layer=Non
             out["padding"] = np.array(r.padding)
         out.update({k: np.array(v) for k, v in _bundle_params(r.params, layer_bundle).items()})
         out.update(_meta(r))
-        paths.append(_save(os.path.join(directory, name), out))
+        planned.append((os.path.join(directory, name), out))
 
     x_shape, weight_shape = _parse_shape(x_shape, "x_shape"), _parse_shape(weight_shape, "weight_shape")
     if req.mode == "quantizer":
@@ -125,7 +165,7 @@ def export_bundles(directory, method=None, convention=None, part=None, layer=Non
         inputs = given or _random_part_inputs(req, rng, dtype, _specials([q]), x_shape, weight_shape,
                                               zero_mean=_standardizes(q))
         run_and_save(f"{req.quantizer}{'-' + req.convention if req.convention else ''}.npz", req, inputs)
-        return paths
+        return _write_all(planned, overwrite, bundle)
     (wq, iq), scale = _request_quantizers(req)
     req = _with_unsaid_defaults(req, {"weight": wq, "input": iq}, given, seed)
     specials = _specials([wq, iq])
@@ -151,7 +191,7 @@ def export_bundles(directory, method=None, convention=None, part=None, layer=Non
                                                   weight_shape if p == "weight" else None,
                                                   zero_mean=_standardizes(wq if p == "weight" else iq))
             run_and_save(f"{stem}-{p}-{r.layout}.npz", r, inputs)
-    return paths
+    return _write_all(planned, overwrite, bundle)
 
 
 def _with_unsaid_defaults(req: Request, quantizers: dict, given, seed) -> Request:
@@ -183,7 +223,7 @@ def _export_schedule(directory, req: Request, given):
     b.update({k: np.array(v) for k, v in full.items()})
     b.update({n: table[:, i].reshape(np.shape(b["epoch"])) for i, n in enumerate(names)})
     b.update(_meta(dataclasses.replace(req, params={})))
-    return _save(os.path.join(directory, f"schedule-{req.schedule}{'-' + req.convention if conv else ''}.npz"), b)
+    return os.path.join(directory, f"schedule-{req.schedule}{'-' + req.convention if conv else ''}.npz"), b
 
 
 def _request_quantizers(req):
