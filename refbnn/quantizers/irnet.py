@@ -3,8 +3,8 @@
 Defaults follow the official code (htqin/IR-Net @ f63a590, CIFAR-10/ResNet20/1w1a/modules/ir_1w1a.py
 and binaryfunction.py): torch.sign (sign(0) = 0), unbiased std without epsilon, gradients through
 the balance/standardization, k = 10 and t = 0.1 before any schedule. ``from_convention`` selects the
-paper's choices (Algorithm 1) with the paper convention. The t/k schedule is
-``refbnn.schedules.ede_state``.
+paper's choices (Algorithm 1) with the paper convention (the default of ``refbnn train``). The t/k
+schedule is ``irnet_tk`` (``refbnn.schedules.EDE_SCHEDULE``, formula ``ede_state``, IR-Net Eq. 18).
 """
 from __future__ import annotations
 

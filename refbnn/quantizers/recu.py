@@ -1,13 +1,22 @@
 """ReCU (Xu et al., ICCV 2021; arXiv 2103.12369 v1): weight standardization, the rectified clamp unit
 with the Laplace-quantile threshold, the analytic or learned scaling factor, ApproxSign activations.
 
-Defaults follow the official code (z-hXu/ReCU @ 9a73bed, cifar/modules/binarized_modules.py L9-67):
-centering, b* = 2 (the 2 sqrt(2) factor), unbiased variance + 1e-5 inside the sqrt, gradients
-through the statistics (``standardize_grad="through"``), tau = 1 (the registered buffer) until the
-schedule sets it, torch.sign, a learned per-channel alpha in the layer (so ``alpha="none"`` here)
-and the per-sample activation normalization in training mode. ``from_convention`` selects the
-paper's choices with the paper convention. The tau schedule is ``refbnn.schedules.recu_state``
-(Eq. 24).
+Two entry points, one documented default each:
+
+- built by name (``get_quantizer("recu_weight")``, ``crosscheck --quantizer`` without
+  ``--convention``): the constructor's defaults, which are the official code's (z-hXu/ReCU @ 9a73bed,
+  cifar/modules/binarized_modules.py L9-67): centering, b* = 2 (the 2 sqrt(2) factor), unbiased
+  variance + 1e-5 inside the sqrt, gradients through the statistics (``standardize_grad="through"``),
+  tau = 1 (the registered buffer) until the schedule sets it, torch.sign, a learned per-channel alpha
+  in the layer (so ``alpha="none"`` here) and the per-sample activation normalization in training;
+- built through a convention (``from_convention``, ``LayerFactory``, ``refbnn train`` whose default
+  convention is ``paper``): the convention's choices (docs/conventions.md); under ``paper``, no
+  centering, sign(0) = +1, the analytic alpha, no activation normalization, the identity weight
+  gradient.
+
+b* is the Laplace scale the standardization aims for (docs/glossary.md): mean |w1| = b* for a Laplace
+row. The tau schedule is ``recu_tau`` (``refbnn.schedules.RECU_SCHEDULE``, formula ``recu_state``,
+ReCU Eq. 24).
 
 The closed forms of the Laplace model (integrals of the La(0, b) density; tests/test_claims.py
 checks them by Monte Carlo) are here too, for the tests and for readers: ``laplace_quantile``,
