@@ -16,6 +16,7 @@ max_examples to N for a long run, and ``REFBNN_HOSTILE_LOG=file`` appends one li
 """
 import os
 import subprocess
+import tempfile
 import sys
 
 import numpy as np
@@ -350,10 +351,19 @@ def test_threads_are_capped_at_the_usable_cpus(monkeypatch):
         K.bgemm(np.zeros((1, 1), np.uint64), np.zeros((1, 1), np.uint64), 1, threads=2.0)
 
 
+def _python(code, **env):
+    """Run ``code`` in a fresh interpreter that imports the refbnn this test imports (installed, or a source
+    checkout with the kernels built): not from the working directory, whose refbnn may lack the build."""
+    import refbnn
+    here = os.path.dirname(os.path.dirname(os.path.abspath(refbnn.__file__)))
+    env = dict(os.environ, **env, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=tempfile.gettempdir())
+
+
 def test_default_threads_are_capped_whatever_omp_num_threads_says():
     code = "from refbnn.kernels import compiled as c; k = c(); print(k.default_threads(), k.usable_cpus())"
-    env = dict(os.environ, OMP_NUM_THREADS="4096")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    res = _python(code, OMP_NUM_THREADS="4096")
     assert res.returncode == 0, res.stderr
     threads, cpus = (int(v) for v in res.stdout.split())
     assert 1 <= threads <= cpus
@@ -396,8 +406,7 @@ def test_unsupported_kernel_path_names_the_variable(monkeypatch):
 def test_bad_kernel_path_does_not_break_import():
     code = ("import refbnn, refbnn.kernels as k; print(refbnn.__name__); "
             "print(k.kernel_paths()['active'])")
-    env = dict(os.environ, REFBNN_KERNEL_PATH="avx1024")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    res = _python(code, REFBNN_KERNEL_PATH="avx1024")
     assert res.returncode == 0, res.stderr
     assert "REFBNN_KERNEL_PATH='avx1024'" in res.stdout
 
