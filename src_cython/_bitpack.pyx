@@ -110,8 +110,7 @@ POLARITIES = {"lce": 0, "dabnn": 1, "bitorch": 2}
 ENV_PATH = "REFBNN_KERNEL_PATH"
 PANEL_COLUMNS = BK_NC
 TILE_ROWS = BK_MR
-MAX_TAPS = 1024
-MAX_K = 2 ** 30                 # dot products and popcounts stay in int32
+from refbnn.kernels.geometry import MAX_K, MAX_TAPS, bconv2d_shapes, conv_output_size  # shared with the CUDA kernels
 _U64, _I32 = np.dtype(np.uint64), np.dtype(np.int32)
 _INT32_MIN, _INT32_MAX = -2 ** 31, 2 ** 31 - 1
 
@@ -586,10 +585,6 @@ cdef _run(bk_job *job, int threads):
 
 # ---- convolution --------------------------------------------------------------------------------
 
-def conv_output_size(size, k, stride, padding, dilation):
-    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-
-
 def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=1, pad_value=0.0, *,
             output="int32", multiplier=None, bias=None, clamp=None, thresholds=None, flip=None, layout="nhwc",
             out=None, threads=None, path=None, workspace=None):
@@ -624,27 +619,9 @@ def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=
     ph, pw = _pair(padding, "padding", 0)
     dh, dw = _pair(dilation, "dilation", 1)
     pad_value = _pad_value(pad_value)
-    if c % g:
-        raise ValueError(f"bconv2d: {c} channels are not divisible by groups={g}")
     nimg, h, wd, xw = x.shape
     o, kh, kw, cwg = w.shape
-    cg = c // g
-    if cwg != (cg + 63) // 64:
-        raise ValueError(f"bconv2d: {cg} channels per group need {(cg + 63) // 64} words per tap; w_words has {cwg}")
-    if xw != g * cwg:
-        raise ValueError(f"bconv2d: x_words has {xw} words per pixel; {g} group(s) of {cwg} words need {g * cwg}")
-    if o == 0 or kh == 0 or kw == 0:
-        raise ValueError(f"bconv2d: w_words {w.shape} needs at least one output channel and a 1x1 kernel")
-    if o % g:
-        raise ValueError(f"bconv2d: {o} output channels are not divisible by groups={g}")
-    if kh * kw > MAX_TAPS:
-        raise ValueError(f"bconv2d: kernels of at most {MAX_TAPS} taps are supported, got {kh}x{kw}")
-    if kh * kw * cg > MAX_K:
-        raise ValueError(f"bconv2d: at most {MAX_K} bits per output, got {kh * kw * cg}")
-    ho, wo = conv_output_size(h, kh, sh, ph, dh), conv_output_size(wd, kw, sw, pw, dw)
-    if ho < 1 or wo < 1:
-        raise ValueError(f"bconv2d: input {h}x{wd} is smaller than the (dilated) kernel {kh}x{kw} with padding "
-                         f"{(ph, pw)}; expected an output of at least 1x1")
+    cg, ho, wo = bconv2d_shapes(x.shape, w.shape, c, g, (sh, sw), (ph, pw), (dh, dw))
     output = _choice(output, "output", ("int32", "float", "bits"))
     layout = _choice(layout, "layout", ("nhwc", "nchw"))
     og = o // g

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..reference import POLARITIES, conv_output_size
+from ..geometry import MAX_K, bconv2d_shapes, conv_output_size  # shared with the CPU kernels
+from ..reference import POLARITIES
 
 HERE = Path(__file__).resolve().parent
 # source file -> the kernels (extern "C" __global__ functions) it defines
@@ -37,8 +38,6 @@ BLOCK = 128                   # threads per block of the grid-stride kernels
 MAX_BLOCKS = 1 << 16          # grid-stride kernels loop past this many blocks
 BGEMM_TILE = 16               # bgemm.cu: BGEMM_TILE x BGEMM_TILE threads per block
 MAX_GRID_Y = 65535
-MAX_TAPS = 1024               # as the CPU kernels
-MAX_K = 2 ** 30               # dot products and popcounts stay in int32
 INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
 
 _i32, _i64, _u64 = np.int32, np.int64, np.uint64
@@ -216,30 +215,11 @@ class Kernels:
         dh, dw = _pair(dilation, "dilation", 1)
         if pad_value not in (0.0, 1.0, -1.0):
             raise ValueError(f"pad_value: expected 0.0, 1.0 or -1.0, got {pad_value!r}")
-        if c % g:
-            raise ValueError(f"bconv2d: {c} channels are not divisible by groups={g}")
         nimg, h, wd, xw = x.shape
         o, kh, kw, cwg = w.shape
-        cg = c // g
-        if cwg != -(-cg // 64):
-            raise ValueError(f"bconv2d: {cg} channels per group need {-(-cg // 64)} words per tap; "
-                             f"w_words has {cwg}")
-        if xw != g * cwg:
-            raise ValueError(f"bconv2d: x_words has {xw} words per pixel; {g} group(s) of {cwg} words need {g * cwg}")
-        if o == 0 or kh == 0 or kw == 0:
-            raise ValueError(f"bconv2d: w_words {w.shape} needs at least one output channel and a 1x1 kernel")
-        if o % g:
-            raise ValueError(f"bconv2d: {o} output channels are not divisible by groups={g}")
-        if kh * kw > MAX_TAPS:
-            raise ValueError(f"bconv2d: kernels of at most {MAX_TAPS} taps are supported, got {kh}x{kw}")
-        if kh * kw * cg > MAX_K:
-            raise ValueError(f"bconv2d: at most {MAX_K} bits per output, got {kh * kw * cg}")
+        cg, ho, wo = bconv2d_shapes(x.shape, w.shape, c, g, (sh, sw), (ph, pw), (dh, dw))
         if max(h, wd, o, sh, sw, ph, pw, dh, dw, nimg) > INT32_MAX:
             raise ValueError("bconv2d: unsupported shape: sizes, strides and paddings must fit in int32")
-        ho, wo = conv_output_size(h, kh, sh, ph, dh), conv_output_size(wd, kw, sw, pw, dw)
-        if ho < 1 or wo < 1:
-            raise ValueError(f"bconv2d: input {h}x{wd} is smaller than the (dilated) kernel {kh}x{kw} with "
-                             f"padding {(ph, pw)}; expected an output of at least 1x1")
         if output not in ("int32", "float", "bits"):
             raise ValueError(f"output: expected 'int32', 'float' or 'bits', got {output!r}")
         if layout not in ("nhwc", "nchw"):

@@ -1,0 +1,42 @@
+"""The packed convolution's word geometry and limits, checked once for every packed backend: the Cython
+kernels (src_cython/_bitpack.pyx) and the CUDA kernels (refbnn/kernels/cuda) both call
+:func:`bconv2d_shapes` on their already-validated ints. Shapes and ints only, no arrays."""
+from __future__ import annotations
+
+MAX_TAPS = 1024        # kernel taps (kh * kw) one output may read
+MAX_K = 2 ** 30        # bits per dot product: dot products and popcounts stay in int32
+
+
+def conv_output_size(size, k, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def bconv2d_shapes(x_shape, w_shape, channels, groups, stride, padding, dilation):
+    """(C/groups, Ho, Wo) of a binary convolution of packed NHWC words ``x_shape`` (N, H, W, words per
+    pixel) with packed OHWI words ``w_shape`` (O, kh, kw, words per tap); ValueError naming what does not
+    fit: channels or output channels not divisible by groups, word counts that do not match C/groups, an
+    empty kernel, more than MAX_TAPS taps or MAX_K bits per output, an output smaller than 1x1."""
+    c, g = channels, groups
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    if c % g:
+        raise ValueError(f"bconv2d: {c} channels are not divisible by groups={g}")
+    _, h, wd, xw = x_shape
+    o, kh, kw, cwg = w_shape
+    cg = c // g
+    if cwg != -(-cg // 64):
+        raise ValueError(f"bconv2d: {cg} channels per group need {-(-cg // 64)} words per tap; w_words has {cwg}")
+    if xw != g * cwg:
+        raise ValueError(f"bconv2d: x_words has {xw} words per pixel; {g} group(s) of {cwg} words need {g * cwg}")
+    if o == 0 or kh == 0 or kw == 0:
+        raise ValueError(f"bconv2d: w_words {tuple(w_shape)} needs at least one output channel and a 1x1 kernel")
+    if o % g:
+        raise ValueError(f"bconv2d: {o} output channels are not divisible by groups={g}")
+    if kh * kw > MAX_TAPS:
+        raise ValueError(f"bconv2d: kernels of at most {MAX_TAPS} taps are supported, got {kh}x{kw}")
+    if kh * kw * cg > MAX_K:
+        raise ValueError(f"bconv2d: at most {MAX_K} bits per output, got {kh * kw * cg}")
+    ho, wo = conv_output_size(h, kh, sh, ph, dh), conv_output_size(wd, kw, sw, pw, dw)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"bconv2d: input {h}x{wd} is smaller than the (dilated) kernel {kh}x{kw} with padding "
+                         f"{(ph, pw)}; expected an output of at least 1x1")
+    return cg, ho, wo
