@@ -1,4 +1,5 @@
-"""Command line: ``refbnn train``, ``refbnn crosscheck``, ``refbnn info`` (also ``python -m refbnn ...``)."""
+"""Command line: ``refbnn train``, ``refbnn crosscheck``, ``refbnn info``, ``refbnn summary`` (also
+``python -m refbnn ...``)."""
 from __future__ import annotations
 
 import argparse
@@ -355,6 +356,35 @@ def cmd_infer(args) -> int:
     return 0
 
 
+# ---- refbnn summary: a Larq-style table of a model's parameters, memory and MACs (refbnn/summary.py) --
+def _add_summary(sub):
+    p = sub.add_parser("summary", help="per-layer and total parameters by precision, memory and MACs of a model")
+    p.add_argument("--model", default=None, choices=sorted(MODELS),
+                   help="default: the data set's default model, as for refbnn train")
+    p.add_argument("--width", type=_ranged("width"), default=1.0,
+                   help=f"channel/width multiplier of the model ({RANGES['width'].describe()})")
+    p.add_argument("--method", default="recu", choices=list(METHODS), help="quantization method")
+    p.add_argument("--dataset", default="digits", choices=DATASETS, help="sets the input shape")
+    p.add_argument("--convention", default="paper", choices=sorted(PRESETS))
+    p.add_argument("--json", default=None, type=_path, metavar="PATH", help="also write the summary as JSON")
+
+
+def cmd_summary(args) -> int:
+    from .summary import build_summary_model, summarize
+
+    model_name = args.model or DEFAULT_MODEL.get(args.dataset, "mlp")
+    model, input_shape = build_summary_model(model_name, args.method, args.dataset, args.width, args.convention)
+    result = summarize(model, input_shape)
+    print(f"{model_name} (width {args.width:g}, method {args.method}, convention {args.convention}) on {args.dataset}")
+    print(result.table())
+    if args.json:
+        data = {"model": model_name, "width": args.width, "method": args.method, "dataset": args.dataset,
+                "convention": args.convention, **result.as_dict()}
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=2)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = _Parser(prog="refbnn", description="refbnn: the reference for binary neural networks")
     parser.add_argument("--version", action="version", version=f"refbnn {__version__}")
@@ -362,11 +392,12 @@ def main(argv=None) -> int:
     _add_train(sub)
     _add_crosscheck(sub)
     _add_inference(sub)
+    _add_summary(sub)
     p = sub.add_parser("info", help="versions and the kernel backends that are available")
     p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     command = {"train": cmd_train, "crosscheck": cmd_crosscheck, "info": cmd_info, "export": cmd_export,
-               "infer": cmd_infer}[args.command]
+               "infer": cmd_infer, "summary": cmd_summary}[args.command]
     try:
         return command(args)
     except KeyboardInterrupt:
