@@ -110,7 +110,9 @@ POLARITIES = {"lce": 0, "dabnn": 1, "bitorch": 2}
 ENV_PATH = "REFBNN_KERNEL_PATH"
 PANEL_COLUMNS = BK_NC
 TILE_ROWS = BK_MR
-from refbnn.kernels.geometry import MAX_K, MAX_TAPS, bconv2d_shapes, conv_output_size  # shared with the CUDA kernels
+# shared with the CUDA kernels (refbnn/kernels/cuda): the geometry and the argument checks
+from refbnn.kernels.geometry import MAX_K, MAX_TAPS, bconv2d_shapes, conv_output_size
+from refbnn.kernels.geometry import check_clamp as _clamp, check_int as _int, check_pair as _pair
 _U64, _I32 = np.dtype(np.uint64), np.dtype(np.int32)
 _INT32_MIN, _INT32_MAX = -2 ** 31, 2 ** 31 - 1
 
@@ -256,29 +258,6 @@ def _words(a, name, int ndim):
 
 
 INT_MAX = _INT32_MAX            # the largest stride, padding, dilation, groups, kernel size, channels
-
-
-def _int(v, name, minimum, maximum=_INT32_MAX):
-    """An int in [minimum, maximum] (Python or NumPy integer; bool, float and others refused)."""
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__} {v!r}")
-    if not minimum <= v <= maximum:
-        raise ValueError(f"{name}: expected an int >= {minimum} and <= {maximum}, got {v}")
-    return int(v)
-
-
-def _pair(v, name, minimum, maximum=_INT32_MAX):
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        v = (v, v)
-    if isinstance(v, (str, bytes, dict)) or (isinstance(v, np.ndarray) and v.ndim != 1):
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
-    try:
-        v = tuple(v)
-    except TypeError:
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}") from None
-    if len(v) != 2:
-        raise ValueError(f"{name}: expected an int or a pair of ints, got {v!r}")
-    return _int(v[0], name, minimum, maximum), _int(v[1], name, minimum, maximum)
 
 
 def _choice(v, name, options):
@@ -739,19 +718,6 @@ def _allocate(shape, dtype, what):
     except MemoryError:
         raise MemoryError(f"{what}: cannot allocate the output {shape} of {np.dtype(dtype)}; check stride, "
                           f"padding and dilation") from None
-
-
-def _clamp(clamp):
-    if isinstance(clamp, (str, bytes)):
-        raise ValueError(f"clamp: expected a pair of ints (lo, hi), got {clamp!r}")
-    try:
-        lo, hi = clamp
-    except (TypeError, ValueError):
-        raise ValueError(f"clamp: expected a pair of ints (lo, hi), got {clamp!r}") from None
-    lo, hi = _int(lo, "clamp", _INT32_MIN), _int(hi, "clamp", _INT32_MIN)
-    if lo > hi or hi > _INT32_MAX:
-        raise ValueError(f"clamp: expected int32 values lo <= hi, got {clamp!r}")
-    return lo, hi
 
 
 def _pad_panels(ws, name, v, g, og, npg, dtype, fill):

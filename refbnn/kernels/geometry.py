@@ -1,7 +1,12 @@
-"""The packed convolution's word geometry and limits, checked once for every packed backend: the Cython
-kernels (src_cython/_bitpack.pyx) and the CUDA kernels (refbnn/kernels/cuda) both call
-:func:`bconv2d_shapes` on their already-validated ints. Shapes and ints only, no arrays."""
+"""The packed kernels' argument checks, word geometry and limits, one copy for every packed backend: the
+Cython kernels (src_cython/_bitpack.pyx) and the CUDA kernels (refbnn/kernels/cuda) both call
+:func:`check_int`, :func:`check_pair`, :func:`check_clamp` on their arguments and :func:`bconv2d_shapes`
+on the validated ints. Ints and shapes only, no arrays."""
 from __future__ import annotations
+
+import numpy as np
+
+INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
 
 MAX_TAPS = 1024        # kernel taps (kh * kw) one output may read
 MAX_K = 2 ** 30        # bits per dot product: dot products and popcounts stay in int32
@@ -40,3 +45,39 @@ def bconv2d_shapes(x_shape, w_shape, channels, groups, stride, padding, dilation
         raise ValueError(f"bconv2d: input {h}x{wd} is smaller than the (dilated) kernel {kh}x{kw} with padding "
                          f"{(ph, pw)}; expected an output of at least 1x1")
     return cg, ho, wo
+
+
+def check_int(v, name, minimum, maximum=INT32_MAX):
+    """An int in [minimum, maximum] (Python or NumPy integer; bool, float and others refused)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__} {v!r}")
+    if not minimum <= v <= maximum:
+        raise ValueError(f"{name}: expected an int >= {minimum} and <= {maximum}, got {v}")
+    return int(v)
+
+
+def check_pair(v, name, minimum, maximum=INT32_MAX):
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        v = (v, v)
+    if isinstance(v, (str, bytes, dict)) or (isinstance(v, np.ndarray) and v.ndim != 1):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
+    try:
+        v = tuple(v)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}") from None
+    if len(v) != 2:
+        raise ValueError(f"{name}: expected an int or a pair of ints, got {v!r}")
+    return check_int(v[0], name, minimum, maximum), check_int(v[1], name, minimum, maximum)
+
+
+def check_clamp(clamp):
+    if isinstance(clamp, (str, bytes)):
+        raise ValueError(f"clamp: expected a pair of ints (lo, hi), got {clamp!r}")
+    try:
+        lo, hi = clamp
+    except (TypeError, ValueError):
+        raise ValueError(f"clamp: expected a pair of ints (lo, hi), got {clamp!r}") from None
+    lo, hi = check_int(lo, "clamp", INT32_MIN), check_int(hi, "clamp", INT32_MIN)
+    if lo > hi or hi > INT32_MAX:
+        raise ValueError(f"clamp: expected int32 values lo <= hi, got {clamp!r}")
+    return lo, hi

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..geometry import MAX_K, bconv2d_shapes, conv_output_size  # shared with the CPU kernels
+# shared with the CPU kernels (src_cython/_bitpack.pyx): the geometry and the argument checks
+from ..geometry import INT32_MAX, INT32_MIN, MAX_K, bconv2d_shapes, conv_output_size
+from ..geometry import check_clamp as _clamp, check_int as _int, check_pair as _pair
 from ..reference import POLARITIES
 
 HERE = Path(__file__).resolve().parent
@@ -38,7 +40,6 @@ BLOCK = 128                   # threads per block of the grid-stride kernels
 MAX_BLOCKS = 1 << 16          # grid-stride kernels loop past this many blocks
 BGEMM_TILE = 16               # bgemm.cu: BGEMM_TILE x BGEMM_TILE threads per block
 MAX_GRID_Y = 65535
-INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
 
 _i32, _i64, _u64 = np.int32, np.int64, np.uint64
 
@@ -57,26 +58,6 @@ def tailmask(bits: int) -> int:
     """The valid bits of the last word of a ``bits``-long packed axis."""
     r = bits % 64
     return (1 << r) - 1 if r else 0xFFFFFFFFFFFFFFFF
-
-
-def _int(v, name, minimum):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-    if v < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {v}")
-    return int(v)
-
-
-def _pair(v, name, minimum):
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        v = (v, v)
-    try:
-        v = tuple(v)
-    except TypeError:
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}") from None
-    if len(v) != 2:
-        raise ValueError(f"{name}: expected an int or a pair of ints, got {v!r}")
-    return _int(v[0], name, minimum), _int(v[1], name, minimum)
 
 
 def _grid(total: int) -> tuple:
@@ -314,14 +295,3 @@ class Kernels:
         out = self.bconv2d(xw, ww, c, stride, padding, dilation, groups, pad_value, layout="nchw",
                            output="float" if x.dtype == np.float32 else "int32")
         return out.astype(x.dtype, copy=False)
-
-
-def _clamp(clamp):
-    try:
-        lo, hi = clamp
-    except (TypeError, ValueError):
-        raise ValueError(f"clamp: expected a pair of ints (lo, hi), got {clamp!r}") from None
-    lo, hi = _int(lo, "clamp", INT32_MIN), _int(hi, "clamp", INT32_MIN)
-    if lo > hi or hi > INT32_MAX:
-        raise ValueError(f"clamp: expected int32 values lo <= hi, got {clamp!r}")
-    return lo, hi
