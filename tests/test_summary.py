@@ -2,7 +2,6 @@
 and independent counts."""
 import json
 
-import numpy as np
 import pytest
 
 from refbnn.cli import main
