@@ -9,6 +9,12 @@ exclusive ``flock`` while it is written, flushed to disk, then renamed over the 
 crash never leaves a half-written file in place of a good one. The temporary files a killed writer
 left behind (no process holds their lock) are removed by the next write.
 
+Layer names: the model keys are the layers' readable names (``model/stage2.block1.conv1.weight``,
+:mod:`refbnn.models`). Checkpoints of earlier refbnn versions named the layers by position
+(``model/4.weight``); reading one for a refbnn model raises a :class:`CheckpointError` that says so
+and lists the expected names. The keys are never remapped: a position does not say which layer it
+was once the models changed.
+
 Reading goes through :func:`refbnn.npzio.read_npz`: every member's size and dtype are checked from
 the zip entry and the ``.npy`` header before it is decompressed, and, given the layouts of the
 model and optimizer being resumed (:func:`model_layout`, :func:`optimizer_layout`), each array must
@@ -193,6 +199,42 @@ def check_meta(meta, path="checkpoint") -> dict:
     return meta
 
 
+def _positional(key: str) -> bool:
+    """A state-dict key whose layer name starts with a position (``4.weight``): refbnn's names before layers
+    had readable names."""
+    return key.split(".", 1)[0].isdigit()
+
+
+def _layer_names(keys) -> list:
+    """Layer names of state-dict keys, in order: ``hidden1.fc.weight`` -> ``hidden1.fc`` (quantizer state
+    ``hidden1.fc.weight_quantizer.tau`` -> ``hidden1.fc`` too)."""
+    names = {}
+    for k in keys:
+        head = k.rsplit(".", 1)[0]
+        if head.endswith(("weight_quantizer", "input_quantizer")):
+            head = head.rsplit(".", 1)[0]
+        names[head] = None
+    return list(names)
+
+
+class PositionalNamesError(CheckpointError):
+    """A checkpoint with the positional layer names of an earlier refbnn (``model/4.weight``): the message
+    names the file, a positional key found and the layer names this refbnn expects."""
+
+    def __init__(self, path, found: str, expected_layers: list, model_name=None):
+        self.found, self.expected_layers, self.model_name = found, list(expected_layers), model_name
+        n = len(self.expected_layers)
+        shown = ", ".join(self.expected_layers[:12]) + (f", ... ({n} layers)" if n > 12 else "")
+        of = f" of model {model_name!r}" if model_name else ""
+        super().__init__(
+            f"{path} uses the old positional layer names of an earlier refbnn (e.g. model/{found}); this refbnn "
+            f"names the layers{of}: expected keys model/<layer>.<parameter> for the layers {shown}. The keys are "
+            "not remapped: train the model again with this refbnn (or load the arrays yourself with numpy.load)")
+
+    def at(self, path) -> "PositionalNamesError":
+        return PositionalNamesError(path, self.found, self.expected_layers, self.model_name)
+
+
 def _expect(layouts):
     """The ``check`` for read_npz: each member's name, shape and dtype against the layouts, before reading."""
     model, optim = layouts
@@ -208,6 +250,8 @@ def _expect(layouts):
         if layout is None:
             raise CheckpointError(f"unexpected entry {name!r} (a checkpoint holds model/..., optim/... and meta)")
         if key not in layout:
+            if group == "model" and _positional(key) and not any(_positional(k) for k in layout):
+                raise PositionalNamesError("the checkpoint", key, _layer_names(layout))
             raise CheckpointError(f"{name!r} is not an array of this {'model' if group == 'model' else 'optimizer'} "
                                   f"(the checkpoint was written for another model or optimizer)")
         want_shape, want_dtype = layout[key]
@@ -217,6 +261,19 @@ def _expect(layouts):
         elif shape != want_shape or dtype != want_dtype:
             raise CheckpointError(f"{name!r}: expected {want_dtype} {want_shape}, got {dtype} {shape}")
     return check
+
+
+def _check_layer_names(path, model_state, meta):
+    """A checkpoint of a refbnn model (``meta.run.model``) with positional layer names: CheckpointError."""
+    run = meta.get("run") if isinstance(meta, dict) else None
+    name = run.get("model") if isinstance(run, dict) else None
+    found = [k for k in model_state if _positional(k)]
+    if not found or not isinstance(name, str):
+        return
+    from .models import MODELS, layer_names  # noqa: PLC0415 - the models import the layers, not this module
+
+    if name in MODELS and not any(_positional(k) for k in layer_names(name)):
+        raise PositionalNamesError(path, found[0], layer_names(name), name)
 
 
 def load_checkpoint(path, model_layout: dict | None = None, optim_layout: dict | None = None):
@@ -231,6 +288,8 @@ def load_checkpoint(path, model_layout: dict | None = None, optim_layout: dict |
     try:
         arrays = read_npz(path, max_member_bytes=MAX_ARRAY_BYTES, max_total_bytes=MAX_TOTAL_BYTES,
                           check=_expect(layouts) if layouts else None)
+    except PositionalNamesError as exc:
+        raise exc.at(path) from None
     except CheckpointError as exc:
         raise CheckpointError(f"{path} is not a valid refbnn checkpoint of this run: {exc}") from None
     except NpzError as exc:
@@ -241,8 +300,9 @@ def load_checkpoint(path, model_layout: dict | None = None, optim_layout: dict |
         meta = json.loads(str(arrays.pop("meta")))
     except (json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON ({type(exc).__name__}: {exc})") from None
-    check_meta(meta, path)
     model = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
+    _check_layer_names(path, model, meta)
+    check_meta(meta, path)
     optim = {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")}
     if layouts:
         missing = sorted(set(model_layout) - set(model))
