@@ -35,10 +35,14 @@ import numpy as np
 from .npzio import NpzError, read_npz
 
 FORMAT = "refbnn-checkpoint-v1"
-HISTORY_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "schedule")
+HISTORY_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "schedule", "flips",
+                "flip_ratio_mean", "epoch_seconds")
+FLIP_KEYS = ("all", "tail", "body", "tail_share")   # a history["flips"] entry: {layer: {key: ratio}}
 MAX_ARRAY_BYTES = 4 << 30     # without a layout: at most 4 GiB per array, 16 GiB in all
 MAX_TOTAL_BYTES = 16 << 30
-MAX_META_BYTES = 64 << 20     # the JSON metadata (metric history: a few numbers per epoch)
+MAX_META_BYTES = 1 << 30      # the JSON metadata, stored as UTF-32 (4 bytes a character): the metric history with
+                              # the flip records, about 10 kB an epoch for resnet18's 16 binary layers, 1 GB at
+                              # MAX_EPOCHS (refbnn.train)
 STEPS_KEY = "__steps__"
 
 try:  # POSIX: a writer holds its temporary file locked, so only a dead writer's leftovers are removed
@@ -161,7 +165,10 @@ def _number(x) -> bool:
 def check_meta(meta, path="checkpoint") -> dict:
     """The checkpoint metadata, checked field by field: a JSON object with ``format``, ``epoch`` (an int >= 0),
     ``run`` (an object), ``history`` (for each of :data:`HISTORY_KEYS`, a list of ``epoch + 1`` entries:
-    finite numbers, accuracies in [0, 1], schedule values as objects of numbers) and ``seconds`` (finite, >= 0).
+    finite numbers, accuracies in [0, 1], epoch seconds >= 0, schedule values as objects of numbers, flip
+    records as ``{layer: {"all", "tail", "body", "tail_share"}}`` with ratios in [0, 1] (tail and body may be
+    null: an empty set) and the same layers every epoch, ``flip_ratio_mean`` a ratio or null) and ``seconds``
+    (finite, >= 0).
     Raises :class:`CheckpointError` naming the field."""
     def bad(what):
         return CheckpointError(f"{path}: checkpoint metadata: {what}")
@@ -192,11 +199,41 @@ def check_meta(meta, path="checkpoint") -> dict:
             if key == "schedule":
                 ok = isinstance(v, dict) and all(isinstance(k, str) and (_number(x) or x is None)
                                                  for k, x in v.items())
+            elif key == "flips":
+                ok = _valid_flips(v, values[0])
+            elif key == "flip_ratio_mean":
+                ok = v is None or _ratio(v)
             else:
-                ok = _number(v) and (0 <= v <= 1 if key.endswith("accuracy") else True)
+                ok = _number(v) and (0 <= v <= 1 if key.endswith("accuracy") else True) \
+                    and (v >= 0 if key == "epoch_seconds" else True)
             if not ok:
-                raise bad(f"history.{key}[{i}] = {v!r} is not a valid value")
+                raise bad(f"history.{key}[{i}] = {_short(v)} is not a valid value"
+                          + (f" (expected {{layer: {{{', '.join(FLIP_KEYS)}: ratio in [0, 1] or null}}}} for the layers "
+                             f"of history.flips[0])" if key == "flips" else ""))
     return meta
+
+
+def _ratio(x) -> bool:
+    return _number(x) and 0 <= x <= 1
+
+
+def _valid_flips(entry, first) -> bool:
+    """One epoch's flip record: {layer: {"all": r, "tail": r or None, "body": r or None, "tail_share": r}},
+    r in [0, 1], with the same layers as the first epoch's."""
+    if not isinstance(entry, dict) or not isinstance(first, dict) or list(entry) != list(first):
+        return False
+    for layer, v in entry.items():
+        if not isinstance(layer, str) or not isinstance(v, dict) or sorted(v) != sorted(FLIP_KEYS):
+            return False
+        if not (_ratio(v["all"]) and _ratio(v["tail_share"])
+                and all(v[k] is None or _ratio(v[k]) for k in ("tail", "body"))):
+            return False
+    return True
+
+
+def _short(v, limit=200) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _positional(key: str) -> bool:
