@@ -207,9 +207,9 @@ def check_meta(meta, path="checkpoint") -> dict:
                 ok = _number(v) and (0 <= v <= 1 if key.endswith("accuracy") else True) \
                     and (v >= 0 if key == "epoch_seconds" else True)
             if not ok:
-                raise bad(f"history.{key}[{i}] = {_short(v)} is not a valid value"
-                          + (f" (expected {{layer: {{{', '.join(FLIP_KEYS)}: ratio in [0, 1] or null}}}} for the layers "
-                             f"of history.flips[0])" if key == "flips" else ""))
+                hint = (f" (expected {{layer: {{{', '.join(FLIP_KEYS)}: ratio in [0, 1] or null}}}} for the "
+                        "layers of history.flips[0])") if key == "flips" else ""
+                raise bad(f"history.{key}[{i}] = {_short(v)} is not a valid value{hint}")
     return meta
 
 

@@ -52,13 +52,14 @@ def weight_signs(layer) -> np.ndarray:
 def tail_mask(weight, tau: float = TAIL_TAU) -> np.ndarray:
     """The tail of a latent weight array (see the module docstring): ``|w1| > Q_tau`` with w1 the
     per-output-channel standardized weights and Q_tau the tau-quantile of La(0, mean |w1|)."""
-    w = np.asarray(weight, dtype=np.float64)
-    axes = tuple(range(1, w.ndim))
-    centered = w - w.mean(axis=axes, keepdims=True)
-    std = centered.std(axis=axes, keepdims=True)
-    w1 = np.divide(centered, std, out=np.zeros_like(centered), where=std > 0)
-    a = np.abs(w1)
-    return a > laplace_quantile(tau, a.mean())
+    w = np.asarray(weight)
+    a = w.reshape(w.shape[0], -1).astype(np.float64)   # rows = output channels; float64, updated in place
+    a -= a.mean(axis=1, keepdims=True)
+    std = np.sqrt(np.einsum("ij,ij->i", a, a) / a.shape[1])[:, None]
+    np.divide(a, std, out=a, where=std > 0)
+    a[(std == 0)[:, 0]] = 0.0
+    np.abs(a, out=a)
+    return (a > laplace_quantile(tau, a.mean())).reshape(w.shape)
 
 
 class FlipTracker:

@@ -277,7 +277,8 @@ def test_checkpoint_with_missing_or_extra_arrays(trained, tmp_path, change):
     else:
         state["extra.fc.weight"] = np.zeros(3, np.float32)
     save_checkpoint(tmp_path / "c.npz", state, optim, meta)
-    with pytest.raises(ValueError, match="missing \\['input.fc.weight'\\]" if change == "missing" else "extra.fc.weight"):
+    match = "missing \\['input.fc.weight'\\]" if change == "missing" else "extra.fc.weight"
+    with pytest.raises(ValueError, match=match):
         export_checkpoint(str(tmp_path / "c.npz"), str(tmp_path / "m.npz"))
     assert main(["export", str(tmp_path / "c.npz"), "--out", str(tmp_path / "m.npz")]) == 2
     assert not (tmp_path / "m.npz").exists()

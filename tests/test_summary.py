@@ -27,7 +27,8 @@ def test_digits_mlp_counts_by_hand():
     assert [r.name for r in s.layers] == ["flatten", "input.fc", "input.bn", "input.act", "hidden1.fc", "hidden1.bn",
                                           "hidden1.act", "hidden2.fc", "hidden2.bn", "hidden2.act", "classifier"]
     fc, bn = rows["input.fc"], rows["input.bn"]
-    assert rows["flatten"].output_shape == (64,) and fc.output_shape == (512,) and rows["classifier"].output_shape == (10,)
+    assert rows["flatten"].output_shape == (64,) and fc.output_shape == (512,)
+    assert rows["classifier"].output_shape == (10,)
     assert (fc.params_32bit, fc.float_macs, fc.binary_macs) == (64 * 512, 64 * 512, 0)
     assert (bn.params_32bit, bn.buffers, bn.float_macs) == (2 * 512, 2 * 512, 0)
     for name in ("hidden1.fc", "hidden2.fc"):
