@@ -100,9 +100,14 @@ def _save(fig, out):
 
 def _log_if_wide(ax, values, ratio=20.0):
     """A log y axis when every value is positive and they span more than ``ratio``."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     if v.size and (v > 0).all() and v.max() / v.min() > ratio:
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # labels at 1, 2, 5 x 10^k, plain numbers
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _fmt(v):
@@ -479,9 +484,9 @@ def default_weights_out(checkpoint, layer):
 def plot_weights(checkpoint, out=None, layer=None, bins=80) -> dict:
     """Latent weights of one binary layer of a checkpoint, and how often its tail flipped sign.
 
-    Left: the histogram of w1 = RecuWeight.standardized(w) (per output channel, (w - mean_o w)/std_o
-    times sqrt(2) b*, ReCU's code; for a ReCU model the layer's own quantizer, so its convention's
-    centering), ReCU's clamp points +-Q(tau), Q = -b ln(2 - 2 tau) with b = mean |w1| over the layer
+    Left: the histogram of w1 = RecuWeight().standardized(w) (per output channel, (w - mean_o w)/std_o
+    times sqrt(2) b*, the official ReCU code's standardization whatever the method or convention, as the
+    tail of the flip metrics), ReCU's clamp points +-Q(tau), Q = -b ln(2 - 2 tau) with b = mean |w1| over the layer
     (``RecuWeight.threshold``), at the checkpoint's tau for ReCU and at tau = 0.85 and 0.99 otherwise,
     with the share of weights beyond each, and the Laplace density La(0, b) that ReCU's quantile
     assumes (ReCU, arXiv 2103.12369, Eq. 9-11). Right: per epoch, the sign-flip ratio of the tail
@@ -511,10 +516,11 @@ def plot_weights(checkpoint, out=None, layer=None, bins=80) -> dict:
 
     w = np.asarray(module.params["weight"], dtype=np.float64)
     wq = module.weight_quantizer
+    q = RecuWeight()  # the official code's standardization (centered), the one the flip metrics' tail uses
     if isinstance(wq, RecuWeight):
-        q, taus, source = copy.deepcopy(wq), [wq.tau], "tau from the checkpoint"
+        taus, source = [wq.tau], "tau from the checkpoint"
     else:
-        q, taus, source = RecuWeight(), list(NON_RECU_TAUS), "ReCU's start and end tau"
+        taus, source = list(NON_RECU_TAUS), "ReCU's start and end tau"
     w1 = q.standardized(w)
     stats = []
     for tau in taus:
