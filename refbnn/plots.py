@@ -110,6 +110,11 @@ def _log_if_wide(ax, values, ratio=20.0):
         ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def _floats(values):
+    """A per-epoch list as floats, None (a ratio over an empty set) as NaN: a gap in the line."""
+    return [float("nan") if v is None else float(v) for v in values]
+
+
 def _fmt(v):
     return f"{v:.3g}"
 
@@ -618,9 +623,15 @@ def check_metrics(metrics, path="metrics") -> dict:
     lengths = {k: len(metrics[k]) for k in keys}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"{path}: the per-epoch lists differ in length: {lengths}")
+    def ratios(v):
+        return isinstance(v, list) and all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+                                           for x in v)
+
     fr = metrics.get("flip_ratio")
-    if fr is not None and not (isinstance(fr, dict) and all(isinstance(v, list) for v in fr.values())):
-        raise ValueError(f"{path}: flip_ratio: expected an object of per-epoch lists per layer")
+    if fr is not None and not (isinstance(fr, dict) and all(ratios(v) for v in fr.values())):
+        raise ValueError(f"{path}: flip_ratio: expected an object of per-epoch lists of ratios per layer")
+    if metrics.get("flip_ratio_mean") is not None and not ratios(metrics["flip_ratio_mean"]):
+        raise ValueError(f"{path}: flip_ratio_mean: expected a per-epoch list of ratios")
     return metrics
 
 
@@ -748,10 +759,11 @@ def plot_training(path, out=None) -> dict:
     if flip:
         ax = axes[2]
         for layer, values in flip.items():
-            ax.plot(ep[:len(values)], values, lw=0.9, alpha=0.75, label=layer)
+            ax.plot(ep[:len(values)], _floats(values), lw=0.9, alpha=0.75, label=layer)
         if flip_mean:
-            ax.plot(ep[:len(flip_mean)], flip_mean, color="black", lw=2.2, label="mean (weighted by weights)")
-        allv = [v for vs in flip.values() for v in vs] + list(flip_mean or [])
+            ax.plot(ep[:len(flip_mean)], _floats(flip_mean), color="black", lw=2.2,
+                    label="mean (weighted by weight count)")
+        allv = [v for vs in flip.values() for v in _floats(vs)] + _floats(flip_mean or [])
         _log_if_wide(ax, allv)
         ax.set_title("sign-flip ratio per step (binary layers)", fontsize=10)
         _epoch_axis(ax)
