@@ -9,6 +9,12 @@ exclusive ``flock`` while it is written, flushed to disk, then renamed over the 
 crash never leaves a half-written file in place of a good one. The temporary files a killed writer
 left behind (no process holds their lock) are removed by the next write.
 
+Layer names: the model keys are the layers' readable names (``model/stage2.block1.conv1.weight``,
+:mod:`refbnn.models`). Checkpoints of earlier refbnn versions named the layers by position
+(``model/4.weight``); reading one for a refbnn model raises a :class:`CheckpointError` that says so
+and lists the expected names. The keys are never remapped: a position does not say which layer it
+was once the models changed.
+
 Reading goes through :func:`refbnn.npzio.read_npz`: every member's size and dtype are checked from
 the zip entry and the ``.npy`` header before it is decompressed, and, given the layouts of the
 model and optimizer being resumed (:func:`model_layout`, :func:`optimizer_layout`), each array must
@@ -29,10 +35,14 @@ import numpy as np
 from .npzio import NpzError, read_npz
 
 FORMAT = "refbnn-checkpoint-v1"
-HISTORY_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "schedule")
+HISTORY_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "schedule", "flips",
+                "flip_ratio_mean", "epoch_seconds")
+FLIP_KEYS = ("all", "tail", "body", "tail_share")   # a history["flips"] entry: {layer: {key: ratio}}
 MAX_ARRAY_BYTES = 4 << 30     # without a layout: at most 4 GiB per array, 16 GiB in all
 MAX_TOTAL_BYTES = 16 << 30
-MAX_META_BYTES = 64 << 20     # the JSON metadata (metric history: a few numbers per epoch)
+MAX_META_BYTES = 1 << 30      # the JSON metadata, stored as UTF-32 (4 bytes a character): the metric history with
+                              # the flip records, about 10 kB an epoch for resnet18's 16 binary layers, 1 GB at
+                              # MAX_EPOCHS (refbnn.train)
 STEPS_KEY = "__steps__"
 
 try:  # POSIX: a writer holds its temporary file locked, so only a dead writer's leftovers are removed
@@ -155,7 +165,10 @@ def _number(x) -> bool:
 def check_meta(meta, path="checkpoint") -> dict:
     """The checkpoint metadata, checked field by field: a JSON object with ``format``, ``epoch`` (an int >= 0),
     ``run`` (an object), ``history`` (for each of :data:`HISTORY_KEYS`, a list of ``epoch + 1`` entries:
-    finite numbers, accuracies in [0, 1], schedule values as objects of numbers) and ``seconds`` (finite, >= 0).
+    finite numbers, accuracies in [0, 1], epoch seconds >= 0, schedule values as objects of numbers, flip
+    records as ``{layer: {"all", "tail", "body", "tail_share"}}`` with ratios in [0, 1] (tail and body may be
+    null: an empty set) and the same layers every epoch, ``flip_ratio_mean`` a ratio or null) and ``seconds``
+    (finite, >= 0).
     Raises :class:`CheckpointError` naming the field."""
     def bad(what):
         return CheckpointError(f"{path}: checkpoint metadata: {what}")
@@ -186,11 +199,77 @@ def check_meta(meta, path="checkpoint") -> dict:
             if key == "schedule":
                 ok = isinstance(v, dict) and all(isinstance(k, str) and (_number(x) or x is None)
                                                  for k, x in v.items())
+            elif key == "flips":
+                ok = _valid_flips(v, values[0])
+            elif key == "flip_ratio_mean":
+                ok = v is None or _ratio(v)
             else:
-                ok = _number(v) and (0 <= v <= 1 if key.endswith("accuracy") else True)
+                ok = _number(v) and (0 <= v <= 1 if key.endswith("accuracy") else True) \
+                    and (v >= 0 if key == "epoch_seconds" else True)
             if not ok:
-                raise bad(f"history.{key}[{i}] = {v!r} is not a valid value")
+                hint = (f" (expected {{layer: {{{', '.join(FLIP_KEYS)}: ratio in [0, 1] or null}}}} for the "
+                        "layers of history.flips[0])") if key == "flips" else ""
+                raise bad(f"history.{key}[{i}] = {_short(v)} is not a valid value{hint}")
     return meta
+
+
+def _ratio(x) -> bool:
+    return _number(x) and 0 <= x <= 1
+
+
+def _valid_flips(entry, first) -> bool:
+    """One epoch's flip record: {layer: {"all": r, "tail": r or None, "body": r or None, "tail_share": r}},
+    r in [0, 1], with the same layers as the first epoch's."""
+    if not isinstance(entry, dict) or not isinstance(first, dict) or list(entry) != list(first):
+        return False
+    for layer, v in entry.items():
+        if not isinstance(layer, str) or not isinstance(v, dict) or sorted(v) != sorted(FLIP_KEYS):
+            return False
+        if not (_ratio(v["all"]) and _ratio(v["tail_share"])
+                and all(v[k] is None or _ratio(v[k]) for k in ("tail", "body"))):
+            return False
+    return True
+
+
+def _short(v, limit=200) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _positional(key: str) -> bool:
+    """A state-dict key whose layer name starts with a position (``4.weight``): refbnn's names before layers
+    had readable names."""
+    return key.split(".", 1)[0].isdigit()
+
+
+def _layer_names(keys) -> list:
+    """Layer names of state-dict keys, in order: ``hidden1.fc.weight`` -> ``hidden1.fc`` (quantizer state
+    ``hidden1.fc.weight_quantizer.tau`` -> ``hidden1.fc`` too)."""
+    names = {}
+    for k in keys:
+        head = k.rsplit(".", 1)[0]
+        if head.endswith(("weight_quantizer", "input_quantizer")):
+            head = head.rsplit(".", 1)[0]
+        names[head] = None
+    return list(names)
+
+
+class PositionalNamesError(CheckpointError):
+    """A checkpoint with the positional layer names of an earlier refbnn (``model/4.weight``): the message
+    names the file, a positional key found and the layer names this refbnn expects."""
+
+    def __init__(self, path, found: str, expected_layers: list, model_name=None):
+        self.found, self.expected_layers, self.model_name = found, list(expected_layers), model_name
+        n = len(self.expected_layers)
+        shown = ", ".join(self.expected_layers[:12]) + (f", ... ({n} layers)" if n > 12 else "")
+        of = f" of model {model_name!r}" if model_name else ""
+        super().__init__(
+            f"{path} uses the old positional layer names of an earlier refbnn (e.g. model/{found}); this refbnn "
+            f"names the layers{of}: expected keys model/<layer>.<parameter> for the layers {shown}. The keys are "
+            "not remapped: train the model again with this refbnn (or load the arrays yourself with numpy.load)")
+
+    def at(self, path) -> "PositionalNamesError":
+        return PositionalNamesError(path, self.found, self.expected_layers, self.model_name)
 
 
 def _expect(layouts):
@@ -208,6 +287,8 @@ def _expect(layouts):
         if layout is None:
             raise CheckpointError(f"unexpected entry {name!r} (a checkpoint holds model/..., optim/... and meta)")
         if key not in layout:
+            if group == "model" and _positional(key) and not any(_positional(k) for k in layout):
+                raise PositionalNamesError("the checkpoint", key, _layer_names(layout))
             raise CheckpointError(f"{name!r} is not an array of this {'model' if group == 'model' else 'optimizer'} "
                                   f"(the checkpoint was written for another model or optimizer)")
         want_shape, want_dtype = layout[key]
@@ -217,6 +298,19 @@ def _expect(layouts):
         elif shape != want_shape or dtype != want_dtype:
             raise CheckpointError(f"{name!r}: expected {want_dtype} {want_shape}, got {dtype} {shape}")
     return check
+
+
+def _check_layer_names(path, model_state, meta):
+    """A checkpoint of a refbnn model (``meta.run.model``) with positional layer names: CheckpointError."""
+    run = meta.get("run") if isinstance(meta, dict) else None
+    name = run.get("model") if isinstance(run, dict) else None
+    found = [k for k in model_state if _positional(k)]
+    if not found or not isinstance(name, str):
+        return
+    from .models import MODELS, layer_names  # noqa: PLC0415 - the models import the layers, not this module
+
+    if name in MODELS and not any(_positional(k) for k in layer_names(name)):
+        raise PositionalNamesError(path, found[0], layer_names(name), name)
 
 
 def load_checkpoint(path, model_layout: dict | None = None, optim_layout: dict | None = None):
@@ -231,6 +325,8 @@ def load_checkpoint(path, model_layout: dict | None = None, optim_layout: dict |
     try:
         arrays = read_npz(path, max_member_bytes=MAX_ARRAY_BYTES, max_total_bytes=MAX_TOTAL_BYTES,
                           check=_expect(layouts) if layouts else None)
+    except PositionalNamesError as exc:
+        raise exc.at(path) from None
     except CheckpointError as exc:
         raise CheckpointError(f"{path} is not a valid refbnn checkpoint of this run: {exc}") from None
     except NpzError as exc:
@@ -241,8 +337,9 @@ def load_checkpoint(path, model_layout: dict | None = None, optim_layout: dict |
         meta = json.loads(str(arrays.pop("meta")))
     except (json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is not valid JSON ({type(exc).__name__}: {exc})") from None
-    check_meta(meta, path)
     model = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
+    _check_layer_names(path, model, meta)
+    check_meta(meta, path)
     optim = {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")}
     if layouts:
         missing = sorted(set(model_layout) - set(model))

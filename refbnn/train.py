@@ -6,6 +6,12 @@ BinaryConnect) ``default_rng([seed, e, 1])``. Before each epoch the method's sch
 quantizers' state (IR-Net's t and k, ReCU's tau, ...; ``Method.on_epoch``). A checkpoint written
 after epoch e therefore holds everything a resumed run needs to continue bit-exactly: parameters,
 buffers, quantizer schedule values, optimizer state, and the metric history.
+
+Per-epoch records (the metrics dict, and the checkpoint's ``history``): losses, accuracies, the
+learning rate, the schedule values, ``epoch_seconds`` (the epoch's wall time: schedule, training
+steps, test evaluation; the checkpoint write excluded) and the flip ratios of the binary layers
+(:mod:`refbnn.flips`: ``flip_ratio`` per layer, ``flip_ratio_mean``, ``tail_flips``). The flip
+tracker's state lives within one epoch only, so a resumed run records the same flips.
 """
 from __future__ import annotations
 
@@ -20,9 +26,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import ops
-from .checkpoint import CheckpointError, load_checkpoint, model_layout, optimizer_layout, save_checkpoint
+from .checkpoint import HISTORY_KEYS, CheckpointError, load_checkpoint, model_layout, optimizer_layout, save_checkpoint
 from .conventions import get_convention
 from .data import DATASETS, load_dataset
+from .flips import FlipTracker, flip_metrics
 from .methods import LayerFactory, get_method
 from .models import MODELS, build_model
 from .optim import OPTIMIZER_NAMES, OPTIMIZERS, WeightClip, build_bop_optimizer, no_decay_bn_and_bias, param_groups
@@ -257,8 +264,9 @@ def evaluate(model, x, y, batch_size=500):
     return loss_sum / len(x), correct / len(x)
 
 
-def train_epoch(model, optimizer, constraint, data, batch_size, rng, progress=None):
-    """One pass over the shuffled training set; returns (mean loss, accuracy)."""
+def train_epoch(model, optimizer, constraint, data, batch_size, rng, progress=None, flips=None):
+    """One pass over the shuffled training set; returns (mean loss, accuracy). ``flips``: a
+    :class:`refbnn.flips.FlipTracker` whose ``after_step`` runs after each step (and weight clip)."""
     n = len(data.x_train)
     perm = rng.permutation(n)
     stop = n - (n % batch_size) if n % batch_size == 1 else n  # a batch of 1 cannot be batch-normalised
@@ -277,6 +285,8 @@ def train_epoch(model, optimizer, constraint, data, batch_size, rng, progress=No
         optimizer.step()
         if constraint is not None:
             constraint.apply(model)
+        if flips is not None:
+            flips.after_step()
         loss_sum += loss * len(idx)
         correct += int((logits.argmax(axis=1) == y).sum())
         seen += len(idx)
@@ -302,8 +312,8 @@ def train(config: TrainConfig, log=print) -> dict:
     check_outputs(c, create=True)
     ckpt_path = os.path.join(c.out, CHECKPOINT_NAME) if c.out else None
     run = {k: getattr(c, k) for k in TrainConfig.RUN_KEYS}
-    history = {"train_loss": [], "train_accuracy": [], "test_loss": [], "test_accuracy": [], "lr": [],
-               "schedule": []}
+    history = {k: [] for k in HISTORY_KEYS}
+    tracker = FlipTracker(model)
     start_epoch, seconds_before = 0, 0.0
 
     if c.resume:
@@ -331,11 +341,13 @@ def train(config: TrainConfig, log=print) -> dict:
                    mininterval=0.2 if sys.stderr.isatty() else 10.0)  # a log file gets a line every 10 s
     t0 = time.perf_counter()
     for epoch in range(start_epoch, c.epochs):
+        t_epoch = time.perf_counter()
         optimizer.lr = LR_SCHEDULES[c.lr_schedule](epoch, c.epochs, c.lr, warmup_epochs=c.warmup_epochs)
         values = method.on_epoch(model, epoch, c.epochs, convention, rng=np.random.default_rng([c.seed, epoch, 1]))
         rng = np.random.default_rng([c.seed, epoch])
+        tracker.start_epoch()
         try:
-            tr_loss, tr_acc = train_epoch(model, optimizer, constraint, data, c.batch_size, rng, bar)
+            tr_loss, tr_acc = train_epoch(model, optimizer, constraint, data, c.batch_size, rng, bar, tracker)
         except ValueError as exc:  # a layer refusing non-finite weights: the optimizer diverged
             bad = [k for k, v in model.state_dict().items() if np.asarray(v).dtype.kind == "f"
                    and not np.isfinite(v).all()]
@@ -343,9 +355,11 @@ def train(config: TrainConfig, log=print) -> dict:
                 raise FloatingPointError(f"training diverged in epoch {epoch + 1}: {bad[0]} is no longer finite "
                                          f"({exc}); lower --lr") from exc
             raise
+        flips = tracker.end_epoch()
         te_loss, te_acc = evaluate(model, data.x_test, data.y_test)
         for k, v in (("train_loss", tr_loss), ("train_accuracy", tr_acc), ("test_loss", te_loss),
-                     ("test_accuracy", te_acc), ("lr", optimizer.lr), ("schedule", values)):
+                     ("test_accuracy", te_acc), ("lr", optimizer.lr), ("schedule", values), ("flips", flips),
+                     ("flip_ratio_mean", tracker.mean), ("epoch_seconds", time.perf_counter() - t_epoch)):
             history[k].append(v)
         if bar is not None:
             bar.set_description(f"{c.method}/{c.model}/{c.dataset} epoch {epoch + 1}/{c.epochs} test {te_acc:.3f}")
@@ -365,6 +379,8 @@ def train(config: TrainConfig, log=print) -> dict:
         "convention": c.convention, "method_params": c.method_params or {}, "seed": c.seed, "batch_size": c.batch_size, "base_lr": c.lr,
         "optimizer": c.optimizer, "parameters": model.num_parameters(),
         "binary_parameters": _binary_parameter_count(model),
+        **flip_metrics(tracker.names, history["flips"], history["flip_ratio_mean"]),
+        "epoch_seconds": history["epoch_seconds"],
     }
     if c.metrics_json:
         write_json_atomic(c.metrics_json, metrics)

@@ -285,3 +285,20 @@ def test_bias_order_on_the_packed_kernel_path(training):
             assert np.array_equal(lf.backward(g, c1), lr.backward(g, c2))
             for key in lr.grads:
                 assert np.array_equal(lf.grads[key], lr.grads[key]), (order, key)
+
+
+@pytest.mark.parametrize("zero", [1.0, -1.0, 0.0, 0.5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sign_matches_its_definition_everywhere(zero, dtype):
+    """conventions.sign computes sign(x) with sign(0) = zero by mask arithmetic; the values must be those of
+    the plain select where(x > 0, 1, where(x < 0, -1, zero)), at -0.0, +-Inf, NaN and subnormals too."""
+    from refbnn.conventions import sign
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(500), [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45]]).astype(dtype)
+    for a in (x, x.reshape(-1, 1)[::3], x[:7].reshape(7, 1, 1)):
+        want = np.where(a > 0, dtype(1), np.where(a < 0, dtype(-1), dtype(zero)))
+        got = sign(a, zero)
+        assert got.dtype == dtype and got.shape == a.shape
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want))

@@ -273,11 +273,12 @@ def test_checkpoint_of_unknown_model(trained, tmp_path):
 def test_checkpoint_with_missing_or_extra_arrays(trained, tmp_path, change):
     state, optim, meta = load_checkpoint(str(trained / "checkpoint.npz"))
     if change == "missing":
-        del state["1.weight"]
+        del state["input.fc.weight"]
     else:
-        state["9.weight"] = np.zeros(3, np.float32)
+        state["extra.fc.weight"] = np.zeros(3, np.float32)
     save_checkpoint(tmp_path / "c.npz", state, optim, meta)
-    with pytest.raises(ValueError, match="missing \\['1.weight'\\]" if change == "missing" else "9.weight"):
+    match = "missing \\['input.fc.weight'\\]" if change == "missing" else "extra.fc.weight"
+    with pytest.raises(ValueError, match=match):
         export_checkpoint(str(tmp_path / "c.npz"), str(tmp_path / "m.npz"))
     assert main(["export", str(tmp_path / "c.npz"), "--out", str(tmp_path / "m.npz")]) == 2
     assert not (tmp_path / "m.npz").exists()

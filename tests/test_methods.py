@@ -59,7 +59,7 @@ def test_bop_trains_binary_weights(tmp_path):
                           progress=False, out=str(tmp_path)), log=lambda *a: None)
     assert m["test_accuracy"] > 0.5
     state, _, _ = load_checkpoint(tmp_path / "checkpoint.npz")
-    for name in ("4.weight", "7.weight"):  # the two binary linear layers of the MLP: latent-free +-1 weights
+    for name in ("hidden1.fc.weight", "hidden2.fc.weight"):  # the MLP's binary layers: latent-free +-1 weights
         assert set(np.unique(state[name])) <= {-1.0, 1.0}
 
 

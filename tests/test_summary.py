@@ -24,15 +24,19 @@ def test_digits_mlp_counts_by_hand():
     assert [r.type for r in s.layers] == ["Flatten", "Linear", "BatchNorm1d", "Hardtanh", "BinaryLinear",
                                           "BatchNorm1d", "Hardtanh", "BinaryLinear", "BatchNorm1d", "Hardtanh",
                                           "Linear"]
-    assert rows["0"].output_shape == (64,) and rows["1"].output_shape == (512,) and rows["10"].output_shape == (10,)
-    assert (rows["1"].params_32bit, rows["1"].float_macs, rows["1"].binary_macs) == (64 * 512, 64 * 512, 0)
-    assert (rows["2"].params_32bit, rows["2"].buffers, rows["2"].float_macs) == (2 * 512, 2 * 512, 0)
-    for name in ("4", "7"):
+    assert [r.name for r in s.layers] == ["flatten", "input.fc", "input.bn", "input.act", "hidden1.fc", "hidden1.bn",
+                                          "hidden1.act", "hidden2.fc", "hidden2.bn", "hidden2.act", "classifier"]
+    fc, bn = rows["input.fc"], rows["input.bn"]
+    assert rows["flatten"].output_shape == (64,) and fc.output_shape == (512,)
+    assert rows["classifier"].output_shape == (10,)
+    assert (fc.params_32bit, fc.float_macs, fc.binary_macs) == (64 * 512, 64 * 512, 0)
+    assert (bn.params_32bit, bn.buffers, bn.float_macs) == (2 * 512, 2 * 512, 0)
+    for name in ("hidden1.fc", "hidden2.fc"):
         r = rows[name]
         assert (r.params_1bit, r.params_32bit, r.binary_macs, r.float_macs) == (512 * 512, 0, 512 * 512, 0)
         assert r.memory_packed_bytes == 512 * (512 // 64) * 8            # 512 rows of 8 words
         assert r.memory_float32_bytes == 4 * 512 * 512
-    assert (rows["10"].params_32bit, rows["10"].float_macs) == (512 * 10 + 10, 512 * 10)
+    assert (rows["classifier"].params_32bit, rows["classifier"].float_macs) == (512 * 10 + 10, 512 * 10)
     t = s.totals
     p1 = 2 * 512 * 512
     p32 = 64 * 512 + 3 * 2 * 512 + 512 * 10 + 10

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from refbnn.checkpoint import load_checkpoint, save_checkpoint
+from refbnn.checkpoint import HISTORY_KEYS, load_checkpoint, save_checkpoint
 from refbnn.cli import main
 from refbnn.train import TrainConfig, train
 
@@ -32,10 +32,10 @@ def _weights(out):
     return model, optim, meta
 
 
-@pytest.mark.parametrize("method,optimizer", [("bnn", "adam"), ("float", "sgd")])
+@pytest.mark.parametrize("method,optimizer", [("bnn", "adam"), ("float", "sgd"), ("recu", "adam")])
 def test_resume_is_bit_exact(tmp_path, method, optimizer):
     common = dict(method=method, optimizer=optimizer, epochs=4, width=0.25, progress=False, seed=3)
-    train(TrainConfig(out=str(tmp_path / "full"), **common))
+    full = train(TrainConfig(out=str(tmp_path / "full"), **common))
     # interrupted run: stop after 2 of 4 epochs (same schedule length), then resume
     cfg = TrainConfig(out=str(tmp_path / "part"), **common)
     import refbnn.train as T
@@ -65,6 +65,17 @@ def test_resume_is_bit_exact(tmp_path, method, optimizer):
     for k in full_optim:
         assert np.array_equal(full_optim[k], part_optim[k]), k
     assert full_meta["history"]["train_loss"] == part_meta["history"]["train_loss"] == m["train_loss"]
+    # every per-epoch record but the wall times, flip ratios included
+    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy_per_epoch", "lr", "schedule",
+                "binary_layers", "flip_ratio", "flip_ratio_mean", "tail_flips"):
+        assert m[key] == full[key], key
+    for key in HISTORY_KEYS:
+        if key != "epoch_seconds":
+            assert full_meta["history"][key] == part_meta["history"][key], key
+    assert len(m["epoch_seconds"]) == 4 and m["epoch_seconds"][:2] == part_meta["history"]["epoch_seconds"][:2]
+    if method != "float":
+        assert len(m["binary_layers"]) == 2 and all(len(v) == 4 for v in m["flip_ratio"].values())
+        assert m["flip_ratio_mean"][2] > 0
 
 
 def test_resume_refuses_other_settings(tmp_path):
@@ -159,8 +170,8 @@ def test_resume_refuses_a_checkpoint_past_the_end_of_the_run(tmp_path, monkeypat
     that trained nothing."""
     train(TrainConfig(epochs=2, out=str(tmp_path), **TINY))
     path = tmp_path / "checkpoint.npz"
-    history_of = lambda n: {k: ([{}] * n if k == "schedule" else [0.5] * n)  # noqa: E731
-                            for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "schedule")}
+    history_of = lambda n: {k: ([{}] * n if k in ("schedule", "flips") else [0.5] * n)  # noqa: E731
+                            for k in HISTORY_KEYS}
     _rewrite_meta(path, epoch=5, history=history_of(6))
     calls = _count_epochs(monkeypatch)
     with pytest.raises(CheckpointError, match="epoch 6 is done, but the run has 2 epochs"):

@@ -138,12 +138,29 @@ class Module:
 
 
 class Sequential(Module):
-    """Children applied in order; the cache is the list of the children's caches."""
+    """Children applied in order; the cache is the list of the children's caches.
 
-    def __init__(self, *modules):
+    ``Sequential(*items)``: each item is a Module (named by its position, ``"0"``, ``"1"``, ...) or a
+    ``(name, Module)`` pair. Names are non-empty, unique, and may contain dots to group layers
+    (``"stage1.block1"``, ``"input.fc"``); the state-dict keys are ``<name>.<parameter>``.
+    """
+
+    def __init__(self, *items):
         super().__init__()
-        for i, m in enumerate(modules):
-            self.add(str(i), m)
+        for i, item in enumerate(items):
+            if isinstance(item, tuple):
+                if len(item) != 2:
+                    raise TypeError(f"Sequential item {i}: expected a Module or a (name, Module) pair, got a "
+                                    f"tuple of {len(item)}")
+                name, module = item
+                if not isinstance(name, str) or not name or any(not part for part in name.split(".")):
+                    raise ValueError(f"Sequential item {i}: expected a non-empty name whose dot-separated parts "
+                                     f"are non-empty, got {name!r}")
+            else:
+                name, module = str(i), item
+            if name in self.children:
+                raise ValueError(f"Sequential item {i}: the name {name!r} is used twice")
+            self.add(name, module)
 
     def forward(self, x):
         caches = []

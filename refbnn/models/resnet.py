@@ -16,6 +16,12 @@ ResNet-18 (CIFAR form, IR-Net's code): the standard basic block
 
 with an FP 1x1 conv + BN shortcut (``shortcut="conv"``, IR-Net) or option A (``"A"``, ReCU's
 ``resnet2``); stem FP conv3x3-64w + BN (no activation); head as ResNet-20.
+
+Layer names: ``stem.conv``, ``stem.bn`` (``stem.act`` in ResNet-20), the blocks ``stage<s>.block<b>``
+(s = 1..3, b = 1..3 in ResNet-20; s = 1..4, b = 1..2 in ResNet-18) with children ``conv1``, ``bn1``,
+``act1``, ``conv2``, ``bn2``, ``act2``, ``shortcut`` (a conv shortcut has children ``conv`` and ``bn``),
+then ``head.pool``, ``head.bn``, ``head.fc``. The binary layers are ``stage<s>.block<b>.conv1`` and
+``.conv2``.
 """
 from __future__ import annotations
 
@@ -70,7 +76,7 @@ class BasicBlock(Module):
         if stride == 1 and in_ch == out_ch:
             sc = Identity()
         elif shortcut == "conv":
-            sc = Sequential(factory.conv(in_ch, out_ch, 1, stride, 0), BatchNorm2d(out_ch, dtype=dt))
+            sc = Sequential(("conv", factory.conv(in_ch, out_ch, 1, stride, 0)), ("bn", BatchNorm2d(out_ch, dtype=dt)))
         elif shortcut == "A":
             sc = ShortcutA(in_ch, out_ch, stride, "avgpool")
         else:
@@ -99,18 +105,20 @@ class BasicBlock(Module):
 
 
 def _head(factory, channels, num_classes):
-    return [GlobalAvgPool(), BatchNorm1d(channels, dtype=factory.dtype), factory.linear(channels, num_classes)]
+    return [("head.pool", GlobalAvgPool()), ("head.bn", BatchNorm1d(channels, dtype=factory.dtype)),
+            ("head.fc", factory.linear(channels, num_classes))]
 
 
 def resnet20(factory, input_shape, num_classes, width=1.0, shortcut_mode="subsample"):
     c_in, h, w = _image_shape(input_shape, "resnet20")
     ch = [max(1, int(round(c * width))) for c in (16, 32, 64)]
-    layers = [factory.conv(c_in, ch[0], 3, 1, 1), BatchNorm2d(ch[0], dtype=factory.dtype), factory.act()]
+    layers = [("stem.conv", factory.conv(c_in, ch[0], 3, 1, 1)), ("stem.bn", BatchNorm2d(ch[0], dtype=factory.dtype)),
+              ("stem.act", factory.act())]
     prev = ch[0]
     for stage, c in enumerate(ch):
         for b in range(3):
             stride = 2 if stage > 0 and b == 0 else 1
-            layers.append(BiRealBlock(factory, prev, c, stride, shortcut_mode))
+            layers.append((f"stage{stage + 1}.block{b + 1}", BiRealBlock(factory, prev, c, stride, shortcut_mode)))
             prev = c
     return Sequential(*layers, *_head(factory, prev, num_classes))
 
@@ -118,12 +126,12 @@ def resnet20(factory, input_shape, num_classes, width=1.0, shortcut_mode="subsam
 def resnet18(factory, input_shape, num_classes, width=1.0, shortcut="conv"):
     c_in, h, w = _image_shape(input_shape, "resnet18")
     ch = [max(1, int(round(c * width))) for c in (64, 128, 256, 512)]
-    layers = [factory.conv(c_in, ch[0], 3, 1, 1), BatchNorm2d(ch[0], dtype=factory.dtype)]
+    layers = [("stem.conv", factory.conv(c_in, ch[0], 3, 1, 1)), ("stem.bn", BatchNorm2d(ch[0], dtype=factory.dtype))]
     prev = ch[0]
     for stage, c in enumerate(ch):
         for b in range(2):
             stride = 2 if stage > 0 and b == 0 else 1
-            layers.append(BasicBlock(factory, prev, c, stride, shortcut))
+            layers.append((f"stage{stage + 1}.block{b + 1}", BasicBlock(factory, prev, c, stride, shortcut)))
             prev = c
     return Sequential(*layers, *_head(factory, prev, num_classes))
 

@@ -3,6 +3,9 @@
 FP conv0 (3x3, 128w) -> BN -> act, then binary convs 128w-128w, 128w-256w, 256w-256w, 256w-512w,
 512w-512w, with a 2x2 max pool after the 1st, 3rd and 5th binary conv (conv -> pool -> BN -> act,
 the official order), then an FP linear layer. Inputs need H and W divisible by 8.
+
+Layer names: ``stem.conv``, ``stem.bn``, ``stem.act``, then for i = 1..5 ``conv<i>``, ``pool<i>`` (i = 1,
+3, 5), ``bn<i>``, ``act<i>``, then ``flatten``, ``classifier``; the binary layers are ``conv1`` .. ``conv5``.
 """
 from __future__ import annotations
 
@@ -15,13 +18,14 @@ def vgg_small(factory, input_shape, num_classes, width=1.0):
         raise ValueError(f"vgg_small: expected input height and width divisible by 8, got {h}x{w}")
     ch = [max(1, int(round(c * width))) for c in (128, 128, 256, 256, 512, 512)]
     dt = factory.dtype
-    layers = [factory.conv(c_in, ch[0], 3, 1, 1), BatchNorm2d(ch[0], dtype=dt), factory.act()]
+    layers = [("stem.conv", factory.conv(c_in, ch[0], 3, 1, 1)), ("stem.bn", BatchNorm2d(ch[0], dtype=dt)),
+              ("stem.act", factory.act())]
     for i in range(1, 6):
-        layers.append(factory.binary_conv(ch[i - 1], ch[i], 3, 1, 1))
+        layers.append((f"conv{i}", factory.binary_conv(ch[i - 1], ch[i], 3, 1, 1)))
         if i in (1, 3, 5):
-            layers.append(MaxPool2d(2))
-        layers += [BatchNorm2d(ch[i], dtype=dt), factory.act()]
-    layers += [Flatten(), factory.linear(ch[5] * (h // 8) * (w // 8), num_classes)]
+            layers.append((f"pool{i}", MaxPool2d(2)))
+        layers += [(f"bn{i}", BatchNorm2d(ch[i], dtype=dt)), (f"act{i}", factory.act())]
+    layers += [("flatten", Flatten()), ("classifier", factory.linear(ch[5] * (h // 8) * (w // 8), num_classes))]
     return Sequential(*layers)
 
 
