@@ -448,16 +448,6 @@ def plot_schedule(name, epochs, out, convention="paper", params=None, lr_schedul
 
 
 # ---- checkpoints: latent weights and flips -------------------------------------------------------------
-def _binary_layers(model):
-    """[(name, layer)] of the model's binary layers (refbnn.models.binary_layers)."""
-    try:
-        from .models import binary_layers
-    except ImportError:  # TEMPORARY until the layer-names branch lands: positional names
-        return [(n.rstrip("."), m) for n, m in model.modules()
-                if getattr(m, "weight_quantizer", None) is not None and m.weight_quantizer.precision == 1]
-    return binary_layers(model)
-
-
 def resolve_checkpoint(path) -> str:
     """``path``, or ``path/checkpoint.npz`` for a run directory (``refbnn train --out DIR``)."""
     path = os.fspath(path)
@@ -496,18 +486,19 @@ def plot_weights(checkpoint, out=None, layer=None, bins=80) -> dict:
     with the share of weights beyond each, and the Laplace density La(0, b) that ReCU's quantile
     assumes (ReCU, arXiv 2103.12369, Eq. 9-11). Right: per epoch, the sign-flip ratio of the tail
     (|w1| > Q(0.99), fixed at the epoch's start) and of the other weights, from the checkpoint's
-    history "flips" (refbnn train records them; a note says so when the checkpoint has none).
+    history "flips" (refbnn.flips, recorded by refbnn train).
     ``checkpoint``: the file or its run directory; ``layer``: a binary layer's name (default: the first).
 
     Returns {"out", "layer", "layers", "w1", "taus": [{"tau", "b", "Q", "share"}], "flips": {"epochs",
-    "tail", "body", "all", "tail_share"} or None}.
+    "tail", "body", "all", "tail_share"}} (flip ratios per epoch; NaN where the tail or the body was empty).
     """
+    from .models import binary_layers
     from .quantizers.recu import RecuWeight, clamped_fraction
 
     checkpoint = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint_model(checkpoint)
     run = meta["run"]
-    layers = _binary_layers(model)
+    layers = binary_layers(model)
     names = [n for n, _ in layers]
     if not layers:
         raise ValueError(f"{checkpoint}: the model (method {run.get('method')!r}) has no binary layers")
@@ -534,13 +525,10 @@ def plot_weights(checkpoint, out=None, layer=None, bins=80) -> dict:
         share = float(np.mean(np.abs(w1) > qq)) if math.isfinite(qq) else 0.0
         stats.append({"tau": float(tau), "b": b, "Q": qq, "share": share})
 
-    flips = None
-    history = meta.get("history", {})
-    entries = history.get("flips") if isinstance(history, dict) else None
-    if isinstance(entries, list) and entries and all(isinstance(e, dict) and chosen in e for e in entries):
-        flips = {"epochs": list(range(1, len(entries) + 1))}
-        for key in ("tail", "body", "all", "tail_share"):
-            flips[key] = [float(e[chosen][key]) if e[chosen].get(key) is not None else float("nan") for e in entries]
+    # the checkpoint's flip records (refbnn.checkpoint.check_meta: one per epoch, every binary layer)
+    entries = meta["history"]["flips"]
+    flips = {"epochs": list(range(1, len(entries) + 1)),
+             **{key: _floats(e[chosen][key] for e in entries) for key in ("tail", "body", "all", "tail_share")}}
 
     default_note = " (the first binary layer)" if layer is None else ""
     title = (f"{os.path.basename(os.fspath(checkpoint))}: layer {chosen}{default_note}, method {run.get('method')}, "
@@ -574,21 +562,17 @@ def plot_weights(checkpoint, out=None, layer=None, bins=80) -> dict:
     ax_f.set_title(f"sign flips per step, tail (|w1| > Q({TAIL_TAU})) vs the rest", fontsize=10)
     _epoch_axis(ax_f)
     ax_f.set_ylabel("flip ratio (share of weights per step)")
-    if flips is None:
-        ax_f.text(0.5, 0.5, "no flip history in this checkpoint\n(written by a refbnn that did not record\n"
-                  "flips: train again to see them)", transform=ax_f.transAxes, ha="center", va="center",
-                  fontsize=9, color="0.3")
-        ax_f.set_xticks([])
-        ax_f.set_yticks([])
-    else:
-        e = flips["epochs"]
-        ax_f.plot(e, flips["tail"], color="tab:red", marker="o", ms=3, lw=1.6, label="tail")
-        ax_f.plot(e, flips["body"], color="tab:blue", marker="o", ms=3, lw=1.6, label="rest (body)")
-        ax_f.plot(e, flips["all"], color="0.3", lw=1.0, ls="--", label="all weights")
-        _log_if_wide(ax_f, flips["tail"] + flips["body"] + flips["all"])
-        last_share = flips["tail_share"][-1]
-        ax_f.legend(fontsize=8, title=f"tail share, last epoch: {100 * last_share:.2f} %", title_fontsize=8)
-        ax_f.grid(alpha=0.3, which="both")
+    e = flips["epochs"]
+    if all(math.isnan(v) for v in flips["tail"]):
+        ax_f.text(0.5, 0.55, f"the tail is empty in every epoch:\nno weight beyond Q({TAIL_TAU})",
+                  transform=ax_f.transAxes, ha="center", va="center", fontsize=9, color="tab:red")
+    ax_f.plot(e, flips["tail"], color="tab:red", marker="o", ms=3, lw=1.6, label="tail")
+    ax_f.plot(e, flips["body"], color="tab:blue", marker="o", ms=3, lw=1.6, label="rest (body)")
+    ax_f.plot(e, flips["all"], color="0.3", lw=1.0, ls="--", label="all weights")
+    _log_if_wide(ax_f, flips["tail"] + flips["body"] + flips["all"])
+    last_share = flips["tail_share"][-1]
+    ax_f.legend(fontsize=8, title=f"tail share, last epoch: {100 * last_share:.2f} %", title_fontsize=8)
+    ax_f.grid(alpha=0.3, which="both")
     _save(fig, out)
     return {"out": out, "layer": chosen, "layers": names, "w1": flat, "taus": stats, "flips": flips}
 
@@ -639,29 +623,17 @@ def _metrics_from_checkpoint(path) -> dict:
     """The metrics dict a run would have written, from a checkpoint's history (refbnn.checkpoint meta)."""
     from .checkpoint import load_checkpoint
 
-    state, _, meta = load_checkpoint(path)
+    _, _, meta = load_checkpoint(path)
     h, run = meta["history"], meta["run"]
     m = {"train_loss": h["train_loss"], "train_accuracy": h["train_accuracy"], "test_loss": h["test_loss"],
          "test_accuracy_per_epoch": h["test_accuracy"], "lr": h["lr"], "schedule": h["schedule"],
          "test_accuracy": h["test_accuracy"][-1], "epochs": run.get("epochs"), "seconds": meta["seconds"],
          **{k: run.get(k) for k in ("method", "model", "dataset", "convention", "seed")}}
-    flips = h.get("flips")
-    if isinstance(flips, list) and flips and all(isinstance(e, dict) for e in flips):
-        layers = list(flips[0])
-        m["binary_layers"] = layers
-        m["flip_ratio"] = {n: [e.get(n, {}).get("all", float("nan")) for e in flips] for n in layers}
-        m["tail_flips"] = {n: {k: [e.get(n, {}).get(k, float("nan")) for e in flips]
-                               for k in ("tail_share", "tail", "body")} for n in layers}
-        if isinstance(h.get("flip_ratio_mean"), list):
-            m["flip_ratio_mean"] = h["flip_ratio_mean"]
-        else:  # weighted by each layer's weight count, as refbnn train's flip_ratio_mean
-            counts = np.array([state[f"{n}.weight"].size if f"{n}.weight" in state else 0 for n in layers], float)
-            if counts.sum() > 0:
-                ratios = np.array([m["flip_ratio"][n] for n in layers], float)
-                m["flip_ratio_mean"] = list((counts[:, None] * ratios).sum(0) / counts.sum())
-    for k in ("epoch_seconds",):
-        if isinstance(h.get(k), list):
-            m[k] = h[k]
+    if h.get("flips"):  # the metrics-JSON view of the flip records, as refbnn train writes it
+        from .flips import flip_metrics
+
+        m.update(flip_metrics(list(h["flips"][0]), h["flips"], h["flip_ratio_mean"]))
+    m["epoch_seconds"] = h.get("epoch_seconds")
     return m
 
 

@@ -17,6 +17,7 @@ from matplotlib.image import imread  # noqa: E402
 from refbnn import plots  # noqa: E402
 from refbnn.checkpoint import load_checkpoint  # noqa: E402
 from refbnn.cli import main  # noqa: E402
+from refbnn.models import binary_layers  # noqa: E402
 from refbnn.quantizers import QUANTIZERS, get_quantizer  # noqa: E402
 from refbnn.quantizers.recu import RecuWeight, laplace_quantile  # noqa: E402
 from refbnn.schedules import EDE_SCHEDULE, LR_SCHEDULES, RECU_SCHEDULE  # noqa: E402
@@ -210,7 +211,7 @@ def test_weights_of_a_recu_checkpoint(recu_run, tmp_path):
     d = plots.plot_weights(out / "checkpoint.npz", tmp_path / "w.png")
     check_png(d["out"])
     assert d["layer"] == d["layers"][0] and len(d["layers"]) == 2
-    _, layer = next((n, m) for n, m in plots._binary_layers(plots.load_checkpoint_model(out / "checkpoint.npz")[0])
+    _, layer = next((n, m) for n, m in binary_layers(plots.load_checkpoint_model(out / "checkpoint.npz")[0])
                     if n == d["layer"])
     (s,) = d["taus"]
     assert s["tau"] == layer.weight_quantizer.tau == pytest.approx(RECU_SCHEDULE.at(2, 3, "progress")["tau"])
@@ -230,7 +231,7 @@ def test_weights_of_another_method_use_recus_start_and_end_tau(bnn_run, tmp_path
     d = plots.plot_weights(out / "checkpoint.npz", tmp_path / "w.png")
     check_png(d["out"])
     assert [s["tau"] for s in d["taus"]] == [0.85, 0.99]
-    w1 = RecuWeight().standardized(next(m for n, m in plots._binary_layers(
+    w1 = RecuWeight().standardized(next(m for n, m in binary_layers(
         plots.load_checkpoint_model(out / "checkpoint.npz")[0]) if n == d["layer"]).params["weight"].astype(float))
     assert np.allclose(np.sort(d["w1"]), np.sort(w1.ravel()))
     assert d["taus"][0]["share"] >= d["taus"][1]["share"]
@@ -240,13 +241,12 @@ def test_flip_curves_come_from_the_checkpoint_history(recu_run, tmp_path):
     out, _ = recu_run
     _, _, meta = load_checkpoint(str(out / "checkpoint.npz"))
     d = plots.plot_weights(out / "checkpoint.npz", tmp_path / "w.png")
-    flips = meta["history"].get("flips")
-    if flips is None:  # a refbnn that does not record flips: the panel says so, nothing is made up
-        assert d["flips"] is None
-    else:
-        assert d["flips"]["epochs"] == [1, 2, 3]
-        for key in ("tail", "body", "all", "tail_share"):
-            assert d["flips"][key] == [e[d["layer"]][key] for e in flips]
+    flips = meta["history"]["flips"]
+    assert d["flips"]["epochs"] == [1, 2, 3]
+    for key in ("tail", "body", "all", "tail_share"):
+        expected = [np.nan if e[d["layer"]][key] is None else e[d["layer"]][key] for e in flips]
+        np.testing.assert_equal(d["flips"][key], expected)  # None (an empty tail) is drawn as a gap
+    assert all(v > 0 for v in d["flips"]["all"])
 
 
 def test_weights_errors(recu_run, tmp_path):
@@ -267,7 +267,8 @@ def test_training_from_a_run_directory_a_metrics_file_and_a_checkpoint(recu_run,
     check_png(d["out"])
     assert d["epochs"] == [1, 2, 3]
     assert d["test_accuracy"] == metrics["test_accuracy_per_epoch"] and d["train_loss"] == metrics["train_loss"]
-    assert d["flip_ratio"] == metrics.get("flip_ratio")
+    assert d["flip_ratio"] == metrics["flip_ratio"] and list(d["flip_ratio"]) == metrics["binary_layers"]
+    assert d["flip_ratio_mean"] == metrics["flip_ratio_mean"]
     d = plots.plot_training(out / "metrics.json", tmp_path / "m.png")
     check_png(d["out"])
     d_ck = plots.plot_training(out / "checkpoint.npz")
@@ -275,9 +276,8 @@ def test_training_from_a_run_directory_a_metrics_file_and_a_checkpoint(recu_run,
     check_png(d_ck["out"])
     for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
         assert d_ck[key] == pytest.approx(d[key])
-    if metrics.get("flip_ratio"):
-        assert d_ck["flip_ratio"] == pytest.approx(metrics["flip_ratio"])
-        assert d_ck["flip_ratio_mean"] == pytest.approx(metrics["flip_ratio_mean"])
+    assert d_ck["flip_ratio"] == metrics["flip_ratio"]  # JSON keeps floats exactly
+    assert d_ck["flip_ratio_mean"] == metrics["flip_ratio_mean"]
 
 
 def test_training_without_metrics_reads_the_checkpoint(bnn_run):
