@@ -204,7 +204,8 @@ def plot_quantizer(name, out, params=None, x_range=X_RANGE) -> dict:
     ProxConnect's mu) is drawn at the schedule's progress p in SCHEDULE_POINTS, one color per point;
     ReCU's weight quantizer also marks its clamp points +-Q(tau), mapped back to latent units.
     ``params``: the quantizer's constructor parameters, and the schedule's (e.g. ``T_min``); giving a
-    state value (e.g. ``tau``) draws that one state instead of the schedule.
+    state value (e.g. ``tau``) draws that one state instead of the schedule. ``x_range``: the grid of
+    the element-wise and per-sample quantizers (weight quantizers are drawn on their Laplace sample).
 
     Returns {"name", "out", "x", "x_label", "curves": [{"label", "state", "forward", "eval_forward",
     "surrogate", "backward", "clamp"}]} with 1-D arrays over the points of x (``clamp``: the latent
@@ -287,7 +288,7 @@ def plot_quantizer(name, out, params=None, x_range=X_RANGE) -> dict:
             ax_f.plot(xs, c["forward"], color="black" if same_forward else color, lw=1.8,
                       label=None if multi and not same_forward else
                       once("f", f"forward (training{draws})" if not multi else "forward (every point)"))
-        if not np.array_equal(c["eval_forward"], c["forward"]) and not (same_eval and i > 0):
+        if not np.array_equal(c["eval_forward"], c["forward"]) and not (same_eval and "e" in labelled):
             ax_f.plot(xs, c["eval_forward"], color="black" if same_eval else color, lw=1.2, ls=":",
                       label=once("e", "forward (eval)"))
         if not np.allclose(c["surrogate"], c["forward"]) and not (same_surrogate and "s" in labelled):
