@@ -1,5 +1,5 @@
-"""Command line: ``refbnn train``, ``refbnn crosscheck``, ``refbnn info``, ``refbnn summary`` (also
-``python -m refbnn ...``)."""
+"""Command line: ``refbnn train``, ``refbnn crosscheck``, ``refbnn info``, ``refbnn summary``, ``refbnn plot``
+(also ``python -m refbnn ...``)."""
 from __future__ import annotations
 
 import argparse
@@ -385,6 +385,78 @@ def cmd_summary(args) -> int:
     return 0
 
 
+# ---- refbnn plot: figures of quantizers, schedules, weights and runs (refbnn/plots.py, needs matplotlib) --
+PLOT_EPILOG = """figures are written to files (PNG unless --out names another format matplotlib knows); matplotlib
+is needed (pip install 'refbnn[plot]'), a display is not. exit status: 0 written, 2 bad input (an unknown name
+lists the known ones; a file that is not a checkpoint or metrics file), 1 a failure."""
+
+
+def _add_plot(sub):
+    p = sub.add_parser("plot", help="figures: a quantizer's estimator, a schedule, a checkpoint's weights, a run's "
+                       "curves (needs matplotlib)", epilog=PLOT_EPILOG)
+    kinds = p.add_subparsers(dest="plot_kind", required=True, metavar="{quantizer,schedule,weights,training}")
+    q = kinds.add_parser("quantizer", help="forward and estimator curves of a quantizer (several schedule points "
+                         "for a scheduled one)", epilog=PLOT_EPILOG)
+    q.add_argument("name", help="a quantizer of the catalogue (refbnn crosscheck --list)")
+    q.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a constructor parameter of the quantizer or of its schedule (repeatable), e.g. "
+                        "clip_value=1.2, T_min=1e-3; a state value (tau=0.9) draws that one state")
+    q.add_argument("--xlim", type=_positive_float, default=3.0, metavar="A",
+                   help="the element-wise quantizers' x range [-A, A]")
+    q.add_argument("--out", type=_path, default=None, help="default: quantizer_NAME.png")
+    s = kinds.add_parser("schedule", help="a method's or schedule's values per epoch (and learning rate)",
+                         epilog=PLOT_EPILOG)
+    s.add_argument("name", help="a method (its quantizer schedule and learning rate), a quantizer schedule "
+                   "(irnet_tk, recu_tau, bnnpp_beta, pc_mu) or a learning-rate schedule (cosine, linear, step, "
+                   "constant)")
+    s.add_argument("--epochs", type=_ranged("epochs"), required=True)
+    s.add_argument("--convention", default="paper", choices=sorted(PRESETS), help="its clock is drawn solid")
+    s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a schedule parameter (repeatable), e.g. tau_end=0.95, T_min=1e-3, milestones=30,60")
+    s.add_argument("--lr-schedule", default="cosine", choices=sorted(LR_SCHEDULES),
+                   help="a method's learning-rate schedule")
+    s.add_argument("--lr", type=_ranged("lr"), default=None,
+                   help="base learning rate (default: the method's; 1 for a learning-rate schedule)")
+    s.add_argument("--out", type=_path, default=None, help="default: schedule_NAME.png")
+    w = kinds.add_parser("weights", help="histogram of a binary layer's standardized latent weights with ReCU's "
+                         "clamp points, and the tail's sign flips over training", epilog=PLOT_EPILOG)
+    w.add_argument("checkpoint", help="checkpoint.npz written by refbnn train --out DIR")
+    w.add_argument("--layer", default=None, help="a binary layer's name (default: the first binary layer)")
+    w.add_argument("--out", type=_path, default=None, help="default: CHECKPOINT_weights_LAYER.png next to it")
+    t = kinds.add_parser("training", help="loss, accuracy and flip-ratio curves of a run", epilog=PLOT_EPILOG)
+    t.add_argument("run", help="a metrics JSON (refbnn train --metrics-json), a checkpoint, or a run directory")
+    t.add_argument("--out", type=_path, default=None,
+                   help="default: RUN_DIR/training.png, or NAME_training.png next to a file")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def cmd_plot(args) -> int:
+    from . import plots
+
+    if args.plot_kind == "quantizer":
+        data = plots.plot_quantizer(args.name, args.out or f"quantizer_{args.name}.png",
+                                    params=parse_params(args.param), x_range=(-args.xlim, args.xlim))
+    elif args.plot_kind == "schedule":
+        data = plots.plot_schedule(args.name, args.epochs, args.out or f"schedule_{args.name}.png",
+                                   convention=args.convention, params=parse_params(args.param),
+                                   lr_schedule=args.lr_schedule, base_lr=args.lr)
+    elif args.plot_kind == "weights":
+        data = plots.plot_weights(args.checkpoint, args.out, layer=args.layer)
+    else:
+        data = plots.plot_training(args.run, args.out)
+    print(f"wrote {data['out']}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = _Parser(prog="refbnn", description="refbnn: the reference for binary neural networks")
     parser.add_argument("--version", action="version", version=f"refbnn {__version__}")
@@ -393,11 +465,12 @@ def main(argv=None) -> int:
     _add_crosscheck(sub)
     _add_inference(sub)
     _add_summary(sub)
+    _add_plot(sub)
     p = sub.add_parser("info", help="versions and the kernel backends that are available")
     p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     command = {"train": cmd_train, "crosscheck": cmd_crosscheck, "info": cmd_info, "export": cmd_export,
-               "infer": cmd_infer, "summary": cmd_summary}[args.command]
+               "infer": cmd_infer, "summary": cmd_summary, "plot": cmd_plot}[args.command]
     try:
         return command(args)
     except KeyboardInterrupt:
