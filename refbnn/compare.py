@@ -46,16 +46,15 @@ import warnings
 from dataclasses import dataclass, field
 
 from .methods import METHODS
-from .train import TrainConfig, write_json_atomic
+from .train import DEFAULT_EPOCHS, TrainConfig, write_json_atomic
 
 DEFAULT_METHODS = ("bnn", "xnor", "bireal", "irnet", "recu", "bnnpp")
 DEFAULT_SEEDS = 3
-# epochs of a compare run when --epochs is not given (refbnn train's default on digits is 30)
-DEFAULT_EPOCHS = {"digits": 30, "mnist1d": 60, "mnist": 10, "cifar10": 100}
 TARGET_ACCURACY = 0.9
 CONNECT_TIMEOUT_S = 5        # contacting --scheduler
 WORKER_WAIT_S = 60           # a scheduler without workers: how long to wait for the first one
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+MALLOC_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
 REPORT_FILES = ("README.md", "learning_curves.png", "runs")
 
 
@@ -173,7 +172,8 @@ def machine_info() -> dict:
     except (AttributeError, OSError):
         usable = os.cpu_count() or 1
     return {"host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count() or 1, "usable_cores": usable,
-            "refbnn": __version__, "numpy": np.__version__, "python": platform.python_version()}
+            "refbnn": __version__, "numpy": np.__version__, "python": platform.python_version(),
+            "malloc_trim_threshold": os.environ.get(MALLOC_VARIABLE)}
 
 
 def _one_thread():
@@ -267,6 +267,9 @@ def _client(scheduler: str | None, n_workers: int):
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
     env.update({name: 1 for name in THREAD_VARIABLES})
+    # Dask's default MALLOC_TRIM_THRESHOLD_=65536 also turns off glibc's adaptive mmap threshold: every
+    # array above 128 KiB is then mmap'ed and unmapped again, and a digits run takes 2.5x as long
+    env.pop(MALLOC_VARIABLE, None)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
         cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                            dashboard_address=None, silence_logs=logging.ERROR)
@@ -365,7 +368,9 @@ def compare(runs: list[Run], out: str, scheduler: str | None = None, workers: in
     machines = _machines(runs, worker_infos)
     rows = summarize(runs)
     result = {"runs": runs, "rows": rows, "seconds": seconds, "machines": machines,
-              "failed": sum(r.error is not None for r in runs), "scheduler": scheduler, "workers": len(worker_infos)}
+              "failed": sum(r.error is not None for r in runs), "scheduler": scheduler, "workers": len(worker_infos),
+              "malloc_trim_threshold": sorted({i["malloc_trim_threshold"] for i in worker_infos.values()
+                                               if i.get("malloc_trim_threshold") is not None})}
     title = title or _title(runs)
     png = os.path.join(out, "learning_curves.png")
     plot_runs([r.metrics for r in runs if r.metrics is not None], png, title)
@@ -487,6 +492,10 @@ def report_markdown(result: dict, command: str | None = None, title: str = "") -
               f"{result['seconds']:.0f} s wall time.", "", "Machines:", ""]
     for m in result["machines"]:
         lines.append(f"- {m['cpu']}, {m['cores']} cores ({m['host']}): {m['runs']} runs")
+    if result.get("malloc_trim_threshold"):
+        lines += ["", f"The workers ran with {MALLOC_VARIABLE}={', '.join(result['malloc_trim_threshold'])} (Dask's "
+                  f"nanny sets 65536 by default), which slows training several times over: the seconds above are "
+                  f"not those of `refbnn train` (see docs/compare.md)."]
     lines += ["", f"Settings: dataset {c.get('dataset', 'digits')}, model {TrainConfig(**c).resolved().model}, "
               f"width {c.get('width', 1.0):g}, epochs {c['epochs']}, batch size {c.get('batch_size', 64)}, "
               f"convention {c.get('convention', 'paper')}.", "",
