@@ -4,9 +4,9 @@ write a report (a markdown table, learning curves, every run's metrics JSON).
 Each (method, seed) run is one task, ``run_one(config)``, that calls :func:`refbnn.train.train` with
 the progress bar off and returns the metrics dict that ``refbnn train --metrics-json`` writes. Runs
 share nothing: a run's numbers depend only on its settings and seed (``refbnn.train`` draws every
-random number from the seed, and the compiled kernels give the same bits for every thread count), so
-the same seed gives the same metrics on whichever worker runs it, for one version of refbnn, NumPy and
-its BLAS on one kind of CPU.
+random number from the seed) and on the software that computes them, so the same seed gives the same
+metrics on whichever worker runs it, for one version of refbnn, NumPy and its BLAS, one BLAS thread
+(below) and one kind of CPU.
 
 Where the tasks run (``dask.distributed``, https://distributed.dask.org):
 
@@ -20,7 +20,10 @@ Each run computes with one thread (the compiled kernels' OpenMP team and NumPy's
 use N cores and do not oversubscribe the machine: the task sets ``OMP_NUM_THREADS`` /
 ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` to 1 before refbnn's kernels load in the worker (Dask's
 nanny sets the same variables before it starts a worker, ``distributed.nanny.pre-spawn-environ``), and
-limits the libraries already loaded with ``threadpoolctl`` where it is installed.
+limits the libraries already loaded with ``threadpoolctl`` where it is installed. One thread is also what
+makes the numbers reproducible: the compiled kernels give the same bits for every thread count, but
+NumPy's BLAS (OpenBLAS) splits a float product's sums differently with two threads, and a digits run's
+accuracy then differs from the one-thread run's.
 
 Results come back through the scheduler in memory; the report is written by the process that runs the
 command: ``OUT/runs/<method>-seed<k>.json`` as each run finishes, then ``OUT/README.md`` and
@@ -177,36 +180,38 @@ def machine_info() -> dict:
 
 
 def _one_thread():
-    """A context in which this thread's kernels and BLAS run one thread: the environment variables for
-    libraries not loaded yet, threadpoolctl (when installed) for those already loaded."""
+    """Make this worker process compute with one thread: the environment variables for libraries not
+    loaded yet (the compiled kernels' OpenMP in a fresh worker), threadpoolctl (when installed) for the
+    BLAS already loaded. Not undone after the run: a worker running several runs at once (``--nthreads``
+    > 1) must not see one run's exit raise the BLAS threads under the others, since NumPy's BLAS gives
+    other float sums for another thread count."""
     for name in THREAD_VARIABLES:
         os.environ[name] = "1"
     try:
         from threadpoolctl import threadpool_limits  # noqa: PLC0415 - optional
     except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1)
+        return
+    threadpool_limits(limits=1)
 
 
 def run_one(config: dict) -> dict:
     """Train one run (TrainConfig fields in ``config``) and return ``{"metrics": ..., "error": None,
     "worker": machine_info(), "log": [...]}``, or ``{"metrics": None, "error": "one line", ...}`` when
     the run fails. The Dask task of :func:`compare`; runnable anywhere."""
+    _one_thread()  # before refbnn's kernels load in this process
+    from . import kernels  # noqa: PLC0415
     from .cli import one_line  # noqa: PLC0415 - the CLI's one-line form of an error
     from .train import train  # noqa: PLC0415
 
     messages = []
     result = {"metrics": None, "error": None, "log": messages}
-    with _one_thread():
-        try:
-            from . import kernels  # noqa: PLC0415 - loads the compiled kernels (OpenMP) after the variables
-
-            result["worker"] = dict(machine_info(), kernel_threads=kernels.kernel_paths().get("threads"))
-            with warnings.catch_warnings():  # overflow on the way to a divergence: reported as one line
-                warnings.simplefilter("ignore", RuntimeWarning)
-                result["metrics"] = train(TrainConfig(**dict(config, progress=False)), log=messages.append)
-        except Exception as exc:  # noqa: BLE001 - a failed run is a row of the report, not a crash
-            result["error"] = one_line(exc)
+    try:
+        result["worker"] = dict(machine_info(), kernel_threads=kernels.kernel_paths().get("threads"))
+        with warnings.catch_warnings():  # overflow on the way to a divergence: reported as one line
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result["metrics"] = train(TrainConfig(**dict(config, progress=False)), log=messages.append)
+    except Exception as exc:  # noqa: BLE001 - a failed run is a row of the report, not a crash
+        result["error"] = one_line(exc)
     result.setdefault("worker", {})
     return result
 
