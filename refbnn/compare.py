@@ -236,11 +236,15 @@ def check_out(out: str, overwrite: bool = False):
 
 
 def _prepare_out(out: str):
+    """Make ``out``/runs; with --overwrite, remove the files of the earlier report (none stays behind)."""
     runs_dir = os.path.join(out, "runs")
     os.makedirs(runs_dir, exist_ok=True)
-    for name in os.listdir(runs_dir):  # --overwrite: no run file of an earlier report stays behind
+    for name in os.listdir(runs_dir):
         if name.endswith(".json"):
             os.unlink(os.path.join(runs_dir, name))
+    for name in ("README.md", "learning_curves.png"):
+        if os.path.isfile(os.path.join(out, name)):
+            os.unlink(os.path.join(out, name))
     return runs_dir
 
 
@@ -330,6 +334,11 @@ def compare(runs: list[Run], out: str, scheduler: str | None = None, workers: in
     if scheduler is not None and workers is not None:
         raise CompareError("--workers sizes the local cluster; with --scheduler the cluster's own workers run")
     n_workers = workers or max(1, min(usable_cores(), len(runs)))
+    try:  # the learning curves are drawn after the runs: a missing matplotlib is an error before them
+        import matplotlib  # noqa: F401, PLC0415
+    except ImportError as exc:
+        raise ImportError(f"refbnn compare draws its learning curves with matplotlib: pip install "
+                          f"'refbnn[compare]' ({exc})") from None
     t0 = time.perf_counter()
     with _client(scheduler, n_workers) as (client, cluster):
         where = scheduler or "a local cluster"
@@ -377,8 +386,10 @@ def compare(runs: list[Run], out: str, scheduler: str | None = None, workers: in
               "malloc_trim_threshold": sorted({i["malloc_trim_threshold"] for i in worker_infos.values()
                                                if i.get("malloc_trim_threshold") is not None})}
     title = title or _title(runs)
-    png = os.path.join(out, "learning_curves.png")
-    plot_runs([r.metrics for r in runs if r.metrics is not None], png, title)
+    finished = [r.metrics for r in runs if r.metrics is not None]
+    result["plot"] = os.path.join(out, "learning_curves.png") if finished else None
+    if finished:
+        plot_runs(finished, result["plot"], title)
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(report_markdown(result, command=command, title=title))
     return result
@@ -504,7 +515,8 @@ def report_markdown(result: dict, command: str | None = None, title: str = "") -
     lines += ["", f"Settings: dataset {c.get('dataset', 'digits')}, model {TrainConfig(**c).resolved().model}, "
               f"width {c.get('width', 1.0):g}, epochs {c['epochs']}, batch size {c.get('batch_size', 64)}, "
               f"convention {c.get('convention', 'paper')}.", "",
-              "![learning curves](learning_curves.png)", "",
+              "![learning curves](learning_curves.png)" if result.get("plot") else "No run finished: no learning "
+              "curves.", "",
               "Each run's metrics: `runs/<method>-seed<k>.json` (as `refbnn train --metrics-json` writes them; a "
               "failed run's file holds its error and settings).", ""]
     return "\n".join(lines)

@@ -198,6 +198,19 @@ def test_sweep_on_a_cluster_reports_every_run(cluster, tmp_path):
     assert res.returncode == 2 and "earlier report" in res.stderr, res.stderr
 
 
+@needs_distributed
+def test_every_run_failing_still_writes_the_report(tmp_path):
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep" / "learning_curves.png").write_bytes(b"an earlier report's")
+    res = _cli(["compare", "--methods", "bnnpp", "--seeds", "1", "--epochs", "1", "--width", "0.25", "--workers", "1",
+                "--param", "beta_start=1e308", "--no-progress", "--out", "rep", "--overwrite"], cwd=tmp_path)
+    assert res.returncode == 1, res.stderr
+    readme = (tmp_path / "rep" / "README.md").read_text()
+    assert "| bnnpp | failed | – | – | – | 0 of 1 finished; seed 0 failed: " in readme
+    assert "No run finished: no learning curves." in readme
+    assert not (tmp_path / "rep" / "learning_curves.png").exists()  # the earlier one is gone too
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
