@@ -419,6 +419,17 @@ class _CompareHelp(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescripti
     """Option defaults in the help, and the epilog's examples as written."""
 
 
+def _percent(text: str) -> float:
+    """--target: a percentage in (0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage > 0 and <= 100, got {text!r}")
+    return value
+
+
 def _add_compare(sub):
     from .compare import DEFAULT_METHODS, DEFAULT_SEEDS
 
@@ -441,6 +452,8 @@ def _add_compare(sub):
     p.add_argument("--workers", type=_ranged("epochs"), default=None, metavar="N",
                    help="worker processes of the local cluster (without it: the cores, at most the number of "
                    "runs)")
+    p.add_argument("--target", type=_percent, default=90.0, metavar="PERCENT",
+                   help="the test accuracy whose first epoch the table reports")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_data_model_options(p)
     _add_training_options(
@@ -461,7 +474,7 @@ def cmd_compare(args) -> int:
     argv = getattr(args, "argv", None)
     command = "refbnn " + shlex.join(argv) if argv is not None else None
     result = compare(runs, args.out, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress,
-                     command=command, overwrite=args.overwrite)
+                     command=command, overwrite=args.overwrite, target=args.target / 100)
     print(table_markdown(result["rows"]))
     print(f"{len(runs)} runs in {result['seconds']:.0f} s on {result['workers']} workers; report written to "
           f"{os.path.join(args.out, 'README.md')}")

@@ -32,7 +32,7 @@ message; the others go on.
 
 Summary statistics (``summarize``): per method, over the seeds whose run finished, the mean and the
 sample standard deviation (ddof = 1) of the final test accuracy; the first epoch (1-based) whose test
-accuracy reaches ``TARGET_ACCURACY`` (0.9), averaged over the seeds that reach it; the last epoch's
+accuracy reaches a target (``TARGET_ACCURACY``, 0.9, unless given), averaged over the seeds that reach it; the last epoch's
 weight flip ratio (the metrics' ``flip_ratio_mean[-1]``: the share of binary weights whose sign changes
 per optimizer step, averaged over the epoch, as Larq's flip-ratio metric, larq/larq
 ``larq/metrics.py``); and the mean of the runs' training seconds.
@@ -324,11 +324,13 @@ def usable_cores() -> int:
 # ---- the comparison ------------------------------------------------------------------------------------
 def compare(runs: list[Run], out: str, scheduler: str | None = None, workers: int | None = None,
             progress: bool = True, command: str | None = None, overwrite: bool = False,
-            title: str | None = None) -> dict:
+            title: str | None = None, target: float = TARGET_ACCURACY) -> dict:
     """Run ``runs`` on Dask (a LocalCluster of ``workers`` processes, default one per core, or the
     cluster at ``scheduler``) and write the report into ``out``. Returns ``{"runs": runs, "rows":
     summarize(runs), "seconds": wall time, "machines": [...], "failed": n}``."""
     check_out(out, overwrite)
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise CompareError(f"target: expected a test accuracy in (0, 1], got {target!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise CompareError(f"workers: expected a positive integer, got {workers!r}")
     if scheduler is not None and workers is not None:
@@ -380,16 +382,16 @@ def compare(runs: list[Run], out: str, scheduler: str | None = None, workers: in
                 bar.close()
     seconds = time.perf_counter() - t0
     machines = _machines(runs, worker_infos)
-    rows = summarize(runs)
+    rows = summarize(runs, target)
     result = {"runs": runs, "rows": rows, "seconds": seconds, "machines": machines,
-              "failed": sum(r.error is not None for r in runs), "scheduler": scheduler, "workers": len(worker_infos),
+              "target": target, "failed": sum(r.error is not None for r in runs), "scheduler": scheduler, "workers": len(worker_infos),
               "malloc_trim_threshold": sorted({i["malloc_trim_threshold"] for i in worker_infos.values()
                                                if i.get("malloc_trim_threshold") is not None})}
     title = title or _title(runs)
     finished = [r.metrics for r in runs if r.metrics is not None]
     result["plot"] = os.path.join(out, "learning_curves.png") if finished else None
     if finished:
-        plot_runs(finished, result["plot"], title)
+        plot_runs(finished, result["plot"], title, target)
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(report_markdown(result, command=command, title=title))
     return result
@@ -429,9 +431,9 @@ def _mean_std(values):
     return mean, std
 
 
-def summarize(runs: list[Run]) -> list[dict]:
+def summarize(runs: list[Run], target: float = TARGET_ACCURACY) -> list[dict]:
     """Per method (in the order of ``runs``): n_runs, n_ok, accuracy mean/std (fractions), the epochs to
-    TARGET_ACCURACY (mean over the seeds that reach it, and how many do), the final flip ratio (mean; None
+    ``target`` (mean over the seeds that reach it, and how many do), the final flip ratio (mean; None
     when the metrics have no ``flip_ratio_mean``), mean seconds, and the failed seeds' errors."""
     rows = []
     for method in dict.fromkeys(r.method for r in runs):
@@ -443,12 +445,13 @@ def summarize(runs: list[Run]) -> list[dict]:
                "flip_ratio": None, "seconds": None}
         if ok:
             row["accuracy_mean"], row["accuracy_std"] = _mean_std([r.metrics["test_accuracy"] for r in ok])
-            reached = [e for e in (epochs_to_reach(r.metrics["test_accuracy_per_epoch"]) for r in ok) if e is not None]
+            reached = [e for e in (epochs_to_reach(r.metrics["test_accuracy_per_epoch"], target) for r in ok) if e is not None]
             row["n_reached"] = len(reached)
             row["epochs_to_target"] = sum(reached) / len(reached) if reached else None
             flips = [r.metrics["flip_ratio_mean"][-1] for r in ok if r.metrics.get("flip_ratio_mean")]
             row["flip_ratio"] = sum(flips) / len(flips) if flips and len(flips) == len(ok) else None
             row["seconds"] = sum(r.metrics["seconds"] for r in ok) / len(ok)
+        row["target"] = target
         rows.append(row)
     return rows
 
@@ -459,7 +462,7 @@ def _cell(text: str) -> str:
 
 def table_markdown(rows: list[dict]) -> str:
     """The markdown table of :func:`summarize`'s rows."""
-    target = f"{100 * TARGET_ACCURACY:g} %"
+    target = f"{100 * (rows[0]['target'] if rows else TARGET_ACCURACY):g} %"
     lines = [f"| method | test accuracy % (mean ± std) | epochs to {target} test accuracy | final flip ratio | "
              f"seconds per run | runs |",
              "|---|---|---|---|---|---|"]
@@ -497,7 +500,7 @@ def report_markdown(result: dict, command: str | None = None, title: str = "") -
         lines += ["Command:", "", "```bash", command, "```", ""]
     lines += [table_markdown(result["rows"]), "",
               f"Test accuracy after the last epoch over seeds {', '.join(map(str, seeds))} (std: the sample standard "
-              f"deviation, n - 1); epochs to {100 * TARGET_ACCURACY:g} %: the first epoch whose test accuracy "
+              f"deviation, n - 1); epochs to {100 * result['target']:g} %: the first epoch whose test accuracy "
               f"reaches it, averaged over the runs that do; final flip ratio: the share of binary weights whose "
               f"sign changes per optimizer step in the last epoch (`flip_ratio_mean[-1]` of the metrics; n/a "
               f"where the metrics do not have it); seconds: the training time of one run (one thread).", ""]
@@ -523,19 +526,19 @@ def report_markdown(result: dict, command: str | None = None, title: str = "") -
 
 
 # ---- the learning curves ----------------------------------------------------------------------------
-def plot_runs(metrics: list[dict], out_png: str, title: str):
+def plot_runs(metrics: list[dict], out_png: str, title: str, target: float = TARGET_ACCURACY):
     """The learning curves: ``refbnn.plots.plot_learning_curves`` where it exists, else
     :func:`_plot_learning_curves`."""
     try:
         from .plots import plot_learning_curves  # noqa: PLC0415
     except ImportError:
-        plot_learning_curves = _plot_learning_curves
+        return _plot_learning_curves(metrics, out_png, title, target)
     return plot_learning_curves(metrics, out_png, title)
 
 
-def _plot_learning_curves(runs: list[dict], out_png: str, title: str):
+def _plot_learning_curves(runs: list[dict], out_png: str, title: str, target: float = TARGET_ACCURACY):
     """Mean test accuracy per epoch of each method over its runs, with a band of ± one standard deviation
-    (ddof = 1) where there are two runs or more; a dotted line at TARGET_ACCURACY."""
+    (ddof = 1) where there are two runs or more; a dotted line at ``target``."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -556,7 +559,7 @@ def _plot_learning_curves(runs: list[dict], out_png: str, title: str):
             std = acc.std(axis=0, ddof=1)
             ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.axhline(100 * TARGET_ACCURACY, color="grey", linestyle=":", linewidth=1)
+    ax.axhline(100 * target, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(title)

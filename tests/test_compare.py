@@ -98,6 +98,9 @@ def test_summary_numbers_by_hand():
     assert table[2] == "| bnn | 94.00 ± 4.00 | 1.7 | 4.00e-02 | 4.0 | 3 |"
     assert table[3].startswith("| xnor | 88.00 ± 11.31 | 1.0 (1 of 2 runs; the others not reached) | n/a |")
     assert table[4] == "| recu | failed | – | – | – | 0 of 2 finished; seeds 0, 1 failed: training diverged in epoch 1 |"
+    strict = summarize(runs, target=0.95)
+    assert strict[0]["n_reached"] == 1 and strict[0]["epochs_to_target"] == 2  # only seed 2 reaches 95 %
+    assert "| epochs to 95 % test accuracy |" in table_markdown(strict)
     never = table_markdown(summarize([_run("bnn", 0, 0.5, [0.4, 0.5])])).splitlines()[2]
     assert never == "| bnn | 50.00 (1 run) | not reached | n/a | 1.0 | 1 |"
 
@@ -120,6 +123,8 @@ def test_cli_unknown_method_fails_before_anything(tmp_path):
     assert res.returncode == 2, res.stderr
     assert "unknown method 'bogus'; known methods: float, bc, bnn" in res.stderr
     assert not (tmp_path / "rep").exists()
+    res = _cli(["compare", "--target", "101", "--out", "rep"], cwd=tmp_path, timeout=60)
+    assert res.returncode == 2 and "--target: expected a percentage > 0 and <= 100, got '101'" in res.stderr
 
 
 # ---- against a real Dask cluster ------------------------------------------------------------------------
