@@ -40,6 +40,7 @@ per optimizer step, averaged over the epoch, as Larq's flip-ratio metric, larq/l
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
@@ -454,6 +455,28 @@ def summarize(runs: list[Run], target: float = TARGET_ACCURACY) -> list[dict]:
         row["target"] = target
         rows.append(row)
     return rows
+
+
+def load_runs(out: str) -> list[Run]:
+    """The runs of a report directory (``out``/runs/*.json, as :func:`compare` wrote them), in (method,
+    seed) order, e.g. to summarize them at another target: ``summarize(load_runs("report"), 0.99)``."""
+    runs = []
+    directory = os.path.join(out, "runs")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory}: no such directory (expected the runs of a refbnn compare report)")
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".json"):
+            continue
+        with open(os.path.join(directory, name)) as f:
+            record = json.load(f)
+        if not isinstance(record, dict) or "method" not in record or "seed" not in record:
+            raise ValueError(f"{os.path.join(directory, name)}: expected a run's metrics or error record")
+        if "error" in record and "test_accuracy" not in record:
+            runs.append(Run(record["method"], record["seed"], record.get("settings", {}), error=record["error"]))
+        else:
+            runs.append(Run(record["method"], record["seed"], {}, metrics=record))
+    runs.sort(key=lambda r: (r.method, r.seed))
+    return runs
 
 
 def _cell(text: str) -> str:

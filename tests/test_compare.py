@@ -12,8 +12,8 @@ import time
 import pytest
 
 import refbnn
-from refbnn.compare import (CompareError, Run, check_out, epochs_to_reach, parse_methods, plan_runs, split_params,
-                            summarize, table_markdown)
+from refbnn.compare import (CompareError, Run, check_out, epochs_to_reach, load_runs, parse_methods, plan_runs,
+                            split_params, summarize, table_markdown)
 from refbnn.methods import METHODS
 
 # the directory that holds the refbnn under test (installed, or a source checkout with the kernels built)
@@ -179,6 +179,9 @@ def test_sweep_on_a_cluster_reports_every_run(cluster, tmp_path):
     assert ok["method"] == "recu" and ok["seed"] == 1 and ok["epochs"] == 2 and len(ok["test_accuracy_per_epoch"]) == 2
     bad = json.loads((rep / "runs" / "bnnpp-seed0.json").read_text())
     assert "training diverged" in bad["error"] and bad["settings"]["method_params"] == {"beta_start": 1e308}
+    again = summarize(load_runs(str(rep)))  # the report's runs read back give the README's rows
+    assert table_markdown(again).splitlines()[2:] == sorted(line for line in readme.splitlines()
+                                                            if line.startswith("| b") or line.startswith("| r"))
     png = (rep / "learning_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
