@@ -530,3 +530,13 @@ def test_convention_fields_are_settings():
     names = {f.name for f in dataclasses.fields(Convention)} - {"name"}
     known = _layer_settings_names(xc.Request(method="bnn").resolve(), "conv2d")
     assert names <= known
+
+
+@pytest.mark.parametrize("request_kw,what", [(dict(quantizer="ste_sign"), "a quantizer"),
+                                              (dict(method="bnn", part="input"), r"a quantizer \(--part input\)"),
+                                              (dict(schedule="irnet_tk", convention="paper"), "a schedule")])
+def test_padding_outside_a_layer_check_is_refused(request_kw, what):
+    # --padding only means something for a layer; given with a quantizer or a schedule it used to be ignored
+    x = np.linspace(-2, 2, 9).astype(np.float32)
+    with pytest.raises(xc.BundleError, match=f"--padding 'same'.*checked as {what}, which has no padding"):
+        xc.crosscheck({"x": x, "out": np.sign(x)}, padding="same", **request_kw)

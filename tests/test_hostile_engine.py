@@ -377,3 +377,17 @@ def test_ops_and_layers_on_hostile_arrays(data, name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         check_hostile(fn, x, accepts_inf=accepts_inf)
+
+
+def test_backward_refuses_a_dout_of_the_wrong_shape():
+    # a dout with the right number of values but another shape used to be reshaped or sliced silently
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    _, cache = ops.flatten_forward(x)
+    with pytest.raises(ValueError, match=r"dout: expected shape \(2, 48\)"):
+        ops.flatten_backward(np.ones((4, 24), np.float32), cache)
+    out, cache = ops.shortcut_a_forward(x, 2, 1, 1)
+    with pytest.raises(ValueError, match=r"dout: expected shape \(2, 5, 2, 2\)"):
+        ops.shortcut_a_backward(np.ones((2, 6, 2, 2), np.float32), cache)
+    w = np.sign(np.random.default_rng(1).standard_normal((5, 3, 3, 3))).astype(np.float32)
+    with pytest.raises(ValueError, match=r"dout: expected shape \(2, 5, \*, \*\)"):
+        ops.conv2d_backward_from_input(np.ones((3, 5, 4, 4), np.float32), x, w, (1, 1), (1, 1), (1, 1), 1)

@@ -120,6 +120,11 @@ class Request:
             elif own is not None and r.part != own:
                 raise BundleError(f"--part {r.part}: quantizer {r.quantizer} quantizes {own}s only "
                                   f"(--part {own}, the default for it)")
+        if self.padding is not None and (r.mode in ("schedule", "quantizer") or r.part in ("weight", "input")):
+            what = "a schedule" if r.mode == "schedule" else "a quantizer" + (f" (--part {r.part})" if r.part else "")
+            raise BundleError(f"--padding {self.padding!r}: padding is a setting of a layer check (--part layer with "
+                              f"--method or --input-quantizer/--kernel-quantizer); this bundle is checked as {what}, "
+                              f"which has no padding; remove --padding")
         return r
 
     def describe(self) -> dict:

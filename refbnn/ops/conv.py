@@ -50,6 +50,9 @@ def conv2d_backward_from_input(dout, x, w, stride, padding, dilation, groups, pa
     Returns (dx, {"weight": dW}). Arguments as normalised by :func:`conv2d_forward` (pairs; padding a pair
     or a 4-tuple)."""
     n = x.shape[0]
+    if not hasattr(dout, "shape") or len(dout.shape) != 4 or dout.shape[:2] != (n, w.shape[0]):
+        raise ValueError(f"dout: expected shape ({n}, {w.shape[0]}, *, *) for this input and weight, got "
+                         f"{tuple(getattr(dout, 'shape', ()))}")
     per_sample = w.shape[1] * groups * w.shape[2] * w.shape[3] * dout.shape[2] * dout.shape[3] * x.itemsize
     step = max(1, chunk_bytes // max(per_sample, 1))
     xp = array_module(x)

@@ -9,6 +9,8 @@ shortcut A:    (He et al. 2016, CIFAR ResNets) subsample (stride s: x[:, :, ::s,
 """
 from __future__ import annotations
 
+import math
+
 from ..checks import array_module, check_choice_arg, check_float_array, check_int, check_same_dtype, check_shape
 from .pooling import avgpool2d_backward, avgpool2d_forward
 
@@ -21,6 +23,7 @@ def flatten_forward(x):
 
 
 def flatten_backward(dout, cache):
+    check_shape(dout, "dout", (cache[0], math.prod(cache[1:])))
     return dout.reshape(cache), {}
 
 
@@ -53,11 +56,12 @@ def shortcut_a_forward(x, stride=2, pad_before=0, pad_after=0, mode="subsample")
     n, c, h, w = sub.shape
     out = xp.zeros((n, c + pad_before + pad_after, h, w), dtype=x.dtype)
     out[:, pad_before:pad_before + c] = sub
-    return out, (x.shape, stride, pad_before, c, mode, sub_cache)
+    return out, (x.shape, stride, pad_before, c, mode, sub_cache, out.shape)
 
 
 def shortcut_a_backward(dout, cache):
-    x_shape, stride, pad_before, c, mode, sub_cache = cache
+    x_shape, stride, pad_before, c, mode, sub_cache, out_shape = cache
+    check_shape(dout, "dout", out_shape)
     xp = array_module(dout)
     dsub = dout[:, pad_before:pad_before + c]
     if stride == 1:
