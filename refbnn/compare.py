@@ -250,6 +250,22 @@ def _prepare_out(out: str):
 
 
 # ---- the cluster ---------------------------------------------------------------------------------------
+def check_address(address: str):
+    """A scheduler address as Dask writes it: [PROTOCOL://]HOST:PORT (tcp:// when no protocol is given),
+    e.g. tcp://10.0.0.5:8786; CompareError otherwise."""
+    from distributed.comm.addressing import parse_address, parse_host_port  # noqa: PLC0415
+
+    try:
+        protocol, location = parse_address(address)
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError) as exc:
+        raise CompareError(f"--scheduler {address!r}: expected a Dask scheduler address tcp://HOST:PORT, e.g. "
+                           f"tcp://10.0.0.5:8786 ({exc})") from None
+    if not host or not 0 < int(port) < 65536:
+        raise CompareError(f"--scheduler {address!r}: expected a Dask scheduler address tcp://HOST:PORT with a host "
+                           f"and a port in 1..65535")
+
+
 @contextlib.contextmanager
 def _client(scheduler: str | None, n_workers: int):
     """A ``distributed.Client``: to ``scheduler``, or to a new LocalCluster of ``n_workers`` single-thread
@@ -262,6 +278,7 @@ def _client(scheduler: str | None, n_workers: int):
     import dask  # noqa: PLC0415
 
     if scheduler is not None:
+        check_address(scheduler)
         try:
             client = distributed.Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False)
         except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ValueError for a bad address

@@ -237,3 +237,7 @@ def test_unreachable_scheduler_fails_fast_before_any_run(tmp_path):
     assert f"cannot reach the Dask scheduler at {address}" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr  # one line, no traceback
     assert not (tmp_path / "rep").exists()
+    for bad in ("not an address", "tcp://host", "tcp://:8786", "tcp://host:99999"):
+        res = _cli(["compare", "--scheduler", bad, "--out", "rep"], cwd=tmp_path, timeout=60)
+        assert res.returncode == 2 and "expected a Dask scheduler address tcp://HOST:PORT" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "rep").exists()
