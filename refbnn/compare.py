@@ -32,8 +32,8 @@ message; the others go on.
 
 Summary statistics (``summarize``): per method, over the seeds whose run finished, the mean and the
 sample standard deviation (ddof = 1) of the final test accuracy; the first epoch (1-based) whose test
-accuracy reaches a target (``TARGET_ACCURACY``, 0.9, unless given), averaged over the seeds that reach it; the last epoch's
-weight flip ratio (the metrics' ``flip_ratio_mean[-1]``: the share of binary weights whose sign changes
+accuracy reaches a target (``TARGET_ACCURACY``, 0.9, unless given), averaged over the seeds that reach
+it; the last epoch's weight flip ratio (the metrics' ``flip_ratio_mean[-1]``: the share of binary weights whose sign changes
 per optimizer step, averaged over the epoch, as Larq's flip-ratio metric, larq/larq
 ``larq/metrics.py``); and the mean of the runs' training seconds.
 """
@@ -345,7 +345,8 @@ def compare(runs: list[Run], out: str, scheduler: str | None = None, workers: in
             title: str | None = None, target: float = TARGET_ACCURACY) -> dict:
     """Run ``runs`` on Dask (a LocalCluster of ``workers`` processes, default one per core, or the
     cluster at ``scheduler``) and write the report into ``out``. Returns ``{"runs": runs, "rows":
-    summarize(runs), "seconds": wall time, "machines": [...], "failed": n}``."""
+    summarize(runs, target), "seconds": wall time, "machines": [...], "failed": n, "plot": the PNG or None,
+    ...}``."""
     check_out(out, overwrite)
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
         raise CompareError(f"target: expected a test accuracy in (0, 1], got {target!r}")
@@ -401,8 +402,8 @@ def compare(runs: list[Run], out: str, scheduler: str | None = None, workers: in
     seconds = time.perf_counter() - t0
     machines = _machines(runs, worker_infos)
     rows = summarize(runs, target)
-    result = {"runs": runs, "rows": rows, "seconds": seconds, "machines": machines,
-              "target": target, "failed": sum(r.error is not None for r in runs), "scheduler": scheduler, "workers": len(worker_infos),
+    result = {"runs": runs, "rows": rows, "seconds": seconds, "machines": machines, "target": target,
+              "failed": sum(r.error is not None for r in runs), "scheduler": scheduler, "workers": len(worker_infos),
               "malloc_trim_threshold": sorted({i["malloc_trim_threshold"] for i in worker_infos.values()
                                                if i.get("malloc_trim_threshold") is not None})}
     title = title or _title(runs)
@@ -463,7 +464,8 @@ def summarize(runs: list[Run], target: float = TARGET_ACCURACY) -> list[dict]:
                "flip_ratio": None, "seconds": None}
         if ok:
             row["accuracy_mean"], row["accuracy_std"] = _mean_std([r.metrics["test_accuracy"] for r in ok])
-            reached = [e for e in (epochs_to_reach(r.metrics["test_accuracy_per_epoch"], target) for r in ok) if e is not None]
+            reached = [e for e in (epochs_to_reach(r.metrics["test_accuracy_per_epoch"], target) for r in ok)
+                       if e is not None]
             row["n_reached"] = len(reached)
             row["epochs_to_target"] = sum(reached) / len(reached) if reached else None
             flips = [r.metrics["flip_ratio_mean"][-1] for r in ok if r.metrics.get("flip_ratio_mean")]

@@ -97,7 +97,8 @@ def test_summary_numbers_by_hand():
     table = table_markdown(list(rows.values())).splitlines()
     assert table[2] == "| bnn | 94.00 ± 4.00 | 1.7 | 4.00e-02 | 4.0 | 3 |"
     assert table[3].startswith("| xnor | 88.00 ± 11.31 | 1.0 (1 of 2 runs; the others not reached) | n/a |")
-    assert table[4] == "| recu | failed | – | – | – | 0 of 2 finished; seeds 0, 1 failed: training diverged in epoch 1 |"
+    assert table[4] == ("| recu | failed | – | – | – | 0 of 2 finished; seeds 0, 1 failed: training diverged in "
+                        "epoch 1 |")
     strict = summarize(runs, target=0.95)
     assert strict[0]["n_reached"] == 1 and strict[0]["epochs_to_target"] == 2  # only seed 2 reaches 95 %
     assert "| epochs to 95 % test accuracy |" in table_markdown(strict)
