@@ -33,9 +33,9 @@ message; the others go on.
 Summary statistics (``summarize``): per method, over the seeds whose run finished, the mean and the
 sample standard deviation (ddof = 1) of the final test accuracy; the first epoch (1-based) whose test
 accuracy reaches a target (``TARGET_ACCURACY``, 0.9, unless given), averaged over the seeds that reach
-it; the last epoch's weight flip ratio (the metrics' ``flip_ratio_mean[-1]``: the share of binary weights whose sign changes
-per optimizer step, averaged over the epoch, as Larq's flip-ratio metric, larq/larq
-``larq/metrics.py``); and the mean of the runs' training seconds.
+it; the last epoch's weight flip ratio (the metrics' ``flip_ratio_mean[-1]``: the share of binary
+weights whose sign changes per optimizer step, averaged over the epoch, as Larq's flip-ratio metric,
+larq/larq ``larq/metrics.py``); and the mean of the runs' training seconds.
 """
 from __future__ import annotations
 
