@@ -1,5 +1,5 @@
-"""Command line: ``refbnn train``, ``refbnn crosscheck``, ``refbnn info``, ``refbnn summary``, ``refbnn plot``
-(also ``python -m refbnn ...``)."""
+"""Command line: ``refbnn train``, ``refbnn crosscheck``, ``refbnn info``, ``refbnn summary``, ``refbnn plot``,
+``refbnn compare``, ``refbnn export``, ``refbnn infer`` (also ``python -m refbnn ...``)."""
 from __future__ import annotations
 
 import argparse
@@ -86,9 +86,13 @@ memory, a write failed; the message says why), 2 bad input: an option, a file or
 names it), 130 interrupted. Errors are one line on stderr; REFBNN_TRACEBACK=1 adds the traceback."""
 
 
-def _add_train(sub):
-    p = sub.add_parser("train", help="train a (binary) network; with no options, the main job on the digits data",
-                       epilog=TRAIN_EPILOG, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+PARAM_HELP = ("override a method parameter (repeatable), e.g. T_min=1e-3, clip_value=1.2, "
+              "weight_quantizer=stochastic_sign; see refbnn/methods.py. VALUE none is None, a value in "
+              "quotes is that string: input.scale=\"'none'\" is the string 'none'")
+
+
+def _add_data_model_options(p):
+    """The data set and model options, shared by refbnn train and refbnn compare."""
     p.add_argument("--dataset", default="digits", choices=DATASETS)
     p.add_argument("--data-dir", type=_path, default=None,
                    help="directory with the MNIST IDX or CIFAR-10 binary files")
@@ -96,14 +100,15 @@ def _add_train(sub):
                    help=f"default per data set: {DEFAULT_MODEL}")
     p.add_argument("--width", type=_ranged("width"), default=1.0,
                    help=f"channel/width multiplier of the model ({RANGES['width'].describe()})")
-    p.add_argument("--method", default="recu", choices=list(METHODS), help="quantization method")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a method parameter (repeatable), e.g. T_min=1e-3, clip_value=1.2, "
-                        "weight_quantizer=stochastic_sign; see refbnn/methods.py. VALUE none is None, a value in "
-                        "quotes is that string: input.scale=\"'none'\" is the string 'none'")
+
+
+def _add_training_options(p, param_help=PARAM_HELP, epochs_help=f"default per data set: {DEFAULT_EPOCHS}"):
+    """The options of one training run (method parameters, convention, epochs, optimizer, learning rate),
+    shared by refbnn train and refbnn compare; :func:`_run_settings` reads them back."""
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help=param_help)
     p.add_argument("--convention", default="paper", choices=sorted(PRESETS),
                    help="paper or official-code conventions (sign(0), padding, statistics, schedule clock)")
-    p.add_argument("--epochs", type=_ranged("epochs"), default=None, help=f"default per data set: {DEFAULT_EPOCHS}")
+    p.add_argument("--epochs", type=_ranged("epochs"), default=None, help=epochs_help)
     p.add_argument("--batch-size", type=_ranged("batch_size"), default=64)
     p.add_argument("--lr", type=_ranged("lr"), default=None, help="base learning rate (default: the method's)")
     p.add_argument("--optimizer", default=None, choices=sorted(OPTIMIZER_NAMES),
@@ -114,6 +119,24 @@ def _add_train(sub):
     p.add_argument("--weight-decay", type=_ranged("weight_decay"), default=None, help="default: the method's")
     p.add_argument("--lr-schedule", default="cosine", choices=sorted(LR_SCHEDULES))
     p.add_argument("--warmup-epochs", type=_ranged("warmup_epochs"), default=0, help="at most --epochs")
+
+
+# TrainConfig fields set by _add_data_model_options and _add_training_options (--param aside)
+RUN_SETTINGS = ("dataset", "data_dir", "model", "width", "convention", "epochs", "batch_size", "lr", "optimizer",
+                "bop_threshold", "bop_gamma", "weight_decay", "lr_schedule", "warmup_epochs")
+
+
+def _run_settings(args) -> dict:
+    """The TrainConfig fields given by the shared options."""
+    return {name: getattr(args, name) for name in RUN_SETTINGS}
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a (binary) network; with no options, the main job on the digits data",
+                       epilog=TRAIN_EPILOG, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_data_model_options(p)
+    p.add_argument("--method", default="recu", choices=list(METHODS), help="quantization method")
+    _add_training_options(p)
     p.add_argument("--seed", type=_ranged("seed"), default=0, help=RANGES["seed"].describe())
     p.add_argument("--out", type=_path, default=None,
                    help="directory for checkpoint.npz (written after every epoch)")
@@ -146,13 +169,9 @@ def _check_kernel_path():
 def cmd_train(args) -> int:
     params = parse_params(args.param)  # refuses a name given twice
     _check_kernel_path()
-    cfg = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model, width=args.width,
-                      method=args.method, method_params=params or None, convention=args.convention,
-                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                      bop_threshold=args.bop_threshold, bop_gamma=args.bop_gamma,
-                      weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
-                      warmup_epochs=args.warmup_epochs, seed=args.seed, out=args.out, resume=args.resume,
-                      overwrite=args.overwrite, metrics_json=args.metrics_json, progress=not args.no_progress)
+    cfg = TrainConfig(**_run_settings(args), method=args.method, method_params=params or None, seed=args.seed,
+                      out=args.out, resume=args.resume, overwrite=args.overwrite, metrics_json=args.metrics_json,
+                      progress=not args.no_progress)
     with warnings.catch_warnings():  # overflow on the way to a divergence: reported as one line instead
         warnings.simplefilter("ignore", RuntimeWarning)
         m = train(cfg)
@@ -385,6 +404,86 @@ def cmd_summary(args) -> int:
     return 0
 
 
+# ---- refbnn compare: methods x seeds as Dask tasks, a markdown report (refbnn/compare.py) ----------
+COMPARE_EPILOG = """examples:
+  refbnn compare                                     # bnn,xnor,bireal,irnet,recu,bnnpp x 3 seeds on digits
+  refbnn compare --methods bnn,recu --seeds 5 --epochs 10 --out report-small/
+  refbnn compare --param bnnpp:beta_end=50           # a parameter of one method (KEY=VALUE: of every method)
+  refbnn compare --scheduler tcp://10.0.0.5:8786     # an existing cluster: dask scheduler / dask worker
+exit status: 0 every run finished, 1 some run failed (the report names it and its error; the others are
+reported), 2 bad input (a method name, an option, --param, the output directory, a scheduler that does not
+answer), 130 interrupted. Writes OUT/README.md, OUT/learning_curves.png, OUT/runs/<method>-seed<k>.json."""
+
+
+class _CompareHelp(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Option defaults in the help, and the epilog's examples as written."""
+
+
+def _percent(text: str) -> float:
+    """--target: a percentage in (0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage > 0 and <= 100, got {text!r}")
+    return value
+
+
+def _add_compare(sub):
+    from .compare import DEFAULT_METHODS, DEFAULT_SEEDS
+
+    p = sub.add_parser("compare", help="train one network with several methods and seeds (Dask tasks); write a "
+                       "report: table, learning curves, metrics JSON", epilog=COMPARE_EPILOG,
+                       description="Train the same network with each method and seed as independent Dask tasks "
+                       "(a local cluster of one single-thread worker process per core, or --scheduler), and "
+                       "write OUT/README.md: per method the mean ± std test accuracy, the epochs to 90 % test "
+                       "accuracy, the final weight flip ratio and the seconds per run.",
+                       formatter_class=_CompareHelp)
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M1,M2,...",
+                   help=f"methods to compare (known: {', '.join(METHODS)})")
+    p.add_argument("--seeds", type=_ranged("epochs"), default=DEFAULT_SEEDS, metavar="N",
+                   help="runs per method, with seeds 0 .. N-1")
+    p.add_argument("--out", type=_path, default="report", help="the report directory")
+    p.add_argument("--overwrite", action="store_true", help="replace the report of an earlier compare in OUT")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="an existing Dask scheduler, e.g. tcp://host:8786; without it, a local cluster on this "
+                   "machine's cores")
+    p.add_argument("--workers", type=_ranged("epochs"), default=None, metavar="N",
+                   help="worker processes of the local cluster (without it: the cores, at most the number of "
+                   "runs)")
+    p.add_argument("--target", type=_percent, default=90.0, metavar="PERCENT",
+                   help="the test accuracy whose first epoch the table reports")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_data_model_options(p)
+    _add_training_options(
+        p, param_help="override a method parameter (repeatable): KEY=VALUE for every method (each must accept "
+        "it), METHOD:KEY=VALUE for one, e.g. bnnpp:beta_end=50; values as for refbnn train --param",
+        epochs_help=f"epochs of every run (default per data set, as refbnn train: {DEFAULT_EPOCHS}; the "
+        "default comparison on digits takes about 2 minutes on 2 cores)")
+
+
+def cmd_compare(args) -> int:
+    import shlex
+
+    from .compare import compare, parse_methods, plan_runs, table_markdown
+
+    methods = parse_methods(args.methods)
+    runs = plan_runs(methods, args.seeds, _run_settings(args), parse_params(args.param))
+    _check_kernel_path()
+    argv = getattr(args, "argv", None)
+    command = "refbnn " + shlex.join(argv) if argv is not None else None
+    result = compare(runs, args.out, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress,
+                     command=command, overwrite=args.overwrite, target=args.target / 100)
+    print(table_markdown(result["rows"]))
+    print(f"{len(runs)} runs in {result['seconds']:.0f} s on {result['workers']} workers; report written to "
+          f"{os.path.join(args.out, 'README.md')}")
+    if result["failed"]:
+        print(f"refbnn compare: {result['failed']} of {len(runs)} runs failed (see the table)", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 # ---- refbnn plot: figures of quantizers, schedules, weights and runs (refbnn/plots.py, needs matplotlib) --
 PLOT_EPILOG = """figures are written to files (PNG unless --out names another format matplotlib knows); matplotlib
 is needed (pip install 'refbnn[plot]'), a display is not. exit status: 0 written, 2 bad input (an unknown name
@@ -466,11 +565,14 @@ def main(argv=None) -> int:
     _add_inference(sub)
     _add_summary(sub)
     _add_plot(sub)
+    _add_compare(sub)
     p = sub.add_parser("info", help="versions and the kernel backends that are available")
     p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     command = {"train": cmd_train, "crosscheck": cmd_crosscheck, "info": cmd_info, "export": cmd_export,
-               "infer": cmd_infer, "summary": cmd_summary, "plot": cmd_plot}[args.command]
+               "infer": cmd_infer, "summary": cmd_summary, "plot": cmd_plot,
+               "compare": cmd_compare}[args.command]
     try:
         return command(args)
     except KeyboardInterrupt:
