@@ -4,8 +4,9 @@ The paths (``avx512``, ``avx2``, ``scalar``; see :mod:`refbnn.kernels._bitpack`)
 bits, so the choice only decides speed, and the widest path is not always the fastest: on an
 AVX2-only AMD EPYC the scalar ``popcnt`` loop runs ``bgemm`` faster than the AVX2 nibble-lookup loop.
 So when the path is ``"auto"`` (no ``path=``, ``REFBNN_KERNEL_PATH`` unset, empty or ``auto``), the
-first kernel call that needs a path runs a short timing run (about 0.2 s) of every path this CPU
-supports on one bgemm and one bconv2d shape, on one thread, and picks the fastest:
+first kernel call that needs a path runs a short timing run (at most about 0.2 s; 0.1 s on an
+AVX-512 Zen 5 core) of every path this CPU supports on one bgemm and one bconv2d shape, on one
+thread, and picks the fastest:
 
     score(path) = geometric mean over the shapes of  t(path, shape) / min over paths of t(·, shape)
 
