@@ -2,10 +2,14 @@
 
     python benchmarks/bench_kernels.py [--json PATH] [--shapes 64,64,4096 ...] [--quick]
 
-For each (M, N, K): binary GOP/s (2*M*N*K/t) of ``bgemm`` with 1 and 2 threads (and of the AVX2 and
-scalar paths, 1 thread), NumPy float32 matmul GFLOP/s with 1 and 2 BLAS threads (threadpoolctl),
-the NumPy ``np.bitwise_count`` packed baseline, the ratios, and the fraction of the peak measured
-here (independent xor + popcount + add on the widest registers, ``measure_peak``). Then the
+For each (M, N, K): binary GOP/s (2*M*N*K/t) of ``bgemm`` on the path ``auto`` runs (the one
+refbnn.kernels.dispatch measured fastest here) with 1 and 2 threads (and of the other paths, 1
+thread), NumPy float32 matmul GFLOP/s with 1 and 2 BLAS threads (threadpoolctl), the NumPy
+``np.bitwise_count`` packed baseline, the ratios, and the fraction of the machine's peak: the best
+of the instruction mixes of ``measure_machine_peak`` (independent xor + popcount + add on the
+vector registers, on the scalar popcnt, and both in one loop, so that the vector and the integer
+ports work together), measured first over every mix, then the best mix again beside each kernel.
+Then the
 ResNet-18 layer (3x3, 64->64, 56x56, padding 1) at batch 1 and 32: ``bconv2d`` (packed NHWC in,
 float out) and the layer's full path (float NCHW in and out, packing included) against NumPy's
 im2col + sgemm convolution, 1 thread each. Every kernel result is checked against NumPy before
@@ -42,7 +46,9 @@ K = compiled()
 SHAPES = [(64, 64, 4096), (256, 256, 2304), (1024, 1024, 1024), (4096, 4096, 4096), (3136, 64, 576),
           (196, 256, 2304)]
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-TARGETS = {"frac_peak_k1024": 0.85, "frac_peak_3136": 0.70, "vs_sgemm": 20.0, "two_threads": 1.8,
+# frac_peak_*: bgemm on the auto path, 1 thread, as a share of the machine peak (issue 13: >= 80 % of the
+# best instruction mix; the 3136x64x576 shape, 2 panels of columns, keeps its lower bar)
+TARGETS = {"frac_peak_k1024": 0.80, "frac_peak_3136": 0.70, "vs_sgemm": 20.0, "two_threads": 1.8,
            "scalar_gops": 400.0, "conv_vs_numpy": 15.0}
 
 
@@ -100,16 +106,24 @@ def interleaved(rates, rounds):
     return best
 
 
-def peak_rate(path, threads):
-    """The measured peak (binary GOP/s): independent xor + popcount + add, the best of short runs."""
-    return lambda: max(K.measure_peak(path, threads, seconds=0.005) for _ in range(3)) / 1e9
+def peak_rate(mix, threads):
+    """The machine peak (binary GOP/s) of one instruction mix of ``measure_machine_peak``: the best
+    of short runs."""
+    return lambda: max(K.measure_peak_mix(mix, threads, seconds=0.005) for _ in range(3)) / 1e9
+
+
+def machine_peak(rounds):
+    """Every mix of K.peak_mixes() on one thread, ``rounds`` interleaved rounds: {mix: GOP/s} and
+    the best mix."""
+    r = K.measure_machine_peak(threads=1, seconds=0.005, rounds=max(rounds, 3))
+    return {m: v / 1e9 for m, v in r["mixes"].items()}, r["mix"]
 
 
 def kernel_rate(ops, f, budget=0.05):
     return lambda: ops / best_time(f, budget, min_repeats=3) / 1e9
 
 
-def bench_gemm(shape, rng, rounds, numpy_only=False):
+def bench_gemm(shape, rng, rounds, mix=None, numpy_only=False):
     m, n, k = shape
     a = np.where(rng.random((m, k)) < 0.5, -1.0, 1.0).astype(np.float32)
     b = np.where(rng.random((n, k)) < 0.5, -1.0, 1.0).astype(np.float32)
@@ -129,13 +143,14 @@ def bench_gemm(shape, rng, rounds, numpy_only=False):
     for path in K.supported_paths():
         if not np.array_equal(K.bgemm(aw, bw, k, out=out, path=path), c):
             raise AssertionError(f"bgemm ({path}) disagrees with the float matmul")
-    best = row["path"] = K.supported_paths()[0]
+    best = row["path"] = K.resolve_path()           # what "auto" runs
     rates = {f"bgemm_{t}t": kernel_rate(ops, lambda t=t: K.bgemm(aw, bw, k, threads=t, out=out, path=best))
              for t in (1, 2)}
-    rates.update({f"peak_{t}t": peak_rate(best, t) for t in (1, 2)})
-    for path in K.supported_paths()[1:]:
-        rates[f"bgemm_{path}_1t"] = kernel_rate(ops, lambda p=path: K.bgemm(aw, bw, k, threads=1, out=out, path=p))
-        rates[f"peak_{path}_1t"] = peak_rate(path, 1)
+    rates.update({f"peak_{t}t": peak_rate(mix, t) for t in (1, 2)})
+    for path in K.supported_paths():
+        if path != best:
+            rates[f"bgemm_{path}_1t"] = kernel_rate(ops, lambda p=path: K.bgemm(aw, bw, k, threads=1, out=out,
+                                                                                    path=p))
     row.update(interleaved(rates, rounds))
     if m * n * k <= 2**32:
         assert np.array_equal(bitwise_count_matmul(aw, bw, k), c)
@@ -149,7 +164,7 @@ def bench_gemm(shape, rng, rounds, numpy_only=False):
     return row
 
 
-def bench_conv(batch, rng, rounds):
+def bench_conv(batch, rng, rounds, mix):
     """ResNet-18 layer: 3x3, 64 -> 64, 56x56, padding 1 (zero padding, exact), 1 thread."""
     c = o = 64
     x = np.where(rng.random((batch, c, 56, 56)) < 0.5, -1.0, 1.0).astype(np.float32)
@@ -175,7 +190,7 @@ def bench_conv(batch, rng, rounds):
 
     r = interleaved({"bconv2d": kernel_rate(ops, conv(1), 0.1), "bconv2d_2t": kernel_rate(ops, conv(2), 0.1),
                      "layer_path": kernel_rate(ops, layer_path, 0.1),
-                     "peak_1t": peak_rate(K.supported_paths()[0], 1)}, rounds)
+                     "peak_1t": peak_rate(mix, 1)}, rounds)
     return {"batch": batch, "numpy_im2col_sgemm_ms": 1e3 * t_np, "bconv2d_ms": ops / r["bconv2d"] / 1e6,
             "bconv2d_2t_ms": ops / r["bconv2d_2t"] / 1e6, "layer_path_ms": ops / r["layer_path"] / 1e6,
             "bconv2d_gops": r["bconv2d"], "peak_1t": r["peak_1t"],
@@ -183,7 +198,7 @@ def bench_conv(batch, rng, rounds):
 
 
 def derive(rows, convs):
-    """Ratios, and fractions of the peak measured beside each kernel."""
+    """Ratios, and fractions of the machine peak (the best mix) measured beside each kernel."""
     for r in rows:
         if r["numpy_sgemm_1t"]:
             r["vs_sgemm_1t"] = r["bgemm_1t"] / r["numpy_sgemm_1t"]
@@ -192,8 +207,9 @@ def derive(rows, convs):
         r["vs_bitwise_count"] = r["bgemm_1t"] / r["numpy_bitwise_count"]
         for t in (1, 2):
             r[f"frac_peak_{t}t"] = r[f"bgemm_{t}t"] / r[f"peak_{t}t"]
-        for p in K.supported_paths()[1:]:
-            r[f"frac_peak_{p}_1t"] = r[f"bgemm_{p}_1t"] / r[f"peak_{p}_1t"]
+        for p in K.supported_paths():
+            if f"bgemm_{p}_1t" in r:
+                r[f"frac_peak_{p}_1t"] = r[f"bgemm_{p}_1t"] / r["peak_1t"]
     for c in convs:
         c["speedup"] = c["numpy_im2col_sgemm_ms"] / c["bconv2d_ms"]
         c["speedup_layer_path"] = c["numpy_im2col_sgemm_ms"] / c["layer_path_ms"]
@@ -212,14 +228,15 @@ def targets(rows, convs):
         m, n, k = r["shape"]
         if k >= 1024 or (m, n, k) == (3136, 64, 576):
             want = TARGETS["frac_peak_k1024"] if k >= 1024 else TARGETS["frac_peak_3136"]
-            out.append((f"bgemm 1T fraction of peak {tuple(r['shape'])}", r["frac_peak_1t"], want))
+            out.append((f"bgemm 1T ({r['path']}) fraction of the machine peak {tuple(r['shape'])}", r["frac_peak_1t"],
+                        want))
         if r.get("vs_sgemm_1t") is not None:
             out.append((f"bgemm 1T / NumPy sgemm 1T {tuple(r['shape'])}", r["vs_sgemm_1t"], TARGETS["vs_sgemm"]))
         if m >= 256 and n >= 256:
             out.append((f"bgemm 2T / 1T {tuple(r['shape'])}", r["two_threads_speedup"], TARGETS["two_threads"]))
         if "bgemm_scalar_1t" in r:
-            out.append((f"scalar path GOP/s {tuple(r['shape'])} ({100 * r['frac_peak_scalar_1t']:.0f}% of the scalar "
-                        f"peak)", r["bgemm_scalar_1t"], TARGETS["scalar_gops"]))
+            out.append((f"scalar path GOP/s {tuple(r['shape'])} ({100 * r['frac_peak_scalar_1t']:.0f}% of the "
+                        f"machine peak)", r["bgemm_scalar_1t"], TARGETS["scalar_gops"]))
     for c in convs:
         out.append((f"bconv2d / NumPy conv, ResNet-18 layer, batch {c['batch']}", c["speedup"],
                     TARGETS["conv_vs_numpy"]))
@@ -245,13 +262,14 @@ def main(argv=None):
         return 0
 
     load0 = os.getloadavg()
-    best = K.supported_paths()[0]
-    rows = [bench_gemm(s, rng, args.rounds) for s in shapes]
-    convs = [bench_conv(b, rng, args.rounds) for b in ((1,) if args.quick else (1, 32))]
+    best = K.resolve_path()                      # "auto": measured by refbnn.kernels.dispatch (or cached)
+    mixes, mix = machine_peak(args.rounds)
+    rows = [bench_gemm(s, rng, args.rounds, mix) for s in shapes]
+    convs = [bench_conv(b, rng, args.rounds, mix) for b in ((1,) if args.quick else (1, 32))]
     derive(rows, convs)
     result = {"rounds": args.rounds, "machine": {"platform": platform.platform(), "cpu": _cpu_name(), "cores": os.cpu_count(),
                           "kernels": K.info(), "loadavg_before": load0, "loadavg_after": os.getloadavg()},
-              "blas": blas_report(), "gemm": rows, "conv": convs}
+              "machine_peak": {"mix": mix, "mixes_1t": mixes}, "blas": blas_report(), "gemm": rows, "conv": convs}
     if any(os.environ.get(v) for v in BLAS_VARS):
         env = {k: v for k, v in os.environ.items() if k not in BLAS_VARS}
         cmd = [sys.executable, __file__, "--numpy-only", "--shapes", *[",".join(map(str, s)) for s in shapes]]
@@ -282,16 +300,23 @@ def _f(v, fmt="{:.0f}"):
 
 def print_tables(r, best):
     m = r["machine"]
-    print(f"{m['cpu']}, {m['cores']} cores; kernels: {m['kernels']}")
+    kinfo = {k: v for k, v in m["kernels"].items() if k not in ("chosen_by", "measured_ms")}
+    print(f"{m['cpu']}, {m['cores']} cores; kernels: {kinfo}")
     print(f"load average before/after: {m['loadavg_before']} / {m['loadavg_after']} (a shared machine skews timings)")
     env = r["blas"]["env"]
     arch = [i.get("architecture") for i in r["blas"]["threadpool_info"]] if threadpool_info else "?"
     print(f"BLAS: {arch}; {', '.join(f'{k}={v}' for k, v in env.items())}"
           + ("" if "blas_unset" in r else " (both unset: the shipped environment is the unset one)"))
-    print("peak: xor+popcount+add on the widest registers, binary GOP/s, measured in rounds interleaved with "
-          "each kernel")
+    mp = r["machine_peak"]
+    print(f"kernel path: {best} ({m['kernels'].get('chosen_by')}); the dispatcher's times, ms: "
+          + "; ".join(f"{p} bgemm {t['bgemm']:.3f} bconv2d {t['bconv2d']:.3f}"
+                      for p, t in (m["kernels"].get("measured_ms") or {}).items()))
+    print("machine peak, 1 thread, binary GOP/s (xor + popcount + add; 'avx2 x4 + popcnt x8': 4 vector and 8 scalar "
+          "accumulators in one loop):")
+    print("  " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(mp["mixes_1t"].items(), key=lambda kv: -kv[1])))
+    print(f"  best: {mp['mix']}; %mpeak below is of that mix, measured again in rounds interleaved with each kernel")
     paths = [p for p in K.supported_paths() if p != best]
-    head = (f"{'M,N,K':>17} | {'bgemm 1T':>8} {'%peak':>5} | {'bgemm 2T':>8} {'2T/1T':>5} | "
+    head = (f"{'M,N,K':>17} | {'bgemm 1T':>8} {'%mpeak':>6} | {'bgemm 2T':>8} {'2T/1T':>5} | "
             + " ".join(f"{p + ' 1T':>9}" for p in paths)
             + f" | {'sgemm 1T':>8} {'sgemm 2T':>8} | {'x sgemm1':>8} {'x sgemm2':>8} | {'bitcount':>8} {'x bitc':>6}"
             + f" | {'W bytes/ch':>12} | {'peak 1T/2T':>11}")
@@ -299,7 +324,7 @@ def print_tables(r, best):
     print(head)
     print("-" * len(head))
     for g in r["gemm"]:
-        print(f"{','.join(map(str, g['shape'])):>17} | {g['bgemm_1t']:8.0f} {100 * g['frac_peak_1t']:4.0f}% | "
+        print(f"{','.join(map(str, g['shape'])):>17} | {g['bgemm_1t']:8.0f} {100 * g['frac_peak_1t']:5.0f}% | "
               f"{g['bgemm_2t']:8.0f} {g['two_threads_speedup']:5.2f} | "
               + " ".join(f"{g[f'bgemm_{p}_1t']:9.0f}" for p in paths)
               + f" | {_f(g['numpy_sgemm_1t'], '{:8.1f}')} {_f(g['numpy_sgemm_2t'], '{:8.1f}')} | "
@@ -312,11 +337,11 @@ def print_tables(r, best):
               + "; ".join(f"{tuple(g['shape'])}: {_f(g['numpy_sgemm_1t_blas_unset'], '{:.1f}')} / "
                           f"{_f(g['numpy_sgemm_2t_blas_unset'], '{:.1f}')}" for g in r["gemm"]))
     print("\nResNet-18 layer 3x3 64->64 56x56 pad 1 (zero padding), 1 thread, ms")
-    print(f"{'batch':>5} | {'NumPy im2col+sgemm':>18} | {'bconv2d':>8} {'speedup':>7} {'%peak':>5} | "
+    print(f"{'batch':>5} | {'NumPy im2col+sgemm':>18} | {'bconv2d':>8} {'speedup':>7} {'%mpeak':>6} | "
           f"{'bconv2d 2T':>10} | {'layer path':>10} {'speedup':>7} | weights packed/float32 bytes")
     for c in r["conv"]:
         print(f"{c['batch']:>5} | {c['numpy_im2col_sgemm_ms']:18.2f} | {c['bconv2d_ms']:8.3f} {c['speedup']:7.1f} "
-              f"{100 * c['frac_peak']:4.0f}% | {c['bconv2d_2t_ms']:10.3f} | {c['layer_path_ms']:10.3f} "
+              f"{100 * c['frac_peak']:5.0f}% | {c['bconv2d_2t_ms']:10.3f} | {c['layer_path_ms']:10.3f} "
               f"{c['speedup_layer_path']:7.1f} | {c['packed_weight_bytes']} / {c['float32_weight_bytes']}")
     print("\ntargets")
     for t in r["targets"]:

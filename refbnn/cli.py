@@ -307,7 +307,9 @@ def _write_text_atomic(path, text):
 
 def info() -> dict:
     """Versions, the kernel backends, and the compiled kernels' SIMD paths: which are compiled in,
-    which this CPU supports, which one runs (the fastest, or $REFBNN_KERNEL_PATH), OpenMP threads."""
+    which this CPU supports, which one runs and how it was chosen ($REFBNN_KERNEL_PATH, else measured
+    on this machine or read from the cache of an earlier measurement, see
+    refbnn/kernels/dispatch.py), the measured times per path, OpenMP threads."""
     return {"refbnn": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "machine": platform.machine(), "kernel_backends": kernels.available_backends(),
             "unavailable_backends": kernels.backend_errors(), "kernel_paths": kernels.kernel_paths()}
@@ -318,14 +320,18 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        for k, v in data.items():
-            if isinstance(v, dict) and v:
-                print(f"{k}:")
-                for kk, vv in v.items():
-                    print(f"  {kk}: {vv}")
-            else:
-                print(f"{k}: {v}")
+        _print_tree(data)
     return 0
+
+
+def _print_tree(data, indent=""):
+    """Nested dicts as indented ``key: value`` lines (a measured time per path, per kernel)."""
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            print(f"{indent}{k}:")
+            _print_tree(v, indent + "  ")
+        else:
+            print(f"{indent}{k}: {v}")
 
 
 # ---- inference: refbnn export / refbnn infer (refbnn/inference) --------------------------------------

@@ -17,9 +17,10 @@ x > 0) and ``"bitorch"`` (bit 1 = x >= 0) produce and read the other engines' la
 Every kernel equals the NumPy float reference on the unpacked signs exactly (see
 refbnn.kernels.reference). Bad input raises TypeError/ValueError before any C code runs.
 
-SIMD path: AVX-512 VPOPCNTDQ, AVX2 or portable scalar, the best the CPU supports, or the one
-named by ``path=`` or the environment variable ``REFBNN_KERNEL_PATH`` (``avx512``, ``avx2``,
-``scalar``, ``auto``). ``threads=None`` uses OpenMP's default (``OMP_NUM_THREADS`` or all cores).
+SIMD path: AVX-512 VPOPCNTDQ, AVX2 or portable scalar: the one named by ``path=`` or the
+environment variable ``REFBNN_KERNEL_PATH`` (``avx512``, ``avx2``, ``scalar``), else (``auto``) the
+one refbnn.kernels.dispatch measured fastest on this machine (once, cached per machine and kernel
+version). ``threads=None`` uses OpenMP's default (``OMP_NUM_THREADS`` or all cores).
 """
 import os
 import threading
@@ -86,6 +87,8 @@ cdef extern from "bitkernels.h" nogil:
                     int64_t x_pix, int kh, int kw, int sh, int sw, int ph, int pw, int64_t out_h, int64_t out_w,
                     uint64_t *out, int64_t q0, int64_t q1)
     double bk_peak(int path, int64_t iters)
+    double bk_peak_mix(int path, int nv, int ns, int64_t iters)
+    int bk_peak_mix_list(int *nv, int *ns, int max)
 
 cdef extern from *:
     """
@@ -137,14 +140,11 @@ class KernelPathError(RuntimeError, ValueError):
     ValueError (it is a bad setting) and, as before, a RuntimeError."""
 
 
-def resolve_path(path=None):
-    """The path a kernel call uses: ``path`` if given, else $REFBNN_KERNEL_PATH, else the fastest.
-
-    Raises :class:`KernelPathError` naming the setting (``path`` or ``REFBNN_KERNEL_PATH``), its
-    value and the paths this CPU supports when the path is unknown, not compiled or not supported.
-    Only kernel calls (and ``info()``, which reports it) resolve the path: ``import refbnn`` never
-    fails because of the variable.
-    """
+def requested_path(path=None):
+    """The path asked for: ``path`` if given, else $REFBNN_KERNEL_PATH, else ``"auto"`` (also for
+    an empty variable); validated, never measured. Raises :class:`KernelPathError` naming the
+    setting (``path`` or ``REFBNN_KERNEL_PATH``), its value and the paths this CPU supports when the
+    path is unknown, not compiled or not supported."""
     cdef const char *env
     if path is not None:
         if not isinstance(path, str):
@@ -157,7 +157,7 @@ def resolve_path(path=None):
         src = ENV_PATH
     supported = supported_paths()
     if name == "auto" or (name == "" and path is None):      # an empty variable is an unset one
-        return supported[0]
+        return "auto"
     if name in supported:
         return name
     if name not in _PATH_ID:
@@ -168,6 +168,37 @@ def resolve_path(path=None):
                               f"only); this CPU supports {supported}")
     raise KernelPathError(f"{src}={name!r}: kernel path {name!r} needs {_PATH_NEEDS[name]}, which this CPU does "
                           f"not support; this CPU supports {supported} (unset {ENV_PATH} or use 'auto')")
+
+
+_dispatch = None      # refbnn.kernels.dispatch, imported on the first "auto"
+
+
+def resolve_path(path=None):
+    """The path a kernel call uses: ``path`` if given, else $REFBNN_KERNEL_PATH, else ("auto") the
+    one :mod:`refbnn.kernels.dispatch` chooses for this machine: the fastest in a short timing run
+    on first use, kept in a cache file per machine and kernel version (``REFBNN_KERNEL_DISPATCH=static``:
+    the widest path the CPU supports, no timing). Every path computes the same bits.
+
+    Raises :class:`KernelPathError` as :func:`requested_path`. Only kernel calls (and ``info()``,
+    which reports it) resolve the path: ``import refbnn`` never measures, nor fails because of the
+    variables.
+    """
+    global _dispatch
+    name = requested_path(path)
+    if name != "auto":
+        return name
+    if _dispatch is None:
+        from refbnn.kernels import dispatch as _d   # noqa: PLC0415 - imports this module
+        _dispatch = _d
+    return _dispatch.auto_path()
+
+
+def static_path(path=None):
+    """As :func:`resolve_path`, but ``auto`` is the widest path this CPU supports, never measured:
+    packing and max pool, whose loops are not what the measurement compares (packing uses AVX-512
+    compares where the CPU has them, whichever path runs the products)."""
+    name = requested_path(path)
+    return supported_paths()[0] if name == "auto" else name
 
 
 def openmp_enabled():
@@ -190,12 +221,20 @@ def default_threads():
 
 
 def info():
-    """What ``refbnn info`` prints about the kernels."""
+    """What ``refbnn info`` prints about the kernels: the paths, the one that runs and how it was
+    chosen (``chosen_by``; ``measured_ms``: the dispatcher's timings per path, when it measured)."""
+    chosen_by, measured = None, None
     try:
         active = resolve_path()
+        if requested_path() == "auto":
+            report = _dispatch.report()
+            chosen_by, measured = report["chosen_by"], report["measured_ms"]
+        else:
+            chosen_by = f"{ENV_PATH}={os.environ.get(ENV_PATH)}"
     except (ValueError, RuntimeError) as exc:
         active = f"error: {exc}"
     return {"compiled": compiled_paths(), "supported": supported_paths(), "active": active,
+            "chosen_by": chosen_by, "measured_ms": measured,
             "env": os.environ.get(ENV_PATH), "openmp": openmp_enabled(), "threads": default_threads(),
             "scalar_popcount": "hardware popcnt" if bk_scalar_hw_popcount() else "portable"}
 
@@ -457,7 +496,7 @@ def _pack(x, int axis, int polarity, int threads, bint binary=False):
     cdef int64_t si = x3.strides[2] // x3.itemsize
     cdef size_t px = _addr(x3), po = _addr(out)
     cdef bint f32 = x3.dtype == np.float32
-    cdef int pth = _PATH_ID[resolve_path()]
+    cdef int pth = _PATH_ID[static_path()]
     cdef int64_t o, chunk = outer if threads == 1 or outer * length * inner < (1 << 16) else 1
     cdef int64_t nchunks = (outer + chunk - 1) // chunk
     cdef int64_t c, itemsize = x3.itemsize, other = 0
@@ -758,7 +797,7 @@ def bmaxpool2d(x_words, kernel_size, stride=None, padding=0, threads=None, out=N
     else:
         out = _check_out(out, "out", shape, _U64)
         _check_no_overlap(out, None, x_words=x_words)
-    resolve_path()               # one portable loop, but a bad $REFBNN_KERNEL_PATH is reported by every kernel
+    requested_path()             # one portable loop, but a bad $REFBNN_KERNEL_PATH is reported by every kernel
     cdef int nt = _threads(threads)
     cdef int64_t rows = nimg * ho
     if out.size == 0:
@@ -776,22 +815,80 @@ def bmaxpool2d(x_words, kernel_size, stride=None, padding=0, threads=None, out=N
 
 # ---- the peak the benchmarks compare with --------------------------------------------------------
 
-def measure_peak(path=None, threads=1, seconds=0.2):
-    """Binary ops/s (2 per bit) of independent xor + popcount + add on the path's widest registers,
-    ``threads`` threads each running the loop; the benchmarks' "measured peak"."""
+def _seconds(seconds):
     if isinstance(seconds, (bool, np.bool_)) or not isinstance(seconds, (int, float, np.integer, np.floating)) \
             or not 0 < seconds <= 3600:
         raise ValueError(f"seconds: expected a number in (0, 3600], got {seconds!r}")
-    cdef int pth = _PATH_ID[resolve_path(path)]
-    cdef int nt = _threads(threads)
+    return float(seconds)
+
+
+cdef double _time_peak(int pth, int nv, int ns, int nt, double seconds):
+    """ops/s of bk_peak (nv < 0) or bk_peak_mix on ``nt`` threads, a run of at least ``seconds``."""
     cdef int64_t iters = 1 << 14, c
     cdef double ops
     while True:
         ops = 0
         t0 = time.perf_counter()
-        for c in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
-            ops += bk_peak(pth, iters)
+        if nv < 0:
+            for c in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
+                ops += bk_peak(pth, iters)
+        else:
+            for c in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
+                ops += bk_peak_mix(pth, nv, ns, iters)
         t = time.perf_counter() - t0
         if t >= seconds:
             return ops / t
         iters = int(iters * min(8.0, max(1.5, 1.1 * seconds / max(t, 1e-6))))
+
+
+def measure_peak(path=None, threads=1, seconds=0.2):
+    """Binary ops/s (2 per bit) of independent xor + popcount + add on the path's widest registers,
+    ``threads`` threads each running the loop: the peak of the path's own instructions. (The
+    machine's peak, over instruction mixes that also combine paths, is :func:`measure_machine_peak`.)"""
+    seconds = _seconds(seconds)
+    return _time_peak(_PATH_ID[resolve_path(path)], -1, 0, _threads(threads), seconds)
+
+
+def peak_mixes():
+    """The instruction mixes of the machine-peak microbenchmark this CPU runs, name -> (path,
+    vectors, scalars): each supported path's own loop (``"avx512"``, ``"avx2"``, ``"scalar"``: 12
+    accumulators of its widest registers, as :func:`measure_peak`), and, where the CPU has the
+    popcnt instruction, vector and scalar accumulators in one loop, e.g. ``"avx2 x4 + popcnt x8"``:
+    4 AVX2 nibble-lookup popcounts (vector ports) and 8 scalar popcnts (integer ports) per round."""
+    cdef int nv[64]
+    cdef int ns[64]
+    cdef int i, n = bk_peak_mix_list(nv, ns, 64)
+    mixes = {p: (p, 12 if p != "scalar" else 0, 12 if p == "scalar" else 0) for p in supported_paths()}
+    if bk_scalar_hw_popcount():
+        for p in supported_paths():
+            if p != "scalar":
+                for i in range(n):
+                    mixes[f"{p} x{nv[i]} + popcnt x{ns[i]}"] = (p, nv[i], ns[i])
+    return mixes
+
+
+def measure_peak_mix(mix, threads=1, seconds=0.2):
+    """Binary ops/s (2 per bit) of one mix of :func:`peak_mixes` on ``threads`` threads."""
+    mixes = peak_mixes()
+    if not isinstance(mix, str) or mix not in mixes:
+        raise ValueError(f"mix: expected one of {list(mixes)} (the mixes this CPU runs), got {mix!r}")
+    seconds = _seconds(seconds)
+    p, nv, ns = mixes[mix]
+    if p == "scalar" or ns == 0:
+        return _time_peak(_PATH_ID[p], -1, 0, _threads(threads), seconds)
+    return _time_peak(_PATH_ID[p], nv, ns, _threads(threads), seconds)
+
+
+def measure_machine_peak(threads=1, seconds=0.003, rounds=5):
+    """The machine's peak: every mix of :func:`peak_mixes` in ``rounds`` interleaved rounds of
+    ``seconds`` each, the best of each mix (a shared machine's clock and load drift). Returns
+    {"peak": best ops/s, "mix": its name, "mixes": {name: ops/s}}."""
+    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
+        raise ValueError(f"rounds: expected a positive int, got {rounds!r}")
+    mixes = list(peak_mixes())
+    best = dict.fromkeys(mixes, 0.0)
+    for _ in range(int(rounds)):
+        for m in mixes:
+            best[m] = max(best[m], measure_peak_mix(m, threads, seconds))
+    top = max(best, key=best.get)
+    return {"peak": best[top], "mix": top, "mixes": best}

@@ -113,6 +113,18 @@ void bk_maxpool(const uint64_t *x, int64_t in_h, int64_t in_w, int64_t cw, int64
    path's widest vector; returns the binary operations done (2 per bit: one xor-popcount, one add). */
 double bk_peak(int path, int64_t iters);
 
+/* The instruction mixes of the machine-peak microbenchmark, X(vectors, scalars): in one loop, that
+   many independent xor + popcount + add accumulators on a path's vectors (AVX2 nibble lookup or
+   AVX-512 VPOPCNTDQ, the vector ports) and on 64-bit words with the scalar popcnt instruction (the
+   integer ports), so that both port groups work at once. */
+#define BK_PEAK_MIXES(X) X(4, 2) X(4, 4) X(4, 8) X(6, 6) X(8, 4) X(8, 8) X(12, 4)
+/* `iters` rounds of the mix (path BK_PATH_AVX2 or BK_PATH_AVX512, nv vectors, ns scalars); returns
+   the binary operations done (2 per bit), or -1 when (path, nv, ns) is not compiled (not in
+   BK_PEAK_MIXES, or not x86-64). The caller checks that the CPU supports the path and popcnt. */
+double bk_peak_mix(int path, int nv, int ns, int64_t iters);
+/* The (vectors, scalars) pairs of BK_PEAK_MIXES: up to `max` of them into nv, ns; returns how many. */
+int bk_peak_mix_list(int *nv, int *ns, int max);
+
 /* ---- internal: per-path tile kernels and epilogues ---------------------------------------- */
 
 /* The words of tap t of tile row r (mr <= BK_MR rows): ap[r] + tapoff[t] when every tap of the
@@ -141,11 +153,37 @@ void bk_tile_avx2(int, int, int, uint64_t, const uint64_t *const *, const int64_
 void bk_float_avx2(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
 void bk_bits_avx2(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
 double bk_peak_avx2(int64_t iters);
+double bk_peak_avx2_mix(int nv, int ns, int64_t iters);
 void bk_tile_avx512(int, int, int, uint64_t, const uint64_t *const *, const int64_t *, const uint64_t *, int32_t,
                     int32_t *, int64_t);
 void bk_float_avx512(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
 void bk_bits_avx512(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
 double bk_peak_avx512(int64_t iters);
+double bk_peak_avx512_mix(int nv, int ns, int64_t iters);
+
+/* The scalar half of a peak mix (NS accumulators, NS <= 12): popcnt on 64-bit words in general
+   registers. The empty asm pins each count to a general register, so that the compiler cannot
+   vectorize this half into the vector instructions the other half is measuring. */
+#define BK_PEAK_SCALAR_INIT                                                                          \
+    uint64_t sa = 0x9E3779B97F4A7C15ull, sb[12], ss[12];                                             \
+    for (int j = 0; j < 12; j++) {                                                                   \
+        sb[j] = (uint64_t)(j + 1) * 0xD1B54A32D192ED03ull;                                           \
+        ss[j] = 0;                                                                                   \
+    }
+#define BK_PEAK_SCALAR_STEP(NS)                                                                      \
+    for (int j = 0; j < (NS); j++) {                                                                 \
+        uint64_t cnt = (uint64_t)__builtin_popcountll(sa ^ sb[j]);                                   \
+        __asm__("" : "+r"(cnt));                                                                     \
+        ss[j] += cnt;                                                                                \
+    }                                                                                                \
+    __asm__ volatile("" : "+r"(sa))
+#define BK_PEAK_SCALAR_END(NS)                                                                       \
+    do {                                                                                             \
+        uint64_t ssum = 0;                                                                           \
+        for (int j = 0; j < (NS); j++)                                                               \
+            ssum += ss[j];                                                                           \
+        __asm__ volatile("" : : "r"(ssum));                                                          \
+    } while (0)
 /* packing with AVX-512 (the AVX512 path): a unit-stride row (inner == 1), or unit-stride positions
    of a channel-first slice of at most 64 channels (inner > 1, out: one word per position); both
    return the count of values that are not exactly +-1 */

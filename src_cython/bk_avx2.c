@@ -91,7 +91,11 @@ T2 void bk_bits_avx2(const bk_job *job, const int32_t *tile, int mr, const int64
     }
 }
 
-T2 double bk_peak_avx2(int64_t iters)
+/* The peak loop: NV vectors of nibble-lookup popcounts (the tile kernel's instructions) and NS scalar
+   popcnt words, independent accumulators; NS = 0 is the AVX2 path's own peak. Inlined with constant
+   NV, NS, so the loops over j unroll. */
+#define T2P __attribute__((target("avx2,popcnt")))
+T2P static inline __attribute__((always_inline)) double peak_avx2(const int NV, const int NS, int64_t iters)
 {
     const __m256i lut = BK_LUT, low = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
     __m256i a = _mm256_set1_epi64x(0x9E3779B97F4A7C15ll), b[12], c8[12], c64[12];
@@ -99,20 +103,38 @@ T2 double bk_peak_avx2(int64_t iters)
         b[j] = _mm256_set1_epi64x((long long)((uint64_t)(j + 1) * 0xD1B54A32D192ED03ull));
         c8[j] = c64[j] = zero;
     }
+    BK_PEAK_SCALAR_INIT
     for (int64_t it = 0; it < iters; it++) {
-        for (int j = 0; j < 12; j++)
+        for (int j = 0; j < NV; j++)
             c8[j] = _mm256_add_epi8(c8[j], popcount_bytes(_mm256_xor_si256(a, b[j]), lut, low));
+        BK_PEAK_SCALAR_STEP(NS);
         if (it % 31 == 30)
-            for (int j = 0; j < 12; j++) {
+            for (int j = 0; j < NV; j++) {
                 c64[j] = _mm256_add_epi64(c64[j], _mm256_sad_epu8(c8[j], zero));
                 c8[j] = zero;
             }
         __asm__ volatile("" : "+x"(a));
     }
     __m256i sum = zero;
-    for (int j = 0; j < 12; j++)
+    for (int j = 0; j < NV; j++)
         sum = _mm256_add_epi64(sum, _mm256_add_epi64(c64[j], _mm256_sad_epu8(c8[j], zero)));
     __asm__ volatile("" : : "x"(sum));
-    return (double)iters * 12 * 256 * 2;
+    BK_PEAK_SCALAR_END(NS);
+    return (double)iters * (NV * 256 + NS * 64) * 2;
+}
+
+T2P double bk_peak_avx2(int64_t iters)
+{
+    return peak_avx2(12, 0, iters);
+}
+
+T2P double bk_peak_avx2_mix(int nv, int ns, int64_t iters)
+{
+#define BK_MIX_CASE(V, S)                                                                               \
+    if (nv == (V) && ns == (S))                                                                         \
+        return peak_avx2((V), (S), iters);
+    BK_PEAK_MIXES(BK_MIX_CASE)
+#undef BK_MIX_CASE
+    return -1;
 }
 #endif

@@ -106,23 +106,43 @@ T512 void bk_bits_avx512(const bk_job *job, const int32_t *tile, int mr, const i
     }
 }
 
-T512 double bk_peak_avx512(int64_t iters)
+/* The peak loop: NV zmm accumulators of xor + vpopcntq + add (the tile kernel's triple) and NS scalar
+   popcnt words; NS = 0 is the AVX-512 path's own peak. Inlined with constant NV, NS. */
+T512 static inline __attribute__((always_inline)) double peak_avx512(const int NV, const int NS, int64_t iters)
 {
     __m512i a = _mm512_set1_epi64(0x9E3779B97F4A7C15ll), b[12], s[12];
     for (int j = 0; j < 12; j++) {
         b[j] = _mm512_set1_epi64((long long)((uint64_t)(j + 1) * 0xD1B54A32D192ED03ull));
         s[j] = _mm512_setzero_si512();
     }
+    BK_PEAK_SCALAR_INIT
     for (int64_t it = 0; it < iters; it++) {
-        for (int j = 0; j < 12; j++)
+        for (int j = 0; j < NV; j++)
             s[j] = _mm512_add_epi64(s[j], _mm512_popcnt_epi64(_mm512_xor_si512(a, b[j])));
+        BK_PEAK_SCALAR_STEP(NS);
         __asm__ volatile("" : "+v"(a));
     }
     __m512i sum = _mm512_setzero_si512();
-    for (int j = 0; j < 12; j++)
+    for (int j = 0; j < NV; j++)
         sum = _mm512_add_epi64(sum, s[j]);
     __asm__ volatile("" : : "v"(sum));
-    return (double)iters * 12 * 512 * 2;
+    BK_PEAK_SCALAR_END(NS);
+    return (double)iters * (NV * 512 + NS * 64) * 2;
+}
+
+T512 double bk_peak_avx512(int64_t iters)
+{
+    return peak_avx512(12, 0, iters);
+}
+
+T512 double bk_peak_avx512_mix(int nv, int ns, int64_t iters)
+{
+#define BK_MIX_CASE(V, S)                                                                               \
+    if (nv == (V) && ns == (S))                                                                         \
+        return peak_avx512((V), (S), iters);
+    BK_PEAK_MIXES(BK_MIX_CASE)
+#undef BK_MIX_CASE
+    return -1;
 }
 /* ---- packing: signs -> words, 16 floats (8 doubles) per compare ------------------------------ */
 

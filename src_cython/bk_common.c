@@ -73,6 +73,32 @@ double bk_peak(int path, int64_t iters)
     return path_fns(path).peak(iters);
 }
 
+double bk_peak_mix(int path, int nv, int ns, int64_t iters)
+{
+#if BK_X86
+    if (path == BK_PATH_AVX512)
+        return bk_peak_avx512_mix(nv, ns, iters);
+    if (path == BK_PATH_AVX2)
+        return bk_peak_avx2_mix(nv, ns, iters);
+#endif
+    (void)path, (void)nv, (void)ns, (void)iters;
+    return -1;
+}
+
+int bk_peak_mix_list(int *nv, int *ns, int max)
+{
+    int n = 0;
+#define BK_MIX_ITEM(V, S)                                                                               \
+    if (n < max) {                                                                                      \
+        nv[n] = (V);                                                                                    \
+        ns[n] = (S);                                                                                    \
+    }                                                                                                   \
+    n++;
+    BK_PEAK_MIXES(BK_MIX_ITEM)
+#undef BK_MIX_ITEM
+    return n < max ? n : max;
+}
+
 /* ---- the driver ------------------------------------------------------------------------ */
 
 /* int32 tile -> output (partial panels, strided layouts) */

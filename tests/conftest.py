@@ -1,4 +1,7 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -9,6 +12,12 @@ settings.register_profile("ci", max_examples=int(os.environ.get("REFBNN_HYPOTHES
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                  HealthCheck.function_scoped_fixture])
 settings.load_profile("ci")
+
+# The kernels' path choice is cached in the user's cache directory (refbnn/kernels/dispatch.py); the
+# suite (and the subprocesses it starts) writes its own, never the real one in ~/.cache.
+_CACHE = tempfile.mkdtemp(prefix="refbnn-test-cache-")
+os.environ["REFBNN_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 KERNEL_PATHS = ("avx512", "avx2", "scalar")
 

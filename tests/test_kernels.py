@@ -130,7 +130,7 @@ def test_paths_are_reported_and_forced(monkeypatch):
     info = K.info()
     assert "scalar" in info["compiled"] and "scalar" in info["supported"]
     assert set(info["supported"]) <= set(info["compiled"])
-    assert info["active"] == info["supported"][0]          # the fastest by default
+    assert info["active"] in info["supported"]             # the fastest measured (tests/test_dispatch.py)
     for p in info["supported"]:
         monkeypatch.setenv("REFBNN_KERNEL_PATH", p)
         assert K.resolve_path() == p

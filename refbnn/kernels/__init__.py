@@ -11,8 +11,10 @@ specification) and may have faster implementations that must agree with it bit f
 choose between CPU and GPU, never a global switch.
 
 The bit-packed kernels themselves (``pack_bits``, ``bgemm``, ``bconv2d``, ``bmaxpool2d``,
-``measure_peak``, ``Workspace``; see ``refbnn.kernels._bitpack``) are importable from here once
-built; ``unpack_bits`` and ``threshold_fold`` are NumPy and always available.
+``measure_peak``, ``measure_machine_peak``, ``Workspace``; see ``refbnn.kernels._bitpack``) are
+importable from here once built; ``unpack_bits`` and ``threshold_fold`` are NumPy and always
+available. Which SIMD path they run when none is named is measured on first use and cached:
+``refbnn.kernels.dispatch`` (imported on that first use, never by ``import refbnn``).
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ _load_errors: dict[str, str] = {}
 BUILD_HINT = ("build them with `pip install .` (needs a C compiler; Cython and NumPy come with the build), "
               "or `python setup.py build_ext --inplace` in a source checkout")
 # names served by the compiled module refbnn.kernels._bitpack, imported on first use
-_COMPILED = ("pack_bits", "bgemm", "bconv2d", "bmaxpool2d", "measure_peak", "Workspace")
+_COMPILED = ("pack_bits", "bgemm", "bconv2d", "bmaxpool2d", "measure_peak", "measure_machine_peak", "Workspace")
 
 
 def compiled():
@@ -66,8 +68,9 @@ def __getattr__(name):
 
 
 def kernel_paths() -> dict:
-    """The compiled kernels' SIMD paths (compiled, supported, active), OpenMP and its threads;
-    ``{"error": why}`` when the extension is not built."""
+    """The compiled kernels' SIMD paths (compiled, supported, active; how the active one was chosen
+    and the measured times, see refbnn.kernels.dispatch), OpenMP and its threads; ``{"error": why}``
+    when the extension is not built. Makes the path choice if no kernel call has made it yet."""
     try:
         return compiled().info()
     except ImportError as exc:
