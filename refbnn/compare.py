@@ -410,7 +410,7 @@ def compare(runs: list[Run], out: str, scheduler: str | None = None, workers: in
     finished = [r.metrics for r in runs if r.metrics is not None]
     result["plot"] = os.path.join(out, "learning_curves.png") if finished else None
     if finished:
-        plot_runs(finished, result["plot"], title, target)
+        plot_runs(finished, result["plot"], title)
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(report_markdown(result, command=command, title=title))
     return result
@@ -568,47 +568,9 @@ def report_markdown(result: dict, command: str | None = None, title: str = "") -
 
 
 # ---- the learning curves ----------------------------------------------------------------------------
-def plot_runs(metrics: list[dict], out_png: str, title: str, target: float = TARGET_ACCURACY):
-    """The learning curves: ``refbnn.plots.plot_learning_curves`` where it exists, else
-    :func:`_plot_learning_curves`."""
-    try:
-        from .plots import plot_learning_curves  # noqa: PLC0415
-    except ImportError:
-        return _plot_learning_curves(metrics, out_png, title, target)
-    return plot_learning_curves(metrics, out_png, title)
+def plot_runs(metrics: list[dict], out_png: str, title: str):
+    """The learning curves (``refbnn.plots.plot_learning_curves``: mean line and min-max band per method);
+    returns the file written."""
+    from .plots import plot_learning_curves  # noqa: PLC0415 - matplotlib only when a report is drawn
 
-
-def _plot_learning_curves(runs: list[dict], out_png: str, title: str, target: float = TARGET_ACCURACY):
-    """Mean test accuracy per epoch of each method over its runs, with a band of ± one standard deviation
-    (ddof = 1) where there are two runs or more; a dotted line at ``target``."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.ticker  # noqa: PLC0415
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = list(dict.fromkeys(m["method"] for m in runs))
-    for method in methods:
-        curves = [m["test_accuracy_per_epoch"] for m in runs if m["method"] == method]
-        n = min(len(c) for c in curves)
-        acc = 100 * np.array([c[:n] for c in curves], dtype=float)
-        epochs = np.arange(1, n + 1)
-        mean = acc.mean(axis=0)
-        (line,) = ax.plot(epochs, mean, label=f"{method} ({len(curves)} run{'s' if len(curves) > 1 else ''})")
-        if len(curves) > 1:
-            std = acc.std(axis=0, ddof=1)
-            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.axhline(100 * target, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if methods:
-        ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return plot_learning_curves(metrics, out_png, title)["out"]
