@@ -41,6 +41,7 @@ except ImportError:  # pragma: no cover - reported in the output
     threadpool_info = threadpool_limits = None
 
 from refbnn.kernels import compiled, reference
+from refbnn.machine import cpu_model
 
 K = compiled()
 SHAPES = [(64, 64, 4096), (256, 256, 2304), (1024, 1024, 1024), (4096, 4096, 4096), (3136, 64, 576),
@@ -267,7 +268,7 @@ def main(argv=None):
     rows = [bench_gemm(s, rng, args.rounds, mix) for s in shapes]
     convs = [bench_conv(b, rng, args.rounds, mix) for b in ((1,) if args.quick else (1, 32))]
     derive(rows, convs)
-    result = {"rounds": args.rounds, "machine": {"platform": platform.platform(), "cpu": _cpu_name(), "cores": os.cpu_count(),
+    result = {"rounds": args.rounds, "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
                           "kernels": K.info(), "loadavg_before": load0, "loadavg_after": os.getloadavg()},
               "machine_peak": {"mix": mix, "mixes_1t": mixes}, "blas": blas_report(), "gemm": rows, "conv": convs}
     if any(os.environ.get(v) for v in BLAS_VARS):
@@ -284,14 +285,6 @@ def main(argv=None):
             json.dump(result, f, indent=2, default=str)
         print(f"\nwritten to {args.json}")
     return 0
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def _f(v, fmt="{:.0f}"):

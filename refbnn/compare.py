@@ -50,6 +50,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from .methods import METHODS
+from .machine import cpu_model
 from .train import DEFAULT_EPOCHS, TrainConfig, write_json_atomic
 
 DEFAULT_METHODS = ("bnn", "xnor", "bireal", "irnet", "recu", "bnnpp")
@@ -152,18 +153,6 @@ def plan_runs(methods: list[str], seeds: int, settings: dict, params: dict | Non
 
 
 # ---- one run: the Dask task -----------------------------------------------------------------------------
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux, else the platform's processor string)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def machine_info() -> dict:
     """This process's machine: host name, CPU model, cores (logical CPUs, and those this process may
     use), and the versions that decide a run's numbers."""

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..machine import cpu_model, cpuinfo
 from . import _bitpack as K
 
 KERNEL_VERSION = 1          # bump whenever a tile kernel changes: every cached choice is measured again
@@ -139,31 +140,13 @@ def report() -> dict:
     return {"chosen_by": how, "measured_ms": measured}
 
 
-# ---- the machine ------------------------------------------------------------------------------
-
-def _cpuinfo() -> dict:
-    """model name and flags from /proc/cpuinfo (Linux; empty elsewhere or when unreadable)."""
-    out = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "flags", "Features", "CPU part", "CPU implementer") and key not in out:
-                    out[key] = value.strip()
-                if line.strip() == "" and out:
-                    break            # the first processor's block is enough
-    except OSError:
-        pass
-    return out
-
+# ---- the cache key ---------------------------------------------------------------------------
 
 def fingerprint() -> dict:
     """What the cached choice depends on: CPU model, the CPU flags the paths use, the machine
     type, and the compiled and supported paths."""
-    info = _cpuinfo()
-    model = info.get("model name") or " ".join(filter(None, (info.get("CPU implementer"), info.get("CPU part")))) \
-        or platform.processor() or "unknown"
+    info = cpuinfo()
+    model = cpu_model(info)
     flags = set(info.get("flags", info.get("Features", "")).split())
     return {"cpu": model, "machine": platform.machine(), "flags": [f for f in CPU_FLAGS if f in flags],
             "compiled": K.compiled_paths(), "supported": K.supported_paths()}
