@@ -1,6 +1,7 @@
 """Build script: the package is declared in pyproject.toml; this file adds the compiled kernels.
 
-Cython sources live in src_cython/ and are compiled into ``refbnn.kernels._bitpack``. The build
+Cython sources live in src_cython/ and are compiled into ``refbnn.kernels._bitpack`` (the
+bit-packed binary kernels) and ``refbnn.kernels._floatops`` (the float ops of the training step). The build
 sets its own flags: -O3, OpenMP when the compiler has it, -ffp-contract=off (the float output
 transform must round like NumPy). It never uses -march: the AVX2 and AVX-512 kernels carry
 per-function target attributes and are chosen at run time, so one build runs on any x86-64 (and
@@ -53,9 +54,17 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+# The compiled float ops of the training step (convolution gradients, batch norm, element-wise ops):
+# implementations of refbnn.ops, tested against it within a stated float tolerance.
+FLOAT_SOURCES = ["src_cython/_floatops.pyx", "src_cython/fo_conv.c", "src_cython/fo_norm.c"]
+_MACROS = [("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")]
+
 extensions = [Extension("refbnn.kernels._bitpack", SOURCES, include_dirs=["src_cython", numpy.get_include()],
-                        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
-                        depends=["src_cython/bitkernels.h", "src_cython/bk_epilogue.h"])]
+                        define_macros=_MACROS, depends=["src_cython/bitkernels.h", "src_cython/bk_epilogue.h"]),
+              Extension("refbnn.kernels._floatops", FLOAT_SOURCES, include_dirs=["src_cython", numpy.get_include()],
+                        define_macros=_MACROS,
+                        depends=["src_cython/fo_conv.h", "src_cython/fo_norm.h", "src_cython/fo_conv.pxi",
+                                 "src_cython/fo_norm.pxi"])]
 
 setup(ext_modules=cythonize(extensions, build_dir="build/cython", language_level=3),
       cmdclass={"build_ext": BuildExt})

@@ -1,0 +1,1 @@
+/* fo_conv: see src_cython/_floatops.pyx */

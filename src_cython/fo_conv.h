@@ -1,0 +1,2 @@
+/* fo_conv.h */
+#pragma once

@@ -1,0 +1,1 @@
+# fo_conv: included by _floatops.pyx

@@ -1,0 +1,1 @@
+/* fo_norm: see src_cython/_floatops.pyx */

@@ -1,0 +1,2 @@
+/* fo_norm.h */
+#pragma once

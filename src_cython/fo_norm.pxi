@@ -1,0 +1,1 @@
+# fo_norm: included by _floatops.pyx
