@@ -260,7 +260,7 @@ static void valid_q(const fo_geom *g, int64_t j, int64_t *lo, int64_t *hi)
 }
 
 /* rows (i, j) of one channel's columns, row stride ld (the tail [L, ld) is zeroed) */
-static void im2col_plane(const fo_geom *g, const float *xc, float *out, int64_t ld)
+static void im2col_plane_c(const fo_geom *g, const float *xc, float *out, int64_t ld)
 {
     const int64_t L = g->ho * g->wo;
     const float pv = g->pad_value;
@@ -296,7 +296,7 @@ static void im2col_plane(const fo_geom *g, const float *xc, float *out, int64_t 
 
 /* dxc = the sum of one channel's column rows (row stride ld) at their input pixels, the taps added
  * in the order (i, j) to a zero-filled plane (the reference col2im's order: bit-identical) */
-static void col2im_plane(const fo_geom *g, const float *src, int64_t ld, float *dxc)
+static void col2im_plane_c(const fo_geom *g, const float *src, int64_t ld, float *dxc)
 {
     for (int64_t e = 0; e < g->h * g->w; e++)
         dxc[e] = 0.0f;
@@ -322,6 +322,264 @@ static void col2im_plane(const fo_geom *g, const float *src, int64_t ld, float *
         }
 }
 
+/* The common case of "same" convolutions: strides 1 and Wo == W. Then a column row (c, i, j) over
+ * its valid output rows p0 <= p < p1 is one contiguous copy of the input, at a constant offset,
+ * except the q < qlo and q >= qhi entries of each row (the taps that fall in the horizontal
+ * padding), which are fixed afterwards. */
+static int span_case(const fo_geom *g) { return g->sh == 1 && g->sw == 1 && g->wo == g->w; }
+
+/* the output rows p whose input row p + i dh - top lies in [0, H) (strides 1): [*lo, *hi) */
+static void valid_p(const fo_geom *g, int64_t i, int64_t *lo, int64_t *hi)
+{
+    int64_t a = g->pt - i * g->dh, b = g->h + g->pt - i * g->dh;
+    a = a < 0 ? 0 : a > g->ho ? g->ho : a;
+    b = b < a ? a : b > g->ho ? g->ho : b;
+    *lo = a;
+    *hi = b;
+}
+
+static void im2col_plane_span(const fo_geom *g, const float *xc, float *out, int64_t ld)
+{
+    const int64_t L = g->ho * g->wo, wo = g->wo;
+    const float pv = g->pad_value;
+    for (int64_t i = 0; i < g->kh; i++) {
+        int64_t p0, p1;
+        valid_p(g, i, &p0, &p1);
+        for (int64_t j = 0; j < g->kw; j++) {
+            float *row = out + (i * g->kw + j) * ld;
+            int64_t qlo, qhi;
+            valid_q(g, j, &qlo, &qhi);
+            for (int64_t l = 0; l < p0 * wo; l++)
+                row[l] = pv;
+            if (p1 > p0 && qhi > qlo) {
+                const int64_t d0 = p0 * wo + qlo, d1 = (p1 - 1) * wo + qhi;
+                const float *src = xc + (p0 + i * g->dh - g->pt) * g->w + j * g->dw - g->pl + qlo;
+                memcpy(row + d0, src, (size_t)(d1 - d0) * sizeof(float));
+                for (int64_t p = p0; p < p1; p++) {
+                    for (int64_t q = 0; q < qlo; q++)
+                        row[p * wo + q] = pv;
+                    for (int64_t q = qhi; q < wo; q++)
+                        row[p * wo + q] = pv;
+                }
+            } else {
+                for (int64_t l = p0 * wo; l < p1 * wo; l++)
+                    row[l] = pv;
+            }
+            for (int64_t l = p1 * wo; l < L; l++)
+                row[l] = pv;
+            for (int64_t l = L; l < ld; l++)
+                row[l] = 0.0f;
+        }
+    }
+}
+
+/* dxc = col2im of one channel's rows, for the span case: the padding taps of ``src`` are zeroed
+ * (src is scratch), then each row (i, j) is added as one contiguous span, in the order (i, j).
+ * The same sums as col2im_plane_c but for the sign of zero (a -0.0 sum may come out +0.0). */
+static void col2im_plane_span(const fo_geom *g, float *src, int64_t ld, float *dxc)
+{
+    const int64_t wo = g->wo;
+    memset(dxc, 0, (size_t)(g->h * g->w) * sizeof(float));
+    for (int64_t i = 0; i < g->kh; i++) {
+        int64_t p0, p1;
+        valid_p(g, i, &p0, &p1);
+        for (int64_t j = 0; j < g->kw; j++) {
+            float *row = src + (i * g->kw + j) * ld;
+            int64_t qlo, qhi;
+            valid_q(g, j, &qlo, &qhi);
+            if (p1 <= p0 || qhi <= qlo)
+                continue;
+            for (int64_t p = p0; p < p1; p++) {
+                for (int64_t q = 0; q < qlo; q++)
+                    row[p * wo + q] = 0.0f;
+                for (int64_t q = qhi; q < wo; q++)
+                    row[p * wo + q] = 0.0f;
+            }
+            const int64_t d0 = p0 * wo + qlo, d1 = (p1 - 1) * wo + qhi;
+            float *restrict dst = dxc + (p0 + i * g->dh - g->pt) * g->w + j * g->dw - g->pl + qlo;
+            const float *restrict s = row + d0;
+            for (int64_t e = 0; e < d1 - d0; e++)
+                dst[e] += s[e];
+        }
+    }
+}
+
+/* dout[n, group] (og rows of L) -> doutT (L rows of op, the columns og..op zero) */
+static void transpose_c(const float *src, int64_t og, int64_t L, float *dst, int64_t op)
+{
+    for (int64_t l0 = 0; l0 < L; l0 += 16)
+        for (int64_t o = 0; o < op; o++) {
+            const int64_t l1 = l0 + 16 < L ? l0 + 16 : L;
+            for (int64_t l = l0; l < l1; l++)
+                dst[l * op + o] = o < og ? src[o * L + l] : 0.0f;
+        }
+}
+
+#if FO_X86
+
+/* lanes a <= t < b of 16 (a, b clamped to [0, 16]) */
+static inline __mmask16 lanes(int64_t a, int64_t b)
+{
+    a = a < 0 ? 0 : a > 16 ? 16 : a;
+    b = b < 0 ? 0 : b > 16 ? 16 : b;
+    return b <= a ? 0 : (__mmask16)(((1u << b) - 1u) & ~((1u << a) - 1u));
+}
+
+static inline uint32_t lanes32(int64_t a, int64_t b)
+{
+    a = a < 0 ? 0 : a > 32 ? 32 : a;
+    b = b < 0 ? 0 : b > 32 ? 32 : b;
+    if (b <= a)
+        return 0;
+    const uint32_t hi = b == 32 ? 0xffffffffu : (1u << b) - 1u;
+    return hi & ~(a == 32 ? 0xffffffffu : (1u << a) - 1u);
+}
+
+/* im2col of one plane for horizontal strides 1 and 2 (masked loads read only the valid input) */
+T512 static void im2col_plane_512(const fo_geom *g, const float *xc, float *out, int64_t ld)
+{
+    const int64_t L = g->ho * g->wo, wo = g->wo, sw = g->sw;
+    const __m512 pv = _mm512_set1_ps(g->pad_value);
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    for (int64_t i = 0; i < g->kh; i++)
+        for (int64_t j = 0; j < g->kw; j++) {
+            float *row = out + (i * g->kw + j) * ld;
+            int64_t qlo, qhi;
+            valid_q(g, j, &qlo, &qhi);
+            const int64_t w0 = j * g->dw - g->pl;
+            for (int64_t p = 0; p < g->ho; p++) {
+                const int64_t h = p * g->sh + i * g->dh - g->pt;
+                float *dst = row + p * wo;
+                const int inside = h >= 0 && h < g->h;
+                const float *src = xc + (inside ? h : 0) * g->w + w0; /* + q sw: input column */
+                for (int64_t q0 = 0; q0 < wo; q0 += 16) {
+                    const __mmask16 ms = lanes(0, wo - q0);
+                    __m512 v = pv;
+                    if (inside && sw == 1) {
+                        if (q0 >= qlo && q0 + 16 <= qhi)
+                            v = _mm512_loadu_ps(src + q0);
+                        else
+                            v = _mm512_mask_loadu_ps(pv, lanes(qlo - q0, qhi - q0), src + q0);
+                    } else if (inside) { /* sw == 2: the even elements of 32 consecutive inputs */
+                        const uint32_t m = lanes32(2 * (qlo - q0), 2 * (qhi - q0) - 1);
+                        const __m512 a = _mm512_mask_loadu_ps(pv, (__mmask16)(m & 0xffff), src + 2 * q0);
+                        const __m512 b = _mm512_mask_loadu_ps(pv, (__mmask16)(m >> 16), src + 2 * q0 + 16);
+                        v = _mm512_permutex2var_ps(a, even, b);
+                    }
+                    if (q0 + 16 <= wo)
+                        _mm512_storeu_ps(dst + q0, v);
+                    else
+                        _mm512_mask_storeu_ps(dst + q0, ms, v);
+                }
+            }
+            for (int64_t l = L; l < ld; l++)
+                row[l] = 0.0f;
+        }
+}
+
+/* col2im of one plane, horizontal stride 1: the same adds in the same order as col2im_plane_c */
+T512 static void col2im_plane_512(const fo_geom *g, const float *src, int64_t ld, float *dxc)
+{
+    memset(dxc, 0, (size_t)(g->h * g->w) * sizeof(float));
+    for (int64_t i = 0; i < g->kh; i++)
+        for (int64_t j = 0; j < g->kw; j++) {
+            const float *row = src + (i * g->kw + j) * ld;
+            int64_t qlo, qhi;
+            valid_q(g, j, &qlo, &qhi);
+            const int64_t w0 = j * g->dw - g->pl;
+            for (int64_t p = 0; p < g->ho; p++) {
+                const int64_t h = p * g->sh + i * g->dh - g->pt;
+                if (h < 0 || h >= g->h)
+                    continue;
+                float *dst = dxc + h * g->w + w0;
+                const float *s = row + p * g->wo;
+                for (int64_t q0 = qlo; q0 < qhi; q0 += 16) {
+                    const __mmask16 m = lanes(0, qhi - q0);
+                    const __m512 d = _mm512_maskz_loadu_ps(m, dst + q0);
+                    _mm512_mask_storeu_ps(dst + q0, m, _mm512_add_ps(d, _mm512_maskz_loadu_ps(m, s + q0)));
+                }
+            }
+        }
+}
+
+/* 16 x 16 transposes (unpack, shuffle, 128-bit lane shuffles); rows past og and columns past L
+ * read as zero, rows of the output past L are not written */
+T512 static void transpose_512(const float *src, int64_t og, int64_t L, float *dst, int64_t op)
+{
+    for (int64_t o0 = 0; o0 < op; o0 += 16)
+        for (int64_t l0 = 0; l0 < L; l0 += 16) {
+            const __mmask16 ml = lanes(0, L - l0);
+            __m512 r[16], t[16];
+            for (int k = 0; k < 16; k++)
+                r[k] = o0 + k < og ? _mm512_maskz_loadu_ps(ml, src + (o0 + k) * L + l0) : _mm512_setzero_ps();
+            for (int k = 0; k < 16; k += 2) {
+                t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);
+                t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);
+            }
+            for (int k = 0; k < 16; k += 4) {
+                r[k] = _mm512_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+                r[k + 1] = _mm512_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+                r[k + 2] = _mm512_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+                r[k + 3] = _mm512_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+            }
+            for (int k = 0; k < 4; k++) {
+                t[k] = _mm512_shuffle_f32x4(r[k], r[k + 4], 0x88);
+                t[k + 4] = _mm512_shuffle_f32x4(r[k], r[k + 4], 0xdd);
+                t[k + 8] = _mm512_shuffle_f32x4(r[k + 8], r[k + 12], 0x88);
+                t[k + 12] = _mm512_shuffle_f32x4(r[k + 8], r[k + 12], 0xdd);
+            }
+            for (int k = 0; k < 8; k++) {
+                r[k] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0x88);
+                r[k + 8] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0xdd);
+            }
+            const int64_t nl = L - l0 < 16 ? L - l0 : 16;
+            for (int k = 0; k < nl; k++)
+                _mm512_storeu_ps(dst + (l0 + k) * op + o0, r[k]);
+        }
+}
+
+#endif /* FO_X86 */
+
+static void im2col_plane(int path, const fo_geom *g, const float *xc, float *out, int64_t ld)
+{
+    if (span_case(g)) {
+        im2col_plane_span(g, xc, out, ld);
+        return;
+    }
+#if FO_X86
+    if (path == FO_PATH_AVX512 && (g->sw == 1 || g->sw == 2)) {
+        im2col_plane_512(g, xc, out, ld);
+        return;
+    }
+#endif
+    (void)path;
+    im2col_plane_c(g, xc, out, ld);
+}
+
+static void col2im_plane(int path, const fo_geom *g, const float *src, int64_t ld, float *dxc)
+{
+#if FO_X86
+    if (path == FO_PATH_AVX512 && g->sw == 1) {
+        col2im_plane_512(g, src, ld, dxc);
+        return;
+    }
+#endif
+    (void)path;
+    col2im_plane_c(g, src, ld, dxc);
+}
+
+static void transpose(int path, const float *src, int64_t og, int64_t L, float *dst, int64_t op)
+{
+#if FO_X86
+    if (path == FO_PATH_AVX512) {
+        transpose_512(src, og, L, dst, op);
+        return;
+    }
+#endif
+    (void)path;
+    transpose_c(src, og, L, dst, op);
+}
+
 static int team(int threads, int64_t jobs)
 {
     if (threads < 1)
@@ -334,22 +592,24 @@ static int team(int threads, int64_t jobs)
 int fo_im2col(const fo_geom *g, const float *x, float *cols, int threads)
 {
     const int64_t planes = g->n * g->c, L = g->ho * g->wo, kk = g->kh * g->kw;
+    const int path = fo_conv_path();
     const int nt = team(threads, planes);
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t e = 0; e < planes; e++)
-        im2col_plane(g, x + e * g->h * g->w, cols + e * kk * L, L);
+        im2col_plane(path, g, x + e * g->h * g->w, cols + e * kk * L, L);
     return FO_OK;
 }
 
 int fo_col2im(const fo_geom *g, const float *cols, float *x, int threads)
 {
     const int64_t planes = g->n * g->c, L = g->ho * g->wo, kk = g->kh * g->kw;
+    const int path = fo_conv_path();
     const int nt = team(threads, planes);
     (void)nt;
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t e = 0; e < planes; e++)
-        col2im_plane(g, cols + e * kk * L, L, x + e * g->h * g->w);
+        col2im_plane(path, g, cols + e * kk * L, L, x + e * g->h * g->w);
     return FO_OK;
 }
 
@@ -360,7 +620,8 @@ int fo_conv_forward(const fo_geom *g, const float *x, const float *w, float *y, 
     const int64_t L = g->ho * g->wo, Lv = round_up(L, FO_VB), Lp = cols_ld(L), kk = g->kh * g->kw;
     const int64_t G = g->groups, cg = g->c / G, og = g->o / G, kg = cg * kk, K = g->c * kk;
     const int direct = L == Lv; /* y rows can take the kernel's full vectors */
-    const gemm_fn gemm = gemm_for(fo_conv_path());
+    const int path = fo_conv_path();
+    const gemm_fn gemm = gemm_for(path);
     const int nt = team(threads, g->n);
     int failed = 0;
     (void)nt;
@@ -377,7 +638,7 @@ int fo_conv_forward(const fo_geom *g, const float *x, const float *w, float *y, 
             if (!ok)
                 continue;
             for (int64_t c = 0; c < g->c; c++)
-                im2col_plane(g, x + (n * g->c + c) * g->h * g->w, cols + c * kk * Lp, Lp);
+                im2col_plane(path, g, x + (n * g->c + c) * g->h * g->w, cols + c * kk * Lp, Lp);
             for (int64_t gi = 0; gi < G; gi++) {
                 float *yg = y + (n * g->o + gi * og) * L;
                 gemm(og, Lv / FO_VB, kg, w + gi * og * kg, kg, 1, cols + gi * kg * Lp, Lp, direct ? yg : ybuf,
@@ -404,7 +665,8 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
     const int64_t nparts = g->n < FO_DW_PARTS ? g->n : FO_DW_PARTS;
     const int64_t part_size = G * kg * op; /* a part's dW^T: [group][k][o padded to op] */
     const int padded_dout = L != Lv;
-    const gemm_fn gemm = gemm_for(fo_conv_path());
+    const int path = fo_conv_path();
+    const gemm_fn gemm = gemm_for(path);
     const int nt = team(threads, nparts);
     int failed = 0;
     (void)nt;
@@ -432,17 +694,11 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
             for (int64_t n = n0; n < n1; n++) {
                 const float *dn = dout + n * g->o * L;
                 for (int64_t c = 0; c < g->c; c++)
-                    im2col_plane(g, x + (n * g->c + c) * g->h * g->w, cols + c * kk * Lp, Lp);
+                    im2col_plane(path, g, x + (n * g->c + c) * g->h * g->w, cols + c * kk * Lp, Lp);
                 /* dW^T part += cols doutT, group by group */
                 for (int64_t gi = 0; gi < G; gi++) {
                     const float *dg = dn + gi * og * L;
-                    for (int64_t l = 0; l < L; l++) {
-                        float *t = doutt + l * op;
-                        for (int64_t o = 0; o < og; o++)
-                            t[o] = dg[o * L + l];
-                        for (int64_t o = og; o < op; o++)
-                            t[o] = 0.0f;
-                    }
+                    transpose(path, dg, og, L, doutt, op);
                     gemm(kg, op / FO_VB, L, cols + gi * kg * Lp, Lp, 1, doutt, op, part + gi * kg * op, op, 1);
                 }
                 if (dx == NULL)
@@ -463,7 +719,10 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
                     gemm(kg, Lv / FO_VB, og, w + gi * og * kg, 1, kg, db + gi * og * ldb, ldb, cols + gi * kg * Lp,
                          Lp, 0);
                 for (int64_t c = 0; c < g->c; c++)
-                    col2im_plane(g, cols + c * kk * Lp, Lp, dx + (n * g->c + c) * g->h * g->w);
+                    if (span_case(g))
+                        col2im_plane_span(g, cols + c * kk * Lp, Lp, dx + (n * g->c + c) * g->h * g->w);
+                    else
+                        col2im_plane(path, g, cols + c * kk * Lp, Lp, dx + (n * g->c + c) * g->h * g->w);
             }
         }
         fo_free(cols);
