@@ -1,1 +1,751 @@
-/* fo_conv: see src_cython/_floatops.pyx */
+/* Float convolution kernels (forward, weight and input gradients, im2col, col2im); see fo_conv.h
+ * for the formulas and the reproducibility rule. Three paths compute the same sums: AVX-512 and
+ * AVX2 (fused multiply-add intrinsics in functions with their own target attribute, so the file is
+ * compiled without -march and runs on any x86-64) and portable C, chosen at run time.
+ */
+#include "fo_conv.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define FO_X86 1
+#include <immintrin.h>
+#else
+#define FO_X86 0
+#endif
+
+#define FO_VB 16 /* rows of columns and of transposed dout are padded to a multiple of 16 floats */
+
+static int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+/* The row stride of a sample's columns: L rounded up to 16 floats, plus 16 when that is a multiple
+ * of 2 KiB, so that the rows a kernel reads together do not all fall in the same L1 cache sets
+ * (with a 4 KiB stride, 16 rows share one set of a 12-way cache). */
+static int64_t cols_ld(int64_t L)
+{
+    const int64_t ld = round_up(L, FO_VB);
+    return ld % 512 == 0 ? ld + FO_VB : ld;
+}
+
+static void *fo_alloc(size_t bytes)
+{
+    if (bytes == 0)
+        bytes = 64;
+    bytes = (bytes + 63) / 64 * 64;
+#if defined(_WIN32)
+    return _aligned_malloc(bytes, 64);
+#else
+    void *p = NULL;
+    return posix_memalign(&p, 64, bytes) == 0 ? p : NULL;
+#endif
+}
+
+static void fo_free(void *p)
+{
+#if defined(_WIN32)
+    _aligned_free(p);
+#else
+    free(p);
+#endif
+}
+
+/* ---- CPU features and the path ------------------------------------------------------------- */
+
+int fo_conv_path_supported(int path)
+{
+    if (path == FO_PATH_SCALAR)
+        return 1;
+#if FO_X86
+    __builtin_cpu_init();
+    if (path == FO_PATH_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (path == FO_PATH_AVX512)
+        return __builtin_cpu_supports("avx512f") != 0;
+#endif
+    return 0;
+}
+
+static int forced_path = FO_PATH_AUTO;
+
+int fo_conv_set_path(int path)
+{
+    int old = forced_path;
+    forced_path = path;
+    return old;
+}
+
+int fo_conv_path(void)
+{
+    if (forced_path != FO_PATH_AUTO)
+        return forced_path;
+    if (fo_conv_path_supported(FO_PATH_AVX512))
+        return FO_PATH_AVX512;
+    if (fo_conv_path_supported(FO_PATH_AVX2))
+        return FO_PATH_AVX2;
+    return FO_PATH_SCALAR;
+}
+
+/* ---- the broadcast GEMM: C[m, v] (+)= sum_p A[m sam + p sap] B[p ldb + v] ----------------------
+ * m < M, v < 16 nv (C and B rows hold nv blocks of 16 floats), p < P in increasing order, one
+ * accumulator per C element starting from 0; accum adds the sum to C's old value (C + sum). */
+
+typedef void (*gemm_fn)(int64_t M, int64_t nv, int64_t P, const float *A, int64_t sam, int64_t sap,
+                        const float *B, int64_t ldb, float *C, int64_t ldc, int accum);
+
+static void gemm_scalar(int64_t M, int64_t nv, int64_t P, const float *A, int64_t sam, int64_t sap,
+                        const float *B, int64_t ldb, float *C, int64_t ldc, int accum)
+{
+    float acc[FO_VB];
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t v0 = 0; v0 < nv * FO_VB; v0 += FO_VB) {
+            for (int v = 0; v < FO_VB; v++)
+                acc[v] = 0.0f;
+            for (int64_t p = 0; p < P; p++) {
+                const float a = A[m * sam + p * sap];
+                const float *b = B + p * ldb + v0;
+                for (int v = 0; v < FO_VB; v++)
+                    acc[v] += a * b[v];
+            }
+            float *c = C + m * ldc + v0;
+            for (int v = 0; v < FO_VB; v++)
+                c[v] = accum ? c[v] + acc[v] : acc[v];
+        }
+}
+
+#if FO_X86
+
+#define T512 __attribute__((target("avx512f")))
+#define T256 __attribute__((target("avx2,fma")))
+#define INL static inline __attribute__((always_inline))
+
+/* AVX-512: MR rows x NR vectors of 16 (MR NR <= 24 accumulators, plus NR B vectors) */
+T512 INL void mk512(const int MR, const int NR, int64_t P, const float *A, int64_t sam, int64_t sap,
+                    const float *B, int64_t ldb, float *C, int64_t ldc, int accum)
+{
+    __m512 acc[24][4];
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < NR; j++)
+            acc[r][j] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < P; p++) {
+        __m512 b[4];
+        const float *bp = B + p * ldb;
+        const float *ap = A + p * sap;
+        for (int j = 0; j < NR; j++)
+            b[j] = _mm512_loadu_ps(bp + 16 * j);
+        for (int r = 0; r < MR; r++) {
+            const __m512 a = _mm512_set1_ps(ap[r * sam]);
+            for (int j = 0; j < NR; j++)
+                acc[r][j] = _mm512_fmadd_ps(a, b[j], acc[r][j]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < NR; j++) {
+            float *c = C + r * ldc + 16 * j;
+            _mm512_storeu_ps(c, accum ? _mm512_add_ps(_mm512_loadu_ps(c), acc[r][j]) : acc[r][j]);
+        }
+}
+
+#define MK512(MRV, NRV) mk512(MRV, NRV, P, A + m0 * sam, sam, sap, B + v0, ldb, C + m0 * ldc + v0, ldc, accum)
+#define CASE512(MRV, NRV) case MRV: MK512(MRV, NRV); break;
+
+T512 static void gemm_avx512(int64_t M, int64_t nv, int64_t P, const float *A, int64_t sam, int64_t sap,
+                             const float *B, int64_t ldb, float *C, int64_t ldc, int accum)
+{
+    for (int64_t j0 = 0; j0 < nv; j0 += 4) {
+        const int nr = nv - j0 >= 4 ? 4 : (int)(nv - j0);
+        const int64_t v0 = 16 * j0;
+        const int mrmax = nr == 4 ? 6 : nr == 3 ? 8 : nr == 2 ? 12 : 16;
+        for (int64_t m0 = 0; m0 < M; m0 += mrmax) {
+            const int mr = M - m0 >= mrmax ? mrmax : (int)(M - m0);
+            switch (nr) {
+            case 4:
+                switch (mr) { CASE512(1, 4) CASE512(2, 4) CASE512(3, 4) CASE512(4, 4) CASE512(5, 4)
+                              CASE512(6, 4) }
+                break;
+            case 3:
+                switch (mr) { CASE512(1, 3) CASE512(2, 3) CASE512(3, 3) CASE512(4, 3) CASE512(5, 3)
+                              CASE512(6, 3) CASE512(7, 3) CASE512(8, 3) }
+                break;
+            case 2:
+                switch (mr) { CASE512(1, 2) CASE512(2, 2) CASE512(3, 2) CASE512(4, 2) CASE512(5, 2)
+                              CASE512(6, 2) CASE512(7, 2) CASE512(8, 2) CASE512(9, 2) CASE512(10, 2)
+                              CASE512(11, 2) CASE512(12, 2) }
+                break;
+            default:
+                switch (mr) { CASE512(1, 1) CASE512(2, 1) CASE512(3, 1) CASE512(4, 1) CASE512(5, 1)
+                              CASE512(6, 1) CASE512(7, 1) CASE512(8, 1) CASE512(9, 1) CASE512(10, 1)
+                              CASE512(11, 1) CASE512(12, 1) CASE512(13, 1) CASE512(14, 1)
+                              CASE512(15, 1) CASE512(16, 1) }
+                break;
+            }
+        }
+    }
+}
+
+/* AVX2: MR rows x one block of 16 floats (2 vectors of 8): 12 accumulators of the 16 registers */
+T256 INL void mk256(const int MR, int64_t P, const float *A, int64_t sam, int64_t sap, const float *B,
+                    float *C, int64_t ldb, int64_t ldc, int accum)
+{
+    __m256 acc[6][2];
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < 2; j++)
+            acc[r][j] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < P; p++) {
+        const float *bp = B + p * ldb;
+        const float *ap = A + p * sap;
+        const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+        for (int r = 0; r < MR; r++) {
+            const __m256 a = _mm256_broadcast_ss(ap + r * sam);
+            acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < 2; j++) {
+            float *c = C + r * ldc + 8 * j;
+            _mm256_storeu_ps(c, accum ? _mm256_add_ps(_mm256_loadu_ps(c), acc[r][j]) : acc[r][j]);
+        }
+}
+
+#define CASE256(MRV) case MRV: mk256(MRV, P, A + m0 * sam, sam, sap, B + v0, C + m0 * ldc + v0, ldb, ldc, accum); break;
+
+T256 static void gemm_avx2(int64_t M, int64_t nv, int64_t P, const float *A, int64_t sam, int64_t sap,
+                           const float *B, int64_t ldb, float *C, int64_t ldc, int accum)
+{
+    for (int64_t j0 = 0; j0 < nv; j0++) {
+        const int64_t v0 = 16 * j0;
+        for (int64_t m0 = 0; m0 < M; m0 += 6) {
+            const int mr = M - m0 >= 6 ? 6 : (int)(M - m0);
+            switch (mr) { CASE256(1) CASE256(2) CASE256(3) CASE256(4) CASE256(5) CASE256(6) }
+        }
+    }
+}
+
+#endif /* FO_X86 */
+
+static gemm_fn gemm_for(int path)
+{
+#if FO_X86
+    if (path == FO_PATH_AVX512)
+        return gemm_avx512;
+    if (path == FO_PATH_AVX2)
+        return gemm_avx2;
+#endif
+    (void)path;
+    return gemm_scalar;
+}
+
+/* ---- im2col / col2im of one (sample, channel) plane ------------------------------------------ */
+
+/* the output columns q whose input column q sw + j dw - left lies in [0, W): [*lo, *hi) */
+static void valid_q(const fo_geom *g, int64_t j, int64_t *lo, int64_t *hi)
+{
+    const int64_t t = g->pl - j * g->dw;              /* q sw >= t */
+    const int64_t u = g->w - 1 + g->pl - j * g->dw;   /* q sw <= u */
+    int64_t a = t <= 0 ? 0 : (t + g->sw - 1) / g->sw;
+    int64_t b = u < 0 ? 0 : u / g->sw + 1;
+    if (a > g->wo)
+        a = g->wo;
+    if (b > g->wo)
+        b = g->wo;
+    if (b < a)
+        b = a;
+    *lo = a;
+    *hi = b;
+}
+
+/* rows (i, j) of one channel's columns, row stride ld (the tail [L, ld) is zeroed) */
+static void im2col_plane_c(const fo_geom *g, const float *xc, float *out, int64_t ld)
+{
+    const int64_t L = g->ho * g->wo;
+    const float pv = g->pad_value;
+    for (int64_t i = 0; i < g->kh; i++)
+        for (int64_t j = 0; j < g->kw; j++) {
+            float *row = out + (i * g->kw + j) * ld;
+            int64_t qlo, qhi;
+            valid_q(g, j, &qlo, &qhi);
+            const int64_t w0 = j * g->dw - g->pl;
+            for (int64_t p = 0; p < g->ho; p++) {
+                const int64_t h = p * g->sh + i * g->dh - g->pt;
+                float *dst = row + p * g->wo;
+                if (h < 0 || h >= g->h) {
+                    for (int64_t q = 0; q < g->wo; q++)
+                        dst[q] = pv;
+                    continue;
+                }
+                const float *src = xc + h * g->w + w0;
+                for (int64_t q = 0; q < qlo; q++)
+                    dst[q] = pv;
+                if (g->sw == 1)
+                    memcpy(dst + qlo, src + qlo, (size_t)(qhi - qlo) * sizeof(float));
+                else
+                    for (int64_t q = qlo; q < qhi; q++)
+                        dst[q] = src[q * g->sw];
+                for (int64_t q = qhi; q < g->wo; q++)
+                    dst[q] = pv;
+            }
+            for (int64_t l = L; l < ld; l++)
+                row[l] = 0.0f;
+        }
+}
+
+/* dxc = the sum of one channel's column rows (row stride ld) at their input pixels, the taps added
+ * in the order (i, j) to a zero-filled plane (the reference col2im's order: bit-identical) */
+static void col2im_plane_c(const fo_geom *g, const float *src, int64_t ld, float *dxc)
+{
+    for (int64_t e = 0; e < g->h * g->w; e++)
+        dxc[e] = 0.0f;
+    for (int64_t i = 0; i < g->kh; i++)
+        for (int64_t j = 0; j < g->kw; j++) {
+            const float *row = src + (i * g->kw + j) * ld;
+            int64_t qlo, qhi;
+            valid_q(g, j, &qlo, &qhi);
+            const int64_t w0 = j * g->dw - g->pl;
+            for (int64_t p = 0; p < g->ho; p++) {
+                const int64_t h = p * g->sh + i * g->dh - g->pt;
+                if (h < 0 || h >= g->h)
+                    continue;
+                float *dst = dxc + h * g->w + w0;
+                const float *s = row + p * g->wo;
+                if (g->sw == 1)
+                    for (int64_t q = qlo; q < qhi; q++)
+                        dst[q] += s[q];
+                else
+                    for (int64_t q = qlo; q < qhi; q++)
+                        dst[q * g->sw] += s[q];
+            }
+        }
+}
+
+/* The common case of "same" convolutions: strides 1 and Wo == W. Then a column row (c, i, j) over
+ * its valid output rows p0 <= p < p1 is one contiguous copy of the input, at a constant offset,
+ * except the q < qlo and q >= qhi entries of each row (the taps that fall in the horizontal
+ * padding), which are fixed afterwards. */
+static int span_case(const fo_geom *g) { return g->sh == 1 && g->sw == 1 && g->wo == g->w; }
+
+/* the output rows p whose input row p + i dh - top lies in [0, H) (strides 1): [*lo, *hi) */
+static void valid_p(const fo_geom *g, int64_t i, int64_t *lo, int64_t *hi)
+{
+    int64_t a = g->pt - i * g->dh, b = g->h + g->pt - i * g->dh;
+    a = a < 0 ? 0 : a > g->ho ? g->ho : a;
+    b = b < a ? a : b > g->ho ? g->ho : b;
+    *lo = a;
+    *hi = b;
+}
+
+static void im2col_plane_span(const fo_geom *g, const float *xc, float *out, int64_t ld)
+{
+    const int64_t L = g->ho * g->wo, wo = g->wo;
+    const float pv = g->pad_value;
+    for (int64_t i = 0; i < g->kh; i++) {
+        int64_t p0, p1;
+        valid_p(g, i, &p0, &p1);
+        for (int64_t j = 0; j < g->kw; j++) {
+            float *row = out + (i * g->kw + j) * ld;
+            int64_t qlo, qhi;
+            valid_q(g, j, &qlo, &qhi);
+            for (int64_t l = 0; l < p0 * wo; l++)
+                row[l] = pv;
+            if (p1 > p0 && qhi > qlo) {
+                const int64_t d0 = p0 * wo + qlo, d1 = (p1 - 1) * wo + qhi;
+                const float *src = xc + (p0 + i * g->dh - g->pt) * g->w + j * g->dw - g->pl + qlo;
+                memcpy(row + d0, src, (size_t)(d1 - d0) * sizeof(float));
+                for (int64_t p = p0; p < p1; p++) {
+                    for (int64_t q = 0; q < qlo; q++)
+                        row[p * wo + q] = pv;
+                    for (int64_t q = qhi; q < wo; q++)
+                        row[p * wo + q] = pv;
+                }
+            } else {
+                for (int64_t l = p0 * wo; l < p1 * wo; l++)
+                    row[l] = pv;
+            }
+            for (int64_t l = p1 * wo; l < L; l++)
+                row[l] = pv;
+            for (int64_t l = L; l < ld; l++)
+                row[l] = 0.0f;
+        }
+    }
+}
+
+/* dxc = col2im of one channel's rows, for the span case: the padding taps of ``src`` are zeroed
+ * (src is scratch), then each row (i, j) is added as one contiguous span, in the order (i, j).
+ * The same sums as col2im_plane_c but for the sign of zero (a -0.0 sum may come out +0.0). */
+static void col2im_plane_span(const fo_geom *g, float *src, int64_t ld, float *dxc)
+{
+    const int64_t wo = g->wo;
+    memset(dxc, 0, (size_t)(g->h * g->w) * sizeof(float));
+    for (int64_t i = 0; i < g->kh; i++) {
+        int64_t p0, p1;
+        valid_p(g, i, &p0, &p1);
+        for (int64_t j = 0; j < g->kw; j++) {
+            float *row = src + (i * g->kw + j) * ld;
+            int64_t qlo, qhi;
+            valid_q(g, j, &qlo, &qhi);
+            if (p1 <= p0 || qhi <= qlo)
+                continue;
+            for (int64_t p = p0; p < p1; p++) {
+                for (int64_t q = 0; q < qlo; q++)
+                    row[p * wo + q] = 0.0f;
+                for (int64_t q = qhi; q < wo; q++)
+                    row[p * wo + q] = 0.0f;
+            }
+            const int64_t d0 = p0 * wo + qlo, d1 = (p1 - 1) * wo + qhi;
+            float *restrict dst = dxc + (p0 + i * g->dh - g->pt) * g->w + j * g->dw - g->pl + qlo;
+            const float *restrict s = row + d0;
+            for (int64_t e = 0; e < d1 - d0; e++)
+                dst[e] += s[e];
+        }
+    }
+}
+
+/* dout[n, group] (og rows of L) -> doutT (L rows of op, the columns og..op zero) */
+static void transpose_c(const float *src, int64_t og, int64_t L, float *dst, int64_t op)
+{
+    for (int64_t l0 = 0; l0 < L; l0 += 16)
+        for (int64_t o = 0; o < op; o++) {
+            const int64_t l1 = l0 + 16 < L ? l0 + 16 : L;
+            for (int64_t l = l0; l < l1; l++)
+                dst[l * op + o] = o < og ? src[o * L + l] : 0.0f;
+        }
+}
+
+#if FO_X86
+
+/* lanes a <= t < b of 16 (a, b clamped to [0, 16]) */
+static inline __mmask16 lanes(int64_t a, int64_t b)
+{
+    a = a < 0 ? 0 : a > 16 ? 16 : a;
+    b = b < 0 ? 0 : b > 16 ? 16 : b;
+    return b <= a ? 0 : (__mmask16)(((1u << b) - 1u) & ~((1u << a) - 1u));
+}
+
+static inline uint32_t lanes32(int64_t a, int64_t b)
+{
+    a = a < 0 ? 0 : a > 32 ? 32 : a;
+    b = b < 0 ? 0 : b > 32 ? 32 : b;
+    if (b <= a)
+        return 0;
+    const uint32_t hi = b == 32 ? 0xffffffffu : (1u << b) - 1u;
+    return hi & ~(a == 32 ? 0xffffffffu : (1u << a) - 1u);
+}
+
+/* im2col of one plane for horizontal strides 1 and 2 (masked loads read only the valid input) */
+T512 static void im2col_plane_512(const fo_geom *g, const float *xc, float *out, int64_t ld)
+{
+    const int64_t L = g->ho * g->wo, wo = g->wo, sw = g->sw;
+    const __m512 pv = _mm512_set1_ps(g->pad_value);
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    for (int64_t i = 0; i < g->kh; i++)
+        for (int64_t j = 0; j < g->kw; j++) {
+            float *row = out + (i * g->kw + j) * ld;
+            int64_t qlo, qhi;
+            valid_q(g, j, &qlo, &qhi);
+            const int64_t w0 = j * g->dw - g->pl;
+            for (int64_t p = 0; p < g->ho; p++) {
+                const int64_t h = p * g->sh + i * g->dh - g->pt;
+                float *dst = row + p * wo;
+                const int inside = h >= 0 && h < g->h;
+                const float *src = xc + (inside ? h : 0) * g->w + w0; /* + q sw: input column */
+                for (int64_t q0 = 0; q0 < wo; q0 += 16) {
+                    const __mmask16 ms = lanes(0, wo - q0);
+                    __m512 v = pv;
+                    if (inside && sw == 1) {
+                        if (q0 >= qlo && q0 + 16 <= qhi)
+                            v = _mm512_loadu_ps(src + q0);
+                        else
+                            v = _mm512_mask_loadu_ps(pv, lanes(qlo - q0, qhi - q0), src + q0);
+                    } else if (inside) { /* sw == 2: the even elements of 32 consecutive inputs */
+                        const uint32_t m = lanes32(2 * (qlo - q0), 2 * (qhi - q0) - 1);
+                        const __m512 a = _mm512_mask_loadu_ps(pv, (__mmask16)(m & 0xffff), src + 2 * q0);
+                        const __m512 b = _mm512_mask_loadu_ps(pv, (__mmask16)(m >> 16), src + 2 * q0 + 16);
+                        v = _mm512_permutex2var_ps(a, even, b);
+                    }
+                    if (q0 + 16 <= wo)
+                        _mm512_storeu_ps(dst + q0, v);
+                    else
+                        _mm512_mask_storeu_ps(dst + q0, ms, v);
+                }
+            }
+            for (int64_t l = L; l < ld; l++)
+                row[l] = 0.0f;
+        }
+}
+
+/* col2im of one plane, horizontal stride 1: the same adds in the same order as col2im_plane_c */
+T512 static void col2im_plane_512(const fo_geom *g, const float *src, int64_t ld, float *dxc)
+{
+    memset(dxc, 0, (size_t)(g->h * g->w) * sizeof(float));
+    for (int64_t i = 0; i < g->kh; i++)
+        for (int64_t j = 0; j < g->kw; j++) {
+            const float *row = src + (i * g->kw + j) * ld;
+            int64_t qlo, qhi;
+            valid_q(g, j, &qlo, &qhi);
+            const int64_t w0 = j * g->dw - g->pl;
+            for (int64_t p = 0; p < g->ho; p++) {
+                const int64_t h = p * g->sh + i * g->dh - g->pt;
+                if (h < 0 || h >= g->h)
+                    continue;
+                float *dst = dxc + h * g->w + w0;
+                const float *s = row + p * g->wo;
+                for (int64_t q0 = qlo; q0 < qhi; q0 += 16) {
+                    const __mmask16 m = lanes(0, qhi - q0);
+                    const __m512 d = _mm512_maskz_loadu_ps(m, dst + q0);
+                    _mm512_mask_storeu_ps(dst + q0, m, _mm512_add_ps(d, _mm512_maskz_loadu_ps(m, s + q0)));
+                }
+            }
+        }
+}
+
+/* 16 x 16 transposes (unpack, shuffle, 128-bit lane shuffles); rows past og and columns past L
+ * read as zero, rows of the output past L are not written */
+T512 static void transpose_512(const float *src, int64_t og, int64_t L, float *dst, int64_t op)
+{
+    for (int64_t o0 = 0; o0 < op; o0 += 16)
+        for (int64_t l0 = 0; l0 < L; l0 += 16) {
+            const __mmask16 ml = lanes(0, L - l0);
+            __m512 r[16], t[16];
+            for (int k = 0; k < 16; k++)
+                r[k] = o0 + k < og ? _mm512_maskz_loadu_ps(ml, src + (o0 + k) * L + l0) : _mm512_setzero_ps();
+            for (int k = 0; k < 16; k += 2) {
+                t[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);
+                t[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);
+            }
+            for (int k = 0; k < 16; k += 4) {
+                r[k] = _mm512_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+                r[k + 1] = _mm512_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+                r[k + 2] = _mm512_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+                r[k + 3] = _mm512_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+            }
+            for (int k = 0; k < 4; k++) {
+                t[k] = _mm512_shuffle_f32x4(r[k], r[k + 4], 0x88);
+                t[k + 4] = _mm512_shuffle_f32x4(r[k], r[k + 4], 0xdd);
+                t[k + 8] = _mm512_shuffle_f32x4(r[k + 8], r[k + 12], 0x88);
+                t[k + 12] = _mm512_shuffle_f32x4(r[k + 8], r[k + 12], 0xdd);
+            }
+            for (int k = 0; k < 8; k++) {
+                r[k] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0x88);
+                r[k + 8] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0xdd);
+            }
+            const int64_t nl = L - l0 < 16 ? L - l0 : 16;
+            for (int k = 0; k < nl; k++)
+                _mm512_storeu_ps(dst + (l0 + k) * op + o0, r[k]);
+        }
+}
+
+#endif /* FO_X86 */
+
+static void im2col_plane(int path, const fo_geom *g, const float *xc, float *out, int64_t ld)
+{
+    if (span_case(g)) {
+        im2col_plane_span(g, xc, out, ld);
+        return;
+    }
+#if FO_X86
+    if (path == FO_PATH_AVX512 && (g->sw == 1 || g->sw == 2)) {
+        im2col_plane_512(g, xc, out, ld);
+        return;
+    }
+#endif
+    (void)path;
+    im2col_plane_c(g, xc, out, ld);
+}
+
+static void col2im_plane(int path, const fo_geom *g, const float *src, int64_t ld, float *dxc)
+{
+#if FO_X86
+    if (path == FO_PATH_AVX512 && g->sw == 1) {
+        col2im_plane_512(g, src, ld, dxc);
+        return;
+    }
+#endif
+    (void)path;
+    col2im_plane_c(g, src, ld, dxc);
+}
+
+static void transpose(int path, const float *src, int64_t og, int64_t L, float *dst, int64_t op)
+{
+#if FO_X86
+    if (path == FO_PATH_AVX512) {
+        transpose_512(src, og, L, dst, op);
+        return;
+    }
+#endif
+    (void)path;
+    transpose_c(src, og, L, dst, op);
+}
+
+static int team(int threads, int64_t jobs)
+{
+    if (threads < 1)
+        threads = 1;
+    if (jobs < threads)
+        threads = jobs < 1 ? 1 : (int)jobs;
+    return threads;
+}
+
+int fo_im2col(const fo_geom *g, const float *x, float *cols, int threads)
+{
+    const int64_t planes = g->n * g->c, L = g->ho * g->wo, kk = g->kh * g->kw;
+    const int path = fo_conv_path();
+    const int nt = team(threads, planes);
+    (void)nt;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t e = 0; e < planes; e++)
+        im2col_plane(path, g, x + e * g->h * g->w, cols + e * kk * L, L);
+    return FO_OK;
+}
+
+int fo_col2im(const fo_geom *g, const float *cols, float *x, int threads)
+{
+    const int64_t planes = g->n * g->c, L = g->ho * g->wo, kk = g->kh * g->kw;
+    const int path = fo_conv_path();
+    const int nt = team(threads, planes);
+    (void)nt;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t e = 0; e < planes; e++)
+        col2im_plane(path, g, cols + e * kk * L, L, x + e * g->h * g->w);
+    return FO_OK;
+}
+
+/* ---- forward -------------------------------------------------------------------------------- */
+
+int fo_conv_forward(const fo_geom *g, const float *x, const float *w, float *y, int threads)
+{
+    const int64_t L = g->ho * g->wo, Lv = round_up(L, FO_VB), Lp = cols_ld(L), kk = g->kh * g->kw;
+    const int64_t G = g->groups, cg = g->c / G, og = g->o / G, kg = cg * kk, K = g->c * kk;
+    const int direct = L == Lv; /* y rows can take the kernel's full vectors */
+    const int path = fo_conv_path();
+    const gemm_fn gemm = gemm_for(path);
+    const int nt = team(threads, g->n);
+    int failed = 0;
+    (void)nt;
+    if (g->n == 0)
+        return FO_OK;
+#pragma omp parallel num_threads(nt) reduction(| : failed)
+    {
+        float *cols = (float *)fo_alloc((size_t)(K * Lp) * sizeof(float));
+        float *ybuf = direct ? NULL : (float *)fo_alloc((size_t)(og * Lv) * sizeof(float));
+        const int ok = cols != NULL && (direct || ybuf != NULL);
+        failed |= !ok;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t n = 0; n < g->n; n++) {
+            if (!ok)
+                continue;
+            for (int64_t c = 0; c < g->c; c++)
+                im2col_plane(path, g, x + (n * g->c + c) * g->h * g->w, cols + c * kk * Lp, Lp);
+            for (int64_t gi = 0; gi < G; gi++) {
+                float *yg = y + (n * g->o + gi * og) * L;
+                gemm(og, Lv / FO_VB, kg, w + gi * og * kg, kg, 1, cols + gi * kg * Lp, Lp, direct ? yg : ybuf,
+                     direct ? L : Lv, 0);
+                if (!direct)
+                    for (int64_t o = 0; o < og; o++)
+                        memcpy(yg + o * L, ybuf + o * Lv, (size_t)L * sizeof(float));
+            }
+        }
+        fo_free(cols);
+        fo_free(ybuf);
+    }
+    return failed ? FO_ENOMEM : FO_OK;
+}
+
+/* ---- backward ------------------------------------------------------------------------------- */
+
+int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const float *w, float *dx, float *dw,
+                     int threads)
+{
+    const int64_t L = g->ho * g->wo, Lv = round_up(L, FO_VB), Lp = cols_ld(L), kk = g->kh * g->kw;
+    const int64_t G = g->groups, cg = g->c / G, og = g->o / G, kg = cg * kk, K = g->c * kk;
+    const int64_t op = round_up(og, FO_VB);
+    const int64_t nparts = g->n < FO_DW_PARTS ? g->n : FO_DW_PARTS;
+    const int64_t part_size = G * kg * op; /* a part's dW^T: [group][k][o padded to op] */
+    const int padded_dout = L != Lv;
+    const int path = fo_conv_path();
+    const gemm_fn gemm = gemm_for(path);
+    const int nt = team(threads, nparts);
+    int failed = 0;
+    (void)nt;
+    if (g->n == 0) {
+        memset(dw, 0, (size_t)(g->o * kg) * sizeof(float));
+        return FO_OK;
+    }
+    float *parts = (float *)fo_alloc((size_t)(nparts * part_size) * sizeof(float));
+    if (parts == NULL)
+        return FO_ENOMEM;
+#pragma omp parallel num_threads(nt) reduction(| : failed)
+    {
+        float *cols = (float *)fo_alloc((size_t)(K * Lp) * sizeof(float));
+        float *doutt = (float *)fo_alloc((size_t)(L * op) * sizeof(float));
+        float *doutp = dx != NULL && padded_dout ? (float *)fo_alloc((size_t)(g->o * Lv) * sizeof(float)) : NULL;
+        const int ok = cols != NULL && doutt != NULL && (dx == NULL || !padded_dout || doutp != NULL);
+        failed |= !ok;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t pi = 0; pi < nparts; pi++) {
+            if (!ok)
+                continue;
+            float *part = parts + pi * part_size;
+            memset(part, 0, (size_t)part_size * sizeof(float));
+            const int64_t n0 = pi * g->n / nparts, n1 = (pi + 1) * g->n / nparts;
+            for (int64_t n = n0; n < n1; n++) {
+                const float *dn = dout + n * g->o * L;
+                for (int64_t c = 0; c < g->c; c++)
+                    im2col_plane(path, g, x + (n * g->c + c) * g->h * g->w, cols + c * kk * Lp, Lp);
+                /* dW^T part += cols doutT, group by group */
+                for (int64_t gi = 0; gi < G; gi++) {
+                    const float *dg = dn + gi * og * L;
+                    transpose(path, dg, og, L, doutt, op);
+                    gemm(kg, op / FO_VB, L, cols + gi * kg * Lp, Lp, 1, doutt, op, part + gi * kg * op, op, 1);
+                }
+                if (dx == NULL)
+                    continue;
+                /* dcols = Wg^T dout[n, g] (into the columns' buffer), then col2im channel by channel */
+                const float *db = dn;
+                int64_t ldb = L;
+                if (padded_dout) {
+                    for (int64_t o = 0; o < g->o; o++) {
+                        memcpy(doutp + o * Lv, dn + o * L, (size_t)L * sizeof(float));
+                        for (int64_t l = L; l < Lv; l++)
+                            doutp[o * Lv + l] = 0.0f;
+                    }
+                    db = doutp;
+                    ldb = Lv;
+                }
+                for (int64_t gi = 0; gi < G; gi++)
+                    gemm(kg, Lv / FO_VB, og, w + gi * og * kg, 1, kg, db + gi * og * ldb, ldb, cols + gi * kg * Lp,
+                         Lp, 0);
+                for (int64_t c = 0; c < g->c; c++)
+                    if (span_case(g))
+                        col2im_plane_span(g, cols + c * kk * Lp, Lp, dx + (n * g->c + c) * g->h * g->w);
+                    else
+                        col2im_plane(path, g, cols + c * kk * Lp, Lp, dx + (n * g->c + c) * g->h * g->w);
+            }
+        }
+        fo_free(cols);
+        fo_free(doutt);
+        fo_free(doutp);
+    }
+    if (!failed) {
+        /* dW[o, k] = the parts' dW^T[k, o] added in part order */
+        const int nt2 = team(threads, g->o);
+        (void)nt2;
+#pragma omp parallel for schedule(static) num_threads(nt2)
+        for (int64_t o = 0; o < g->o; o++) {
+            const int64_t gi = o / og, oo = o % og;
+            float *dwo = dw + o * kg;
+            for (int64_t k = 0; k < kg; k++)
+                dwo[k] = parts[gi * kg * op + k * op + oo];
+            for (int64_t pi = 1; pi < nparts; pi++) {
+                const float *pt = parts + pi * part_size + gi * kg * op + oo;
+                for (int64_t k = 0; k < kg; k++)
+                    dwo[k] += pt[k * op];
+            }
+        }
+    }
+    fo_free(parts);
+    return failed ? FO_ENOMEM : FO_OK;
+}
