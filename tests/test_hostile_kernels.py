@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from refbnn import kernels
 from refbnn.kernels import compiled, reference, threshold_fold
-from refbnn.ops import im2col
+from refbnn.ops.im2col import im2col
 
 K = compiled()   # ImportError with the build command when the extension is not built
 EXAMPLES = int(os.environ.get("REFBNN_HOSTILE_EXAMPLES", "30"))

@@ -7,7 +7,6 @@ from .activations import (bias_backward, bias_forward, hardtanh_backward, hardta
                           prelu_forward, relu_backward, relu_forward, rprelu_backward, rprelu_forward)
 from .batchnorm import batchnorm_backward, batchnorm_forward
 from .conv import Conv2dCache, conv2d_backward, conv2d_backward_from_input, conv2d_cache, conv2d_forward
-from .im2col import col2im, im2col
 from .linear import LinearCache, linear_backward, linear_cache, linear_forward
 from .losses import (distillation_backward, distillation_forward, log_softmax, softmax_cross_entropy_backward,
                      softmax_cross_entropy_forward)
@@ -31,7 +30,6 @@ __all__ = [
     "conv2d_backward_from_input",
     "conv2d_cache",
     "conv2d_forward",
-    "col2im",
     "distillation_backward",
     "distillation_forward",
     "f_backward",
@@ -42,7 +40,6 @@ __all__ = [
     "global_avgpool_forward",
     "hardtanh_backward",
     "hardtanh_forward",
-    "im2col",
     "linear_backward",
     "linear_cache",
     "linear_forward",
