@@ -35,10 +35,10 @@ from libc.stdlib cimport getenv
 
 cdef extern from "bitkernels.h" nogil:
     enum:
+        BK_PATH_NEON
         BK_PATH_SCALAR
         BK_PATH_AVX2
         BK_PATH_AVX512
-        BK_PATH_NEON
         BK_OUT_INT32
         BK_OUT_FLOAT
         BK_OUT_BITS
@@ -107,12 +107,15 @@ cdef extern from *:
 
 cnp.import_array()
 
-PATHS = ("avx512", "avx2", "neon", "scalar")          # fastest first
-_PATH_ID = {"scalar": BK_PATH_SCALAR, "avx2": BK_PATH_AVX2, "avx512": BK_PATH_AVX512, "neon": BK_PATH_NEON}
-_PATH_NEEDS = {"avx512": "AVX-512F and AVX-512 VPOPCNTDQ", "avx2": "AVX2", "neon": "AArch64 (Advanced SIMD)",
-               "scalar": "nothing"}
-_PATH_TARGET = {"neon": "AArch64"}            # where a path is compiled (the others: x86-64)
+PATHS = ("avx512", "avx2", "scalar")          # fastest first
+_PATH_ID = {"scalar": BK_PATH_SCALAR, "avx2": BK_PATH_AVX2, "avx512": BK_PATH_AVX512}
+_PATH_NEEDS = {"avx512": "AVX-512F and AVX-512 VPOPCNTDQ", "avx2": "AVX2", "scalar": "nothing"}
 POLARITIES = {"lce": 0, "dabnn": 1, "bitorch": 2}
+# the AArch64 path (compiled there only), before the portable one
+PATHS = PATHS[:-1] + ("neon",) + PATHS[-1:]
+_PATH_ID["neon"] = BK_PATH_NEON
+_PATH_NEEDS["neon"] = "AArch64 (Advanced SIMD)"
+_PATH_TARGET = {"neon": "AArch64"}            # where a path is compiled (the others: x86-64)
 ENV_PATH = "REFBNN_KERNEL_PATH"
 PANEL_COLUMNS = BK_NC
 TILE_ROWS = BK_MR

@@ -37,9 +37,9 @@
 #else
 #define BK_ARM64 0
 #endif
+enum { BK_PATH_NEON = 4 };   /* AArch64 only (path ids are fixed values; BK_NPATHS counts the x86 ones) */
 
 enum { BK_PATH_SCALAR = 0, BK_PATH_AVX2 = 1, BK_PATH_AVX512 = 2, BK_NPATHS = 3 };
-enum { BK_PATH_NEON = 4 };   /* AArch64 only (path ids are fixed values, not a count) */
 enum { BK_OUT_INT32 = 0, BK_OUT_FLOAT = 1, BK_OUT_BITS = 2 };
 
 #define BK_NC 32        /* columns of a B panel */

@@ -13,10 +13,10 @@
 
 int bk_path_compiled(int path)
 {
-    if (path == BK_PATH_SCALAR)
-        return 1;
     if (path == BK_PATH_NEON)
         return BK_ARM64;
+    if (path == BK_PATH_SCALAR)
+        return 1;
     return BK_X86 && (path == BK_PATH_AVX2 || path == BK_PATH_AVX512);
 }
 
