@@ -26,18 +26,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-#define BK_X86 1
-#else
-#define BK_X86 0
-#endif
-
 #if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
 #define BK_ARM64 1
 #else
 #define BK_ARM64 0
 #endif
-enum { BK_PATH_NEON = 4 };   /* AArch64 only (path ids are fixed values; BK_NPATHS counts the x86 ones) */
+enum { BK_PATH_NEON = 4 };   /* AArch64 only: an id of its own, past those of the x86 paths */
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define BK_X86 1
+#else
+#define BK_X86 0
+#endif
 
 enum { BK_PATH_SCALAR = 0, BK_PATH_AVX2 = 1, BK_PATH_AVX512 = 2, BK_NPATHS = 3 };
 enum { BK_OUT_INT32 = 0, BK_OUT_FLOAT = 1, BK_OUT_BITS = 2 };
