@@ -96,7 +96,7 @@ def run_driver(exe, path, cases, tmp_path):
         n = int(np.frombuffer(data, np.int64, 1, pos)[0])
         outs.append(data[pos + 8:pos + 8 + n])
         pos += 8 + n
-    assert pos == len(data), "the driver wrote more than one output per case"
+    assert pos == len(data), f"the driver wrote {len(data) - pos} bytes past the outputs of the {len(cases)} cases"
     return outs
 
 
