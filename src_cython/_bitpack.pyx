@@ -38,14 +38,17 @@ cdef extern from "bitkernels.h" nogil:
         BK_PATH_SCALAR
         BK_PATH_AVX2
         BK_PATH_AVX512
+        BK_PATH_AVX2MIX
         BK_OUT_INT32
         BK_OUT_FLOAT
         BK_OUT_BITS
         BK_NC
         BK_MR
+        BK_MIX_DEFAULT
 
     ctypedef struct bk_job:
         int path
+        int mix_scalar
         int64_t m, n
         int ntaps, cw
         int32_t kbits
@@ -86,7 +89,8 @@ cdef extern from "bitkernels.h" nogil:
     void bk_maxpool(const uint64_t *x, int64_t in_h, int64_t in_w, int64_t cw, int64_t x_img, int64_t x_row,
                     int64_t x_pix, int kh, int kw, int sh, int sw, int ph, int pw, int64_t out_h, int64_t out_w,
                     uint64_t *out, int64_t q0, int64_t q1)
-    double bk_peak(int path, int64_t iters)
+    double bk_peak(int path, int mix_scalar, int64_t iters)
+    int bk_mix_split_list(int *ns, int max)
     double bk_peak_mix(int path, int nv, int ns, int64_t iters)
     int bk_peak_mix_list(int *nv, int *ns, int max)
 
@@ -106,9 +110,10 @@ cdef extern from *:
 
 cnp.import_array()
 
-PATHS = ("avx512", "avx2", "scalar")          # fastest first
-_PATH_ID = {"scalar": BK_PATH_SCALAR, "avx2": BK_PATH_AVX2, "avx512": BK_PATH_AVX512}
-_PATH_NEEDS = {"avx512": "AVX-512F and AVX-512 VPOPCNTDQ", "avx2": "AVX2", "scalar": "nothing"}
+PATHS = ("avx512", "avx2", "avx2+popcnt", "scalar")   # widest first (REFBNN_KERNEL_DISPATCH=static: the first)
+_PATH_ID = {"scalar": BK_PATH_SCALAR, "avx2": BK_PATH_AVX2, "avx2+popcnt": BK_PATH_AVX2MIX, "avx512": BK_PATH_AVX512}
+_PATH_NEEDS = {"avx512": "AVX-512F and AVX-512 VPOPCNTDQ", "avx2": "AVX2", "avx2+popcnt": "AVX2 and POPCNT",
+               "scalar": "nothing"}
 POLARITIES = {"lce": 0, "dabnn": 1, "bitorch": 2}
 ENV_PATH = "REFBNN_KERNEL_PATH"
 PANEL_COLUMNS = BK_NC
@@ -173,6 +178,35 @@ def requested_path(path=None):
 _dispatch = None      # refbnn.kernels.dispatch, imported on the first "auto"
 
 
+def _split_list():
+    cdef int ns[16]
+    cdef int i, n = bk_mix_split_list(ns, 16)
+    return tuple(ns[i] for i in range(n))
+
+
+MIX_SPLITS = _split_list()    # the compiled splits of the mixed path: scalar columns of a panel's PANEL_COLUMNS
+MIX_DEFAULT = BK_MIX_DEFAULT  # the split before refbnn.kernels.dispatch measures one (or with a forced path)
+cdef int _mix_scalar = BK_MIX_DEFAULT
+
+
+def mix_split():
+    """The split the ``avx2+popcnt`` path runs: how many of a panel's 32 output columns go through
+    the scalar ``popcnt`` instruction (the others through AVX2 nibble lookups, 4 columns a
+    register). :mod:`refbnn.kernels.dispatch` measures the best of :data:`MIX_SPLITS` on this
+    machine with the path itself; before that (or when a path is forced) it is the build's default."""
+    return _mix_scalar
+
+
+def set_mix_split(scalar_columns):
+    """Set :func:`mix_split` (one of :data:`MIX_SPLITS`) for this process. Every split computes
+    the same bits; this changes only which ports do the counting."""
+    global _mix_scalar
+    if isinstance(scalar_columns, (bool, np.bool_)) or not isinstance(scalar_columns, (int, np.integer)) \
+            or int(scalar_columns) not in MIX_SPLITS:
+        raise ValueError(f"scalar_columns: expected one of {list(MIX_SPLITS)}, got {scalar_columns!r}")
+    _mix_scalar = int(scalar_columns)
+
+
 def resolve_path(path=None):
     """The path a kernel call uses: ``path`` if given, else $REFBNN_KERNEL_PATH, else ("auto") the
     one :mod:`refbnn.kernels.dispatch` chooses for this machine: the fastest in a short timing run
@@ -222,19 +256,25 @@ def default_threads():
 
 def info():
     """What ``refbnn info`` prints about the kernels: the paths, the one that runs and how it was
-    chosen (``chosen_by``; ``measured_ms``: the dispatcher's timings per path, when it measured)."""
+    chosen (``chosen_by``; ``measured_ms``: the dispatcher's timings per path, when it measured;
+    ``mix_split``: the split of the ``avx2+popcnt`` path, where the CPU runs it)."""
     chosen_by, measured = None, None
+    split = None
+    if "avx2+popcnt" in _SUPPORTED:
+        split = {"scalar_columns": _mix_scalar, "of": BK_NC, "chosen_by": "the build's default" if
+                 _mix_scalar == BK_MIX_DEFAULT else "set_mix_split"}
     try:
         active = resolve_path()
         if requested_path() == "auto":
             report = _dispatch.report()
             chosen_by, measured = report["chosen_by"], report["measured_ms"]
+            split = report["mix_split"]
         else:
             chosen_by = f"{ENV_PATH}={os.environ.get(ENV_PATH)}"
     except (ValueError, RuntimeError) as exc:
         active = f"error: {exc}"
     return {"compiled": compiled_paths(), "supported": supported_paths(), "active": active,
-            "chosen_by": chosen_by, "measured_ms": measured,
+            "chosen_by": chosen_by, "measured_ms": measured, "mix_split": split,
             "env": os.environ.get(ENV_PATH), "openmp": openmp_enabled(), "threads": default_threads(),
             "scalar_popcount": "hardware popcnt" if bk_scalar_hw_popcount() else "portable"}
 
@@ -579,6 +619,7 @@ def _workspace(workspace):
 cdef void _job_defaults(bk_job *job, int path, int64_t m, int64_t n, int ntaps, int cw, int32_t kbits,
                         uint64_t tail, panels, int64_t npanels):
     job.path, job.m, job.n, job.ntaps, job.cw, job.kbits, job.tailmask = path, m, n, ntaps, cw, kbits, tail
+    job.mix_scalar = _mix_scalar
     job.a, job.lda, job.conv, job.x = NULL, 0, 0, NULL
     job.padbuf, job.corr = NULL, NULL
     job.bpanels = <const uint64_t *><size_t>_addr(panels)
@@ -826,16 +867,19 @@ cdef double _time_peak(int pth, int nv, int ns, int nt, double seconds):
     """ops/s of bk_peak (nv < 0) or bk_peak_mix on ``nt`` threads, a run of at least ``seconds``."""
     cdef int64_t iters = 1 << 14, c
     cdef double ops
+    cdef int mix = _mix_scalar
     while True:
         ops = 0
         t0 = time.perf_counter()
         if nv < 0:
             for c in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
-                ops += bk_peak(pth, iters)
+                ops += bk_peak(pth, mix, iters)
         else:
             for c in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
                 ops += bk_peak_mix(pth, nv, ns, iters)
         t = time.perf_counter() - t0
+        if ops < 0:
+            raise ValueError(f"peak loop (path {pth}, {nv} vectors, {ns} scalars) is not compiled into this build")
         if t >= seconds:
             return ops / t
         iters = int(iters * min(8.0, max(1.5, 1.1 * seconds / max(t, 1e-6))))
@@ -858,10 +902,10 @@ def peak_mixes():
     cdef int nv[64]
     cdef int ns[64]
     cdef int i, n = bk_peak_mix_list(nv, ns, 64)
-    mixes = {p: (p, 12 if p != "scalar" else 0, 12 if p == "scalar" else 0) for p in supported_paths()}
+    mixes = {p: (p, -1, -1) for p in supported_paths()}
     if bk_scalar_hw_popcount():
         for p in supported_paths():
-            if p != "scalar":
+            if p in ("avx2", "avx512"):
                 for i in range(n):
                     mixes[f"{p} x{nv[i]} + popcnt x{ns[i]}"] = (p, nv[i], ns[i])
     return mixes
@@ -874,7 +918,7 @@ def measure_peak_mix(mix, threads=1, seconds=0.2):
         raise ValueError(f"mix: expected one of {list(mixes)} (the mixes this CPU runs), got {mix!r}")
     seconds = _seconds(seconds)
     p, nv, ns = mixes[mix]
-    if p == "scalar" or ns == 0:
+    if nv < 0:                   # a path's own loop
         return _time_peak(_PATH_ID[p], -1, 0, _threads(threads), seconds)
     return _time_peak(_PATH_ID[p], nv, ns, _threads(threads), seconds)
 

@@ -14,7 +14,7 @@ int bk_path_compiled(int path)
 {
     if (path == BK_PATH_SCALAR)
         return 1;
-    return BK_X86 && (path == BK_PATH_AVX2 || path == BK_PATH_AVX512);
+    return BK_X86 && (path == BK_PATH_AVX2 || path == BK_PATH_AVX512 || path == BK_PATH_AVX2MIX);
 }
 
 int bk_path_supported(int path)
@@ -28,6 +28,8 @@ int bk_path_supported(int path)
         return 1;
     case BK_PATH_AVX2:
         return __builtin_cpu_supports("avx2") != 0;
+    case BK_PATH_AVX2MIX:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
     case BK_PATH_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
     default:
@@ -63,14 +65,33 @@ static bk_path_fns path_fns(int path)
         return (bk_path_fns){bk_tile_avx512, bk_float_avx512, bk_bits_avx512, bk_peak_avx512};
     if (path == BK_PATH_AVX2)
         return (bk_path_fns){bk_tile_avx2, bk_float_avx2, bk_bits_avx2, bk_peak_avx2};
+    if (path == BK_PATH_AVX2MIX)    /* the tile and peak loops of a split: bk_run, bk_peak */
+        return (bk_path_fns){NULL, bk_float_avx2, bk_bits_avx2, NULL};
 #endif
     (void)path;
     return (bk_path_fns){bk_tile_scalar, bk_float_scalar, bk_bits_scalar, bk_peak_scalar};
 }
 
-double bk_peak(int path, int64_t iters)
+double bk_peak(int path, int mix_scalar, int64_t iters)
 {
+#if BK_X86
+    if (path == BK_PATH_AVX2MIX)
+        return bk_peak_avx2mix(mix_scalar, iters);
+#endif
+    (void)mix_scalar;
     return path_fns(path).peak(iters);
+}
+
+int bk_mix_split_list(int *ns, int max)
+{
+    int n = 0;
+#define BK_SPLIT_ITEM(S)                                                                                \
+    if (n < max)                                                                                        \
+        ns[n] = (S);                                                                                    \
+    n++;
+    BK_MIX_SPLITS(BK_SPLIT_ITEM)
+#undef BK_SPLIT_ITEM
+    return n < max ? n : max;
 }
 
 double bk_peak_mix(int path, int nv, int ns, int64_t iters)
@@ -150,7 +171,11 @@ static int conv_row_pointers(const bk_job *job, int64_t img, int64_t oh, int64_t
 void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
 {
     const bk_path_fns fns = path_fns(job->path);
+#if BK_X86
+    const bk_tile_fn tile = job->path == BK_PATH_AVX2MIX ? bk_tile_avx2mix(job->mix_scalar) : fns.tile;
+#else
     const bk_tile_fn tile = fns.tile;
+#endif
     const bk_epi_fn epi = job->out_mode == BK_OUT_FLOAT ? fns.float_out
                         : job->out_mode == BK_OUT_BITS ? fns.bits_out : int32_out;
     const int ntaps = job->ntaps, cw = job->cw;

@@ -200,3 +200,39 @@ def test_bconv2d_bad_input():
         K.bconv2d(xw, ww, 16, out=np.zeros((1, 8, 3, 3), np.int32))         # NCHW out for NHWC layout
     with pytest.raises(ValueError, match="taps"):
         K.bconv2d(np.zeros((1, 40, 40, 1), np.uint64), np.zeros((1, 33, 33, 1), np.uint64), 1)
+
+
+@given(seeds, st.sampled_from(["int32", "float", "bits"]))
+def test_bconv2d_every_mix_split(seed, output):
+    """The avx2+popcnt path with each split of its columns: every padding mode (the zero-padding
+    correction included), the float transform and bit-packed output, exactly."""
+    if "avx2+popcnt" not in K.supported_paths():
+        pytest.skip("this CPU does not run the avx2+popcnt path (AVX2 and POPCNT)")
+    rng = np.random.default_rng(seed)
+    x, wt, s, p, d, g, pv = random_conv(rng)
+    if output == "bits" and g > 1:
+        wt = np.where(rng.random((64 * g,) + wt.shape[1:]) < 0.5, -1.0, 1.0).astype(np.float32)
+    o = wt.shape[0]
+    dot = reference.binary_conv2d(x, wt, s, p, d, g, pv)
+    kw = {}
+    if output == "int32":
+        expect = dot
+    elif output == "float":
+        kw = {"multiplier": rng.standard_normal(o).astype(np.float32), "bias": rng.standard_normal(o).astype(np.float32)}
+        expect = dot.astype(np.float32) * kw["multiplier"].reshape(1, -1, 1, 1) + kw["bias"].reshape(1, -1, 1, 1)
+    else:
+        thr = rng.integers(-wt[0].size - 1, wt[0].size + 2, o)
+        flip = rng.random(o) < 0.5
+        kw = {"thresholds": thr, "flip": flip}
+        bits = (dot < thr.reshape(1, -1, 1, 1)) ^ flip.reshape(1, -1, 1, 1)
+        expect = reference.pack_bits(np.where(bits, -1.0, 1.0), axis=1)
+    keep = K.mix_split()
+    try:
+        for split in K.MIX_SPLITS:
+            K.set_mix_split(split)
+            out = K.bconv2d(pack_input(x, g), reference.pack_bits(wt, axis=1), x.shape[1], s, p, d, g, pv,
+                            output=output, layout="nhwc", path="avx2+popcnt", threads=int(rng.integers(1, 3)), **kw)
+            got = out if output == "bits" else out.transpose(0, 3, 1, 2)
+            assert np.array_equal(got, expect), f"split {split}"
+    finally:
+        K.set_mix_split(keep)
