@@ -107,7 +107,13 @@ T2P static inline __attribute__((always_inline)) void tile_mix(const int NV, int
             }                                                                                           \
             since = 0;                                                                                  \
         } while (0)
-        for (int t = 0; t < ntaps; t++) {
+        if (cw == 1) {               /* one word per tap (up to 64 channels): the taps are the loop */
+            for (int t = 0; t < ntaps; t++) {
+                BK_MIX_STEP(*bk_arow(ap, tapoff, t, i) & tailmask);
+                if (++since == 31)
+                    BK_MIX_FLUSH;
+            }
+        } else for (int t = 0; t < ntaps; t++) {
             const uint64_t *a = bk_arow(ap, tapoff, t, i);
             for (int k = 0; k < kfull;) {
                 const int n = kfull - k < 31 - since ? kfull - k : 31 - since;
