@@ -160,11 +160,11 @@ def requested_path(path=None):
         env = getenv(b"REFBNN_KERNEL_PATH")          # C getenv: os.environ writes reach it via putenv
         name = "auto" if env == NULL else env.decode("utf-8", "replace")
         src = ENV_PATH
-    supported = supported_paths()
     if name == "auto" or (name == "" and path is None):      # an empty variable is an unset one
         return "auto"
-    if name in supported:
+    if name in _SUPPORTED:
         return name
+    supported = supported_paths()
     if name not in _PATH_ID:
         raise KernelPathError(f"{src}={name!r}: unknown kernel path; expected 'auto' or one of {list(PATHS)} "
                               f"(this CPU supports {supported})")
@@ -285,6 +285,8 @@ def _threads(threads):
     process when thread creation fails). The results never depend on the thread count."""
     if threads is None:
         return default_threads()
+    if type(threads) is int and threads == 1:
+        return 1                                  # the common case, without the affinity syscall
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
         raise TypeError(f"threads: expected a positive int or None, got {type(threads).__name__} {threads!r}")
     if threads < 1:
@@ -297,7 +299,10 @@ def _threads(threads):
 
 def _plain_array(a, name, what):
     """``a`` as a plain ndarray (subclasses viewed as ndarray); masked arrays are refused, the
-    kernels would read the values under the mask."""
+    kernels would read the values under the mask. ``what``: a str or a dtype (formatted only for
+    an error message: str(dtype) costs microseconds, a kernel call's whole budget)."""
+    if type(a) is np.ndarray:
+        return a
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name}: expected a NumPy array of {what}, got {type(a).__name__}")
     if isinstance(a, np.ma.MaskedArray):
@@ -359,7 +364,7 @@ def _pad_value(v):
 def _check_out(out, name, tuple shape, dtype):
     """``out=``: written in place, so nothing is converted: exactly ``dtype`` (any spelling of it) in
     native byte order, ``shape``, C-contiguous, aligned, writeable."""
-    out = _plain_array(out, name, f"{dtype}")
+    out = _plain_array(out, name, dtype)
     dt = out.dtype
     if dt != dtype:
         if dt.newbyteorder("=") == dtype:
@@ -389,14 +394,44 @@ def _check_no_overlap(out, ws, **inputs):
     ``np.may_share_memory`` compares the memory bounds, so interleaved views are refused too."""
     if out is None:
         return
+    cdef size_t lo, hi
+    _extent(out, &lo, &hi)
     for name, a in inputs.items():
-        if isinstance(a, np.ndarray) and np.may_share_memory(out, a):
+        if isinstance(a, np.ndarray) and _overlaps(a, lo, hi):
             raise ValueError(f"out: shares memory with {name}; the kernel reads {name} while it writes out, "
                              f"so pass a separate array (or out=None)")
     if ws is not None:
         for a in ws._bufs.values():
-            if np.may_share_memory(out, a):
+            if _overlaps(a, lo, hi):
                 raise ValueError("out: shares memory with a workspace buffer; pass a separate array")
+
+
+cdef void _extent(a, size_t *lo, size_t *hi):
+    """[lo, hi): the bytes an array's elements span (its memory bounds, as np.may_share_memory's
+    default test; empty arrays span nothing)."""
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef size_t start = <size_t>cnp.PyArray_DATA(arr), end
+    cdef Py_ssize_t low = 0, high = cnp.PyArray_ITEMSIZE(arr), st
+    cdef int i
+    if cnp.PyArray_SIZE(arr) == 0:
+        lo[0] = hi[0] = start
+        return
+    for i in range(cnp.PyArray_NDIM(arr)):
+        st = cnp.PyArray_STRIDE(arr, i) * (cnp.PyArray_DIM(arr, i) - 1)
+        if st < 0:
+            low += st
+        else:
+            high += st
+    lo[0] = start + low
+    hi[0] = start + high
+
+
+cdef bint _overlaps(a, size_t lo, size_t hi):
+    cdef size_t alo, ahi
+    if lo == hi:
+        return False
+    _extent(a, &alo, &ahi)
+    return alo < ahi and alo < hi and lo < ahi
 
 
 def _per_channel(v, name, n, dtype):

@@ -222,6 +222,42 @@ def test_mix_peak_measures_the_paths_own_mix(monkeypatch):
 
 # ---- memory ----------------------------------------------------------------------------------
 
+def _view(base, rng):
+    """A random view of ``base`` (1-D uint8 buffer): offset, dtype, 1-3 axes, negative and zero-size
+    axes, steps."""
+    dtype = np.dtype(rng.choice(["u1", "i4", "u8"]))
+    start = int(rng.integers(0, 24)) * dtype.itemsize
+    v = base[start:start + (base.size - start) // dtype.itemsize * dtype.itemsize].view(dtype)
+    nd = int(rng.integers(1, 4))
+    shape = tuple(int(rng.integers(0 if rng.random() < 0.1 else 1, 6)) for _ in range(nd))
+    n = int(np.prod(shape))
+    v = v[:n * 2].reshape(-1)[:n] if n else v[:0]
+    v = v.reshape(shape) if n else np.empty(shape, dtype)[...]
+    if v.ndim and rng.random() < 0.4 and n:
+        v = v[::-1]
+    if v.ndim > 1 and rng.random() < 0.4:
+        v = v[:, ::2]
+    return v
+
+
+@given(seeds)
+def test_the_overlap_check_agrees_with_numpy(seed):
+    """out= sharing memory with an operand is refused; the check is a bounds test in C (a call's
+    budget is microseconds), the same test as np.may_share_memory's default."""
+    rng = np.random.default_rng(seed)
+    base = np.zeros(2048, np.uint8)
+    other = np.zeros(2048, np.uint8)
+    for _ in range(20):
+        out = _view(base, rng)
+        a = _view(base if rng.random() < 0.7 else other, rng)
+        try:
+            K._check_no_overlap(out, None, a_words=a)
+            refused = False
+        except ValueError as exc:
+            assert "out: shares memory with a_words" in str(exc)
+            refused = True
+        assert refused == np.may_share_memory(out, a), (out.shape, out.strides, a.shape, a.strides)
+
 def test_kernels_allocate_nothing_but_output_and_workspace():
     rng = np.random.default_rng(0)
     aw = rng.integers(0, 2**63, (300, 20), dtype=np.uint64)
