@@ -26,30 +26,6 @@
         bp += BK_NC;                                                                            \
     } while (0)
 
-/* The same triples with A read straight from memory: each xor takes its A word as an embedded
-   broadcast operand (vpxorq m64{1to8}), so the broadcast costs no instruction of its own (the loop
-   is bound by the vector instructions it issues: xor, vpopcntq, add). */
-#define BK_XOR_BCST(X, B, P) __asm__("vpxorq %[m]%{1to8%}, %[b], %[x]" : [x] "=v"(X) : [b] "v"(B), [m] "m"(*(P)))
-#define BK_TRIPLES_MEM(MR, K)                                                                   \
-    do {                                                                                        \
-        const __m512i b0 = _mm512_load_si512((const void *)bp);                                 \
-        const __m512i b1 = _mm512_load_si512((const void *)(bp + 8));                           \
-        const __m512i b2 = _mm512_load_si512((const void *)(bp + 16));                          \
-        const __m512i b3 = _mm512_load_si512((const void *)(bp + 24));                          \
-        for (int r = 0; r < MR; r++) {                                                          \
-            __m512i x0, x1, x2, x3;                                                             \
-            BK_XOR_BCST(x0, b0, a[r] + (K));                                                    \
-            BK_XOR_BCST(x1, b1, a[r] + (K));                                                    \
-            BK_XOR_BCST(x2, b2, a[r] + (K));                                                    \
-            BK_XOR_BCST(x3, b3, a[r] + (K));                                                    \
-            acc[r][0] = _mm512_add_epi64(acc[r][0], _mm512_popcnt_epi64(x0));                   \
-            acc[r][1] = _mm512_add_epi64(acc[r][1], _mm512_popcnt_epi64(x1));                   \
-            acc[r][2] = _mm512_add_epi64(acc[r][2], _mm512_popcnt_epi64(x2));                   \
-            acc[r][3] = _mm512_add_epi64(acc[r][3], _mm512_popcnt_epi64(x3));                   \
-        }                                                                                       \
-        bp += BK_NC;                                                                            \
-    } while (0)
-
 T512 static inline __attribute__((always_inline)) void tile512(const int MR, int ntaps, int cw, uint64_t tailmask,
                                                                const uint64_t *const *ap, const int64_t *tapoff,
                                                                const uint64_t *bp, int32_t kbits, int32_t *dst,
@@ -64,13 +40,8 @@ T512 static inline __attribute__((always_inline)) void tile512(const int MR, int
         const uint64_t *a[BK_MR];
         for (int r = 0; r < MR; r++)
             a[r] = bk_arow(ap, tapoff, t, r);
-#ifdef BK512_EMB
-        for (int k = 0; k < kfull; k++)
-            BK_TRIPLES_MEM(MR, k);
-#else
         for (int k = 0; k < kfull; k++)
             BK_TRIPLES(MR, a[r][k]);
-#endif
         if (kfull < cw)
             BK_TRIPLES(MR, a[r][kfull] & tailmask);
     }
