@@ -17,10 +17,12 @@ x > 0) and ``"bitorch"`` (bit 1 = x >= 0) produce and read the other engines' la
 Every kernel equals the NumPy float reference on the unpacked signs exactly (see
 refbnn.kernels.reference). Bad input raises TypeError/ValueError before any C code runs.
 
-SIMD path: AVX-512 VPOPCNTDQ, AVX2 or portable scalar: the one named by ``path=`` or the
-environment variable ``REFBNN_KERNEL_PATH`` (``avx512``, ``avx2``, ``scalar``), else (``auto``) the
-one refbnn.kernels.dispatch measured fastest on this machine (once, cached per machine and kernel
-version). ``threads=None`` uses OpenMP's default (``OMP_NUM_THREADS`` or all cores).
+SIMD path: AVX-512 VPOPCNTDQ, AVX2, AVX2 and scalar popcnt mixed, or portable scalar: the one
+named by ``path=`` or the environment variable ``REFBNN_KERNEL_PATH`` (``avx512``, ``avx2``,
+``avx2+popcnt``, ``scalar``), else (``auto``) the one refbnn.kernels.dispatch measured fastest on
+this machine (once, cached per machine and kernel version). ``avx2+popcnt`` counts some columns of
+each panel with AVX2 nibble lookups (the vector ports) and the others with the scalar popcnt
+instruction (the integer ports) in one loop; :func:`mix_split` says how many go each way. ``threads=None`` uses OpenMP's default (``OMP_NUM_THREADS`` or all cores).
 """
 import os
 import threading
@@ -921,9 +923,11 @@ cdef double _time_peak(int pth, int nv, int ns, int nt, double seconds):
 
 
 def measure_peak(path=None, threads=1, seconds=0.2):
-    """Binary ops/s (2 per bit) of independent xor + popcount + add on the path's widest registers,
-    ``threads`` threads each running the loop: the peak of the path's own instructions. (The
-    machine's peak, over instruction mixes that also combine paths, is :func:`measure_machine_peak`.)"""
+    """Binary ops/s (2 per bit) of independent xor + popcount + add on the path's widest registers
+    (``avx2+popcnt``: (32 - S) / 4 AVX2 registers and S scalar words a round, S = :func:`mix_split`,
+    the tile's own mix), ``threads`` threads each running the loop: the peak of the path's own
+    instructions. (The machine's peak, over instruction mixes that also combine paths, is
+    :func:`measure_machine_peak`.)"""
     seconds = _seconds(seconds)
     return _time_peak(_PATH_ID[resolve_path(path)], -1, 0, _threads(threads), seconds)
 
@@ -931,9 +935,11 @@ def measure_peak(path=None, threads=1, seconds=0.2):
 def peak_mixes():
     """The instruction mixes of the machine-peak microbenchmark this CPU runs, name -> (path,
     vectors, scalars): each supported path's own loop (``"avx512"``, ``"avx2"``, ``"scalar"``: 12
-    accumulators of its widest registers, as :func:`measure_peak`), and, where the CPU has the
-    popcnt instruction, vector and scalar accumulators in one loop, e.g. ``"avx2 x4 + popcnt x8"``:
-    4 AVX2 nibble-lookup popcounts (vector ports) and 8 scalar popcnts (integer ports) per round."""
+    accumulators of its widest registers; ``"avx2+popcnt"``: the mixed tile's own mix for the
+    current :func:`mix_split`; as :func:`measure_peak`; vectors = scalars = -1), and, where the CPU
+    has the popcnt instruction, vector and scalar accumulators in one loop, e.g.
+    ``"avx2 x4 + popcnt x8"``: 4 AVX2 nibble-lookup popcounts (vector ports) and 8 scalar popcnts
+    (integer ports) per round."""
     cdef int nv[64]
     cdef int ns[64]
     cdef int i, n = bk_peak_mix_list(nv, ns, 64)
