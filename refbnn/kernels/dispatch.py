@@ -6,8 +6,8 @@ fastest: on an AVX2-only AMD EPYC the scalar ``popcnt`` loop runs ``bgemm`` fast
 nibble-lookup loop, and the mixed ``avx2+popcnt`` loop (some columns of each panel through scalar
 ``popcnt`` on the integer ports, the others through AVX2 lookups on the vector ports) can beat both.
 So when the path is ``"auto"`` (no ``path=``, ``REFBNN_KERNEL_PATH`` unset, empty or ``auto``), the
-first kernel call that needs a path runs a short timing run (at most about 0.2 s; 0.1 s on an
-AVX-512 Zen 5 core) of every path this CPU supports on one bgemm and one bconv2d shape, on one
+first kernel call that needs a path runs a short timing run (at most about 0.25 s with the mixed
+path's splits; 0.18 s on an AVX-512 Zen 5 core) of every path this CPU supports on one bgemm and one bconv2d shape, on one
 thread, and picks the fastest:
 
     score(path) = geometric mean over the shapes of  t(path, shape) / min over paths of t(·, shape)
