@@ -236,3 +236,29 @@ def test_bconv2d_every_mix_split(seed, output):
             assert np.array_equal(got, expect), f"split {split}"
     finally:
         K.set_mix_split(keep)
+
+
+@pytest.mark.parametrize("c, ksize, pad_value", [(300, 3, 0.0), (64, 7, 0.0), (40, 6, -1.0), (130, 5, 1.0)])
+def test_bconv2d_mix_splits_past_the_byte_counters(c, ksize, pad_value):
+    """More than 31 words per output (taps x words per tap): the mixed path's byte counters are
+    flushed inside a tap (300 channels: 5 words a tap) and between taps (64 channels: 1 word a tap,
+    49 taps); extreme all -1 / all +1 corners give the largest counts."""
+    if "avx2+popcnt" not in K.supported_paths():
+        pytest.skip("this CPU does not run the avx2+popcnt path (AVX2 and POPCNT)")
+    rng = np.random.default_rng(c + ksize)
+    x = np.where(rng.random((2, c, 9, 8)) < 0.5, -1.0, 1.0).astype(np.float32)
+    x[0, :, :7, :7] = -1.0                     # a corner where a 7x7 window sees only -1
+    w = np.where(rng.random((37, c, ksize, ksize)) < 0.5, -1.0, 1.0).astype(np.float32)
+    w[0] = -1.0
+    w[1] = 1.0
+    pad = ksize // 2
+    expect = reference.binary_conv2d(x, w, (1, 1), (pad, pad), (1, 1), 1, pad_value)
+    xw, ww = pack_input(x, 1), reference.pack_bits(w, axis=1)
+    keep = K.mix_split()
+    try:
+        for split in K.MIX_SPLITS:
+            K.set_mix_split(split)
+            out = K.bconv2d(xw, ww, c, 1, pad, pad_value=pad_value, layout="nchw", path="avx2+popcnt")
+            assert np.array_equal(out, expect), f"split {split}"
+    finally:
+        K.set_mix_split(keep)
