@@ -81,7 +81,7 @@ cdef extern from "bitkernels.h" nogil:
     void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
     void bk_gemm_columns(const bk_job *job, const uint64_t *b, int64_t s_row, int64_t p0, int64_t p1)
     void bk_pack_panels(const uint64_t *b, int64_t n, int ntaps, int cw, int64_t s_row, int64_t s_tap,
-                        uint64_t tailmask, uint64_t *panels)
+                        uint64_t tailmask, int path, uint64_t *panels)
     void bk_tap_sums(const uint64_t *panels, int64_t npanels, int ntaps, int cw, int32_t bits_per_tap,
                      int32_t *corr)
     int64_t bk_pack_f32(const float *x, int64_t outer, int64_t len, int64_t inner, int64_t s_outer,
@@ -640,7 +640,7 @@ def bgemm(a_words, b_words, k, threads=None, out=None, path=None, workspace=None
         for c in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
             bk_gemm_columns(&job, bp, s_row, c * npanels // nt, (c + 1) * npanels // nt)
     else:   # tall A: pack every panel, then split the rows
-        bk_pack_panels(bp, n, 1, kw, s_row, 0, job.tailmask, <uint64_t *><size_t>_addr(panels))
+        bk_pack_panels(bp, n, 1, kw, s_row, 0, job.tailmask, pth, <uint64_t *><size_t>_addr(panels))
         _run(&job, nt)
     return out
 
@@ -768,7 +768,7 @@ def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=
     for gi in range(g):
         wg = w[gi * og:(gi + 1) * og]
         bk_pack_panels(<const uint64_t *><size_t>_addr(wg), og, ntaps, cwg, ntaps * cwg, cwg,
-                       tail, <uint64_t *><size_t>(_addr(panels) + gi * pwords * 8))
+                       tail, pth, <uint64_t *><size_t>(_addr(panels) + gi * pwords * 8))
     padbuf = ws.get("padbuf", cwg, np.uint64)
     padbuf[:] = 0
     if pad_value == -1.0:

@@ -95,9 +95,10 @@ void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1);
 void bk_gemm_columns(const bk_job *job, const uint64_t *b, int64_t s_row, int64_t p0, int64_t p1);
 
 /* B (n rows of ntaps x cw words; word (j, t, w) at b[j*s_row + t*s_tap + w]) -> zero-padded
-   panels, each tap's last word masked with tailmask. */
+   panels, each tap's last word masked with tailmask. ``path``: BK_PATH_AVX512 transposes 8 x 8
+   blocks of words in registers; the other paths copy word by word (the same panels). */
 void bk_pack_panels(const uint64_t *b, int64_t n, int ntaps, int cw, int64_t s_row, int64_t s_tap,
-                    uint64_t tailmask, uint64_t *panels);
+                    uint64_t tailmask, int path, uint64_t *panels);
 /* corr[(p * ntaps + t) * BK_NC + c] = sum of the +-1 weights of tap t of column c (bits_per_tap valid) */
 void bk_tap_sums(const uint64_t *panels, int64_t npanels, int ntaps, int cw, int32_t bits_per_tap,
                  int32_t *corr);
@@ -202,6 +203,10 @@ double bk_peak_avx512_mix(int nv, int ns, int64_t iters);
 /* packing with AVX-512 (the AVX512 path): a unit-stride row (inner == 1), or unit-stride positions
    of a channel-first slice of at most 64 channels (inner > 1, out: one word per position); both
    return the count of values that are not exactly +-1 */
+/* 8 whole rows of B (src[c]: row c's words) -> their 8 columns of a panel (dst: column 0 of the
+   group in the panel's first line), every tap and word, the tap's last word masked */
+void bk_pack_group8_avx512(const uint64_t *const *src, int ntaps, int cw, int64_t s_tap, uint64_t tailmask,
+                           uint64_t *dst);
 int64_t bk_pack_row_float_avx512(const float *x, int64_t len, int polarity, uint64_t *out);
 int64_t bk_pack_row_double_avx512(const double *x, int64_t len, int polarity, uint64_t *out);
 int64_t bk_pack_inner_float_avx512(const float *x, int64_t len, int64_t inner, int64_t s_len, int polarity,

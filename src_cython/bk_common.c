@@ -279,7 +279,7 @@ void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
 void bk_gemm_columns(const bk_job *job, const uint64_t *b, int64_t s_row, int64_t p0, int64_t p1)
 {
     const int64_t first = p0 * BK_NC, count = job->n - first < (p1 - p0) * BK_NC ? job->n - first : (p1 - p0) * BK_NC;
-    bk_pack_panels(b + first * s_row, count, 1, job->cw, s_row, 0, job->tailmask,
+    bk_pack_panels(b + first * s_row, count, 1, job->cw, s_row, 0, job->tailmask, job->path,
                    (uint64_t *)job->bpanels + p0 * job->cw * BK_NC);
     bk_run(job, 0, job->m, p0, p1);
 }
@@ -287,7 +287,7 @@ void bk_gemm_columns(const bk_job *job, const uint64_t *b, int64_t s_row, int64_
 /* ---- packing ------------------------------------------------------------------------------ */
 
 void bk_pack_panels(const uint64_t *b, int64_t n, int ntaps, int cw, int64_t s_row, int64_t s_tap,
-                    uint64_t tailmask, uint64_t *panels)
+                    uint64_t tailmask, int path, uint64_t *panels)
 {
     /* 8 columns at a time: 8 B rows are read front to back side by side, and each of their words
        lands in one 64-byte line of the panel */
@@ -297,6 +297,14 @@ void bk_pack_panels(const uint64_t *b, int64_t n, int ntaps, int cw, int64_t s_r
         const uint64_t *src[8];
         for (int c = 0; c < 8; c++)
             src[c] = j0 + c < n ? b + (j0 + c) * s_row : NULL;
+#if BK_X86
+        if (path == BK_PATH_AVX512 && j0 + 8 <= n) {
+            bk_pack_group8_avx512(src, ntaps, cw, s_tap, tailmask, dst);
+            continue;
+        }
+#else
+        (void)path;
+#endif
         for (int t = 0; t < ntaps; t++)
             for (int w = 0; w < cw; w++, dst += BK_NC) {
                 const uint64_t mask = w == cw - 1 ? tailmask : ~(uint64_t)0;

@@ -262,3 +262,27 @@ def test_bconv2d_mix_splits_past_the_byte_counters(c, ksize, pad_value):
             assert np.array_equal(out, expect), f"split {split}"
     finally:
         K.set_mix_split(keep)
+
+
+@pytest.mark.parametrize("c", [512, 520, 1000])
+def test_bconv2d_many_words_per_tap(kernel_path, c):
+    """8 or more words a tap: the weight panels are packed in 8 x 8 blocks of words on the avx512
+    path (1000 channels: 16 words, the second block ends with the masked last word), word by word
+    elsewhere; 19 output channels: two whole groups of 8 columns and a partial one."""
+    rng = np.random.default_rng(c)
+    x = np.where(rng.random((1, c, 5, 4)) < 0.5, -1.0, 1.0).astype(np.float32)
+    w = np.where(rng.random((19, c, 3, 3)) < 0.5, -1.0, 1.0).astype(np.float32)
+    for pv in (0.0, -1.0):
+        expect = reference.binary_conv2d(x, w, (1, 1), (1, 1), (1, 1), 1, pv)
+        xw = pack_input(x, 1)
+        ww = reference.pack_bits(w, axis=1)
+        ww = with_garbage_tail(ww, c, rng)
+        assert np.array_equal(K.bconv2d(xw, ww, c, 1, 1, pad_value=pv, layout="nchw"), expect)
+
+
+def with_garbage_tail(words, bits, rng):
+    """Random bits past ``bits`` in each last word (the kernels must mask them)."""
+    words = words.copy()
+    if bits % 64:
+        words[..., -1] |= rng.integers(0, 2**63, words.shape[:-1], dtype=np.uint64) << np.uint64(bits % 64)
+    return words
