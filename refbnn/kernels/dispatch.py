@@ -108,7 +108,7 @@ def mode() -> str:
 def auto_path() -> str:
     """The path ``"auto"`` runs (the kernels' hook, called by every kernel call: one dict look-up
     once the choice is made; an invalid mode is never in the memo)."""
-    choice = _memo.get(os.environ.get(ENV_DISPATCH) or "measure")
+    choice = _memo.get(K._getenv(b"REFBNN_KERNEL_DISPATCH") or "measure")
     return (choice or current()).path
 
 
