@@ -172,7 +172,9 @@ void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
 {
     const bk_path_fns fns = path_fns(job->path);
 #if BK_X86
-    const bk_tile_fn tile = job->path == BK_PATH_AVX2MIX ? bk_tile_avx2mix(job->mix_scalar) : fns.tile;
+    bk_tile_fn tile = job->path == BK_PATH_AVX2MIX ? bk_tile_avx2mix(job->mix_scalar) : fns.tile;
+    if (tile == NULL)           /* a split that is not compiled (the Python side refuses those): same bits */
+        tile = bk_tile_avx2;
 #else
     const bk_tile_fn tile = fns.tile;
 #endif
