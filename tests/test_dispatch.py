@@ -164,6 +164,7 @@ def _bad_entries():
     } | ({
         "mix split not compiled": json.dumps(dict(e, mix_split=3)).encode(),
         "mix split a bool": json.dumps(dict(e, mix_split=True)).encode(),
+        "mix split a float": json.dumps(dict(e, mix_split=float(K.MIX_SPLITS[0]))).encode(),
         "mix split missing": json.dumps({k: v for k, v in e.items() if k != "mix_split"}).encode(),
         "mix times not per split": json.dumps(dict(e, mix_times_s={"x": {"bgemm": 1, "bconv2d": 1}})).encode(),
         "mix times negative": json.dumps(dict(e, mix_times_s={s: {"bgemm": 1, "bconv2d": 0}

@@ -7,8 +7,8 @@ nibble-lookup loop, and the mixed ``avx2+popcnt`` loop (some columns of each pan
 ``popcnt`` on the integer ports, the others through AVX2 lookups on the vector ports) can beat both.
 So when the path is ``"auto"`` (no ``path=``, ``REFBNN_KERNEL_PATH`` unset, empty or ``auto``), the
 first kernel call that needs a path runs a short timing run (at most about 0.25 s with the mixed
-path's splits; 0.18 s on an AVX-512 Zen 5 core) of every path this CPU supports on one bgemm and one bconv2d shape, on one
-thread, and picks the fastest:
+path's splits; 0.18 s on an AVX-512 Zen 5 core) of every path this CPU supports on one bgemm and
+one bconv2d shape, on one thread, and picks the fastest:
 
     score(path) = geometric mean over the shapes of  t(path, shape) / min over paths of t(·, shape)
 
@@ -235,7 +235,7 @@ def _invalid(entry, fp: dict, supported: list) -> str | None:
         return "measured_at is missing"
     if MIX_PATH in supported:
         split = entry.get("mix_split")
-        if isinstance(split, bool) or split not in K.MIX_SPLITS:
+        if type(split) is not int or split not in K.MIX_SPLITS:     # not a bool, not 12.0
             return f"mix_split {split!r} is not one of the compiled splits {list(K.MIX_SPLITS)}"
         return _invalid_times(entry.get("mix_times_s"), [str(s) for s in K.MIX_SPLITS], "mix_times_s",
                               "compiled split")
