@@ -22,7 +22,8 @@ named by ``path=`` or the environment variable ``REFBNN_KERNEL_PATH`` (``avx512`
 ``avx2+popcnt``, ``scalar``), else (``auto``) the one refbnn.kernels.dispatch measured fastest on
 this machine (once, cached per machine and kernel version). ``avx2+popcnt`` counts some columns of
 each panel with AVX2 nibble lookups (the vector ports) and the others with the scalar popcnt
-instruction (the integer ports) in one loop; :func:`mix_split` says how many go each way. ``threads=None`` uses OpenMP's default (``OMP_NUM_THREADS`` or all cores).
+instruction (the integer ports) in one loop; :func:`mix_split` says how many go each way.
+``threads=None`` uses OpenMP's default (``OMP_NUM_THREADS`` or all cores).
 """
 import os
 import threading
@@ -420,7 +421,7 @@ cdef void _extent(a, size_t *lo, size_t *hi):
     """[lo, hi): the bytes an array's elements span (its memory bounds, as np.may_share_memory's
     default test; empty arrays span nothing)."""
     cdef cnp.ndarray arr = <cnp.ndarray>a
-    cdef size_t start = <size_t>cnp.PyArray_DATA(arr), end
+    cdef size_t start = <size_t>cnp.PyArray_DATA(arr)
     cdef Py_ssize_t low = 0, high = cnp.PyArray_ITEMSIZE(arr), st
     cdef int i
     if cnp.PyArray_SIZE(arr) == 0:
