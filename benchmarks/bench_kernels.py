@@ -9,7 +9,9 @@ thread), NumPy float32 matmul GFLOP/s with 1 and 2 BLAS threads (threadpoolctl),
 of the instruction mixes of ``measure_machine_peak`` (independent xor + popcount + add on the
 vector registers, on the scalar popcnt, and both in one loop, so that the vector and the integer
 ports work together), measured first over every mix, then the best mix again beside each kernel.
-Then the
+Where the CPU has AVX-512, the paths without it (``avx2``, ``avx2+popcnt``, ``scalar``: what an
+AVX2-only CPU with the same core would run) are also reported as a share of the best mix without
+AVX-512, with the mixed path's gain over ``avx2`` and ``scalar``. Then the
 ResNet-18 layer (3x3, 64->64, 56x56, padding 1) at batch 1 and 32: ``bconv2d`` (packed NHWC in,
 float out) and the layer's full path (float NCHW in and out, packing included) against NumPy's
 im2col + sgemm convolution, 1 thread each. Every kernel result is checked against NumPy before
@@ -120,11 +122,20 @@ def machine_peak(rounds):
     return {m: v / 1e9 for m, v in r["mixes"].items()}, r["mix"]
 
 
+def best_without_avx512(mixes):
+    """The best mix that uses no AVX-512 (the peak of an AVX2-only CPU with this core), or None when
+    no mix uses AVX-512 (then the machine peak is that already)."""
+    if not any(m.startswith("avx512") for m in mixes):
+        return None
+    rest = {m: v for m, v in mixes.items() if not m.startswith("avx512")}
+    return max(rest, key=rest.get) if rest else None
+
+
 def kernel_rate(ops, f, budget=0.05):
     return lambda: ops / best_time(f, budget, min_repeats=3) / 1e9
 
 
-def bench_gemm(shape, rng, rounds, mix=None, numpy_only=False):
+def bench_gemm(shape, rng, rounds, mix=None, numpy_only=False, mix2=None):
     m, n, k = shape
     a = np.where(rng.random((m, k)) < 0.5, -1.0, 1.0).astype(np.float32)
     b = np.where(rng.random((n, k)) < 0.5, -1.0, 1.0).astype(np.float32)
@@ -148,6 +159,8 @@ def bench_gemm(shape, rng, rounds, mix=None, numpy_only=False):
     rates = {f"bgemm_{t}t": kernel_rate(ops, lambda t=t: K.bgemm(aw, bw, k, threads=t, out=out, path=best))
              for t in (1, 2)}
     rates.update({f"peak_{t}t": peak_rate(mix, t) for t in (1, 2)})
+    if mix2:
+        rates["peak_noavx512_1t"] = peak_rate(mix2, 1)
     for path in K.supported_paths():
         if path != best:
             rates[f"bgemm_{path}_1t"] = kernel_rate(ops, lambda p=path: K.bgemm(aw, bw, k, threads=1, out=out,
@@ -208,9 +221,16 @@ def derive(rows, convs):
         r["vs_bitwise_count"] = r["bgemm_1t"] / r["numpy_bitwise_count"]
         for t in (1, 2):
             r[f"frac_peak_{t}t"] = r[f"bgemm_{t}t"] / r[f"peak_{t}t"]
+        r.setdefault(f"bgemm_{r['path']}_1t", r["bgemm_1t"])     # the auto path under its own name too
         for p in K.supported_paths():
             if f"bgemm_{p}_1t" in r:
                 r[f"frac_peak_{p}_1t"] = r[f"bgemm_{p}_1t"] / r["peak_1t"]
+                if "peak_noavx512_1t" in r:
+                    r[f"frac_peak_noavx512_{p}_1t"] = r[f"bgemm_{p}_1t"] / r["peak_noavx512_1t"]
+        if "bgemm_avx2+popcnt_1t" in r:
+            for p in ("avx2", "scalar"):
+                if f"bgemm_{p}_1t" in r:
+                    r[f"mixed_vs_{p}"] = r["bgemm_avx2+popcnt_1t"] / r[f"bgemm_{p}_1t"]
     for c in convs:
         c["speedup"] = c["numpy_im2col_sgemm_ms"] / c["bconv2d_ms"]
         c["speedup_layer_path"] = c["numpy_im2col_sgemm_ms"] / c["layer_path_ms"]
@@ -235,6 +255,12 @@ def targets(rows, convs):
             out.append((f"bgemm 1T / NumPy sgemm 1T {tuple(r['shape'])}", r["vs_sgemm_1t"], TARGETS["vs_sgemm"]))
         if m >= 256 and n >= 256:
             out.append((f"bgemm 2T / 1T {tuple(r['shape'])}", r["two_threads_speedup"], TARGETS["two_threads"]))
+        narrow = {p: r[f"frac_peak_noavx512_{p}_1t"] for p in ("avx2", "avx2+popcnt", "scalar")
+                  if f"frac_peak_noavx512_{p}_1t" in r}
+        if narrow and k >= 1024:
+            p = max(narrow, key=narrow.get)
+            out.append((f"AVX2-only case: fastest path without AVX-512 ({p}) fraction of the best mix without "
+                        f"AVX-512 {tuple(r['shape'])}", narrow[p], TARGETS["frac_peak_k1024"]))
         if "bgemm_scalar_1t" in r:
             out.append((f"scalar path GOP/s {tuple(r['shape'])} ({100 * r['frac_peak_scalar_1t']:.0f}% of the "
                         f"machine peak)", r["bgemm_scalar_1t"], TARGETS["scalar_gops"]))
@@ -265,12 +291,13 @@ def main(argv=None):
     load0 = os.getloadavg()
     best = K.resolve_path()                      # "auto": measured by refbnn.kernels.dispatch (or cached)
     mixes, mix = machine_peak(args.rounds)
-    rows = [bench_gemm(s, rng, args.rounds, mix) for s in shapes]
+    mix2 = best_without_avx512(mixes)
+    rows = [bench_gemm(s, rng, args.rounds, mix, mix2=mix2) for s in shapes]
     convs = [bench_conv(b, rng, args.rounds, mix) for b in ((1,) if args.quick else (1, 32))]
     derive(rows, convs)
     result = {"rounds": args.rounds, "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cores": os.cpu_count(),
                           "kernels": K.info(), "loadavg_before": load0, "loadavg_after": os.getloadavg()},
-              "machine_peak": {"mix": mix, "mixes_1t": mixes}, "blas": blas_report(), "gemm": rows, "conv": convs}
+              "machine_peak": {"mix": mix, "mixes_1t": mixes, "mix_without_avx512": mix2}, "blas": blas_report(), "gemm": rows, "conv": convs}
     if any(os.environ.get(v) for v in BLAS_VARS):
         env = {k: v for k, v in os.environ.items() if k not in BLAS_VARS}
         cmd = [sys.executable, __file__, "--numpy-only", "--shapes", *[",".join(map(str, s)) for s in shapes]]
@@ -310,7 +337,7 @@ def print_tables(r, best):
     print(f"  best: {mp['mix']}; %mpeak below is of that mix, measured again in rounds interleaved with each kernel")
     paths = [p for p in K.supported_paths() if p != best]
     head = (f"{'M,N,K':>17} | {'bgemm 1T':>8} {'%mpeak':>6} | {'bgemm 2T':>8} {'2T/1T':>5} | "
-            + " ".join(f"{p + ' 1T':>9}" for p in paths)
+            + " ".join(f"{p + ' 1T':>{max(9, len(p) + 3)}}" for p in paths)
             + f" | {'sgemm 1T':>8} {'sgemm 2T':>8} | {'x sgemm1':>8} {'x sgemm2':>8} | {'bitcount':>8} {'x bitc':>6}"
             + f" | {'W bytes/ch':>12} | {'peak 1T/2T':>11}")
     print("\nbgemm (binary GOP/s = 2MNK/t) vs NumPy float32 matmul (GFLOP/s) on the same +-1 data")
@@ -319,12 +346,26 @@ def print_tables(r, best):
     for g in r["gemm"]:
         print(f"{','.join(map(str, g['shape'])):>17} | {g['bgemm_1t']:8.0f} {100 * g['frac_peak_1t']:5.0f}% | "
               f"{g['bgemm_2t']:8.0f} {g['two_threads_speedup']:5.2f} | "
-              + " ".join(f"{g[f'bgemm_{p}_1t']:9.0f}" for p in paths)
+              + " ".join(f"{g[f'bgemm_{p}_1t']:{max(9, len(p) + 3)}.0f}" for p in paths)
               + f" | {_f(g['numpy_sgemm_1t'], '{:8.1f}')} {_f(g['numpy_sgemm_2t'], '{:8.1f}')} | "
               f"{_f(g.get('vs_sgemm_1t'), '{:8.1f}')} {_f(g.get('vs_sgemm_2t'), '{:8.1f}')} | "
               f"{g['numpy_bitwise_count']:8.1f} {g['vs_bitwise_count']:6.0f} | "
               f"{g['packed_weight_bytes_per_channel']:>4} / {g['float32_weight_bytes_per_channel']:<5} | "
               f"{g['peak_1t']:5.0f}/{g['peak_2t']:5.0f}")
+    if mp.get("mix_without_avx512") and any("peak_noavx512_1t" in g for g in r["gemm"]):
+        narrow = [p for p in ("avx2", "avx2+popcnt", "scalar") if p in K.supported_paths()]
+        print(f"\nwithout AVX-512 (an AVX2-only CPU with this core): bgemm 1T as a share of the best mix without "
+              f"AVX-512 ({mp['mix_without_avx512']}), and the mixed path's gain")
+        print(f"{'M,N,K':>17} | " + " ".join(f"{p:>12}" for p in narrow) + f" | {'peak':>6} | "
+              f"{'mixed/avx2':>10} {'mixed/scalar':>12}")
+        for g in r["gemm"]:
+            if "peak_noavx512_1t" not in g:
+                continue
+            print(f"{','.join(map(str, g['shape'])):>17} | "
+                  + " ".join(f"{g[f'bgemm_{p}_1t']:6.0f} {100 * g[f'frac_peak_noavx512_{p}_1t']:4.0f}%"
+                             for p in narrow)
+                  + f" | {g['peak_noavx512_1t']:6.0f} | {_f(g.get('mixed_vs_avx2'), '{:10.2f}')} "
+                  f"{_f(g.get('mixed_vs_scalar'), '{:12.2f}')}")
     if "blas_unset" in r:
         print("\nNumPy sgemm with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset (GFLOP/s, 1T / 2T): "
               + "; ".join(f"{tuple(g['shape'])}: {_f(g['numpy_sgemm_1t_blas_unset'], '{:.1f}')} / "

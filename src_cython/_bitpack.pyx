@@ -17,10 +17,13 @@ x > 0) and ``"bitorch"`` (bit 1 = x >= 0) produce and read the other engines' la
 Every kernel equals the NumPy float reference on the unpacked signs exactly (see
 refbnn.kernels.reference). Bad input raises TypeError/ValueError before any C code runs.
 
-SIMD path: AVX-512 VPOPCNTDQ, AVX2, NEON (AArch64) or portable scalar: the one named by ``path=``
-or the environment variable ``REFBNN_KERNEL_PATH`` (``avx512``, ``avx2``, ``neon``, ``scalar``),
-else (``auto``) the one refbnn.kernels.dispatch measured fastest on this machine (once, cached per
-machine and kernel version). ``threads=None`` uses OpenMP's default (``OMP_NUM_THREADS`` or all cores).
+SIMD path: AVX-512 VPOPCNTDQ, AVX2, AVX2 and scalar popcnt mixed, NEON (AArch64) or portable
+scalar: the one named by ``path=`` or the environment variable ``REFBNN_KERNEL_PATH`` (``avx512``,
+``avx2``, ``avx2+popcnt``, ``neon``, ``scalar``), else (``auto``) the one refbnn.kernels.dispatch
+measured fastest on this machine (once, cached per machine and kernel version). ``avx2+popcnt``
+counts some columns of each panel with AVX2 nibble lookups (the vector ports) and the others with
+the scalar popcnt instruction (the integer ports) in one loop; :func:`mix_split` says how many go
+each way. ``threads=None`` uses OpenMP's default (``OMP_NUM_THREADS`` or all cores).
 """
 import os
 import threading
@@ -39,14 +42,17 @@ cdef extern from "bitkernels.h" nogil:
         BK_PATH_SCALAR
         BK_PATH_AVX2
         BK_PATH_AVX512
+        BK_PATH_AVX2MIX
         BK_OUT_INT32
         BK_OUT_FLOAT
         BK_OUT_BITS
         BK_NC
         BK_MR
+        BK_MIX_DEFAULT
 
     ctypedef struct bk_job:
         int path
+        int mix_scalar
         int64_t m, n
         int ntaps, cw
         int32_t kbits
@@ -77,7 +83,7 @@ cdef extern from "bitkernels.h" nogil:
     void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
     void bk_gemm_columns(const bk_job *job, const uint64_t *b, int64_t s_row, int64_t p0, int64_t p1)
     void bk_pack_panels(const uint64_t *b, int64_t n, int ntaps, int cw, int64_t s_row, int64_t s_tap,
-                        uint64_t tailmask, uint64_t *panels)
+                        uint64_t tailmask, int path, uint64_t *panels)
     void bk_tap_sums(const uint64_t *panels, int64_t npanels, int ntaps, int cw, int32_t bits_per_tap,
                      int32_t *corr)
     int64_t bk_pack_f32(const float *x, int64_t outer, int64_t len, int64_t inner, int64_t s_outer,
@@ -87,7 +93,8 @@ cdef extern from "bitkernels.h" nogil:
     void bk_maxpool(const uint64_t *x, int64_t in_h, int64_t in_w, int64_t cw, int64_t x_img, int64_t x_row,
                     int64_t x_pix, int kh, int kw, int sh, int sw, int ph, int pw, int64_t out_h, int64_t out_w,
                     uint64_t *out, int64_t q0, int64_t q1)
-    double bk_peak(int path, int64_t iters)
+    double bk_peak(int path, int mix_scalar, int64_t iters)
+    int bk_mix_split_list(int *ns, int max)
     double bk_peak_mix(int path, int nv, int ns, int64_t iters)
     int bk_peak_mix_list(int *nv, int *ns, int max)
 
@@ -107,14 +114,12 @@ cdef extern from *:
 
 cnp.import_array()
 
-PATHS = ("avx512", "avx2", "scalar")          # fastest first
-_PATH_ID = {"scalar": BK_PATH_SCALAR, "avx2": BK_PATH_AVX2, "avx512": BK_PATH_AVX512}
-_PATH_NEEDS = {"avx512": "AVX-512F and AVX-512 VPOPCNTDQ", "avx2": "AVX2", "scalar": "nothing"}
+PATHS = ("avx512", "avx2", "avx2+popcnt", "neon", "scalar")   # widest first (REFBNN_KERNEL_DISPATCH=static: the first)
+_PATH_ID = {"scalar": BK_PATH_SCALAR, "avx2": BK_PATH_AVX2, "avx2+popcnt": BK_PATH_AVX2MIX, "avx512": BK_PATH_AVX512,
+            "neon": BK_PATH_NEON}
+_PATH_NEEDS = {"avx512": "AVX-512F and AVX-512 VPOPCNTDQ", "avx2": "AVX2", "avx2+popcnt": "AVX2 and POPCNT",
+               "neon": "AArch64 (Advanced SIMD)", "scalar": "nothing"}
 POLARITIES = {"lce": 0, "dabnn": 1, "bitorch": 2}
-# the AArch64 path (compiled there only), before the portable one
-PATHS = PATHS[:-1] + ("neon",) + PATHS[-1:]
-_PATH_ID["neon"] = BK_PATH_NEON
-_PATH_NEEDS["neon"] = "AArch64 (Advanced SIMD)"
 _PATH_TARGET = {"neon": "AArch64"}            # where a path is compiled (the others: x86-64)
 ENV_PATH = "REFBNN_KERNEL_PATH"
 PANEL_COLUMNS = BK_NC
@@ -161,11 +166,11 @@ def requested_path(path=None):
         env = getenv(b"REFBNN_KERNEL_PATH")          # C getenv: os.environ writes reach it via putenv
         name = "auto" if env == NULL else env.decode("utf-8", "replace")
         src = ENV_PATH
-    supported = supported_paths()
     if name == "auto" or (name == "" and path is None):      # an empty variable is an unset one
         return "auto"
-    if name in supported:
+    if name in _SUPPORTED:
         return name
+    supported = supported_paths()
     if name not in _PATH_ID:
         raise KernelPathError(f"{src}={name!r}: unknown kernel path; expected 'auto' or one of {list(PATHS)} "
                               f"(this CPU supports {supported})")
@@ -177,6 +182,43 @@ def requested_path(path=None):
 
 
 _dispatch = None      # refbnn.kernels.dispatch, imported on the first "auto"
+
+
+def _getenv(bytes name):
+    """The C library's getenv (os.environ writes reach it through putenv): a tenth of the time of
+    os.environ.get, which the dispatcher's per-call look-up would otherwise pay on every kernel
+    call. None when unset."""
+    cdef const char *v = getenv(name)
+    return None if v == NULL else v.decode("utf-8", "replace")
+
+
+def _split_list():
+    cdef int ns[16]
+    cdef int i, n = bk_mix_split_list(ns, 16)
+    return tuple(ns[i] for i in range(n))
+
+
+MIX_SPLITS = _split_list()    # the compiled splits of the mixed path: scalar columns of a panel's PANEL_COLUMNS
+MIX_DEFAULT = BK_MIX_DEFAULT  # the split before refbnn.kernels.dispatch measures one (or with a forced path)
+cdef int _mix_scalar = BK_MIX_DEFAULT
+
+
+def mix_split():
+    """The split the ``avx2+popcnt`` path runs: how many of a panel's 32 output columns go through
+    the scalar ``popcnt`` instruction (the others through AVX2 nibble lookups, 4 columns a
+    register). :mod:`refbnn.kernels.dispatch` measures the best of :data:`MIX_SPLITS` on this
+    machine with the path itself; before that (or when a path is forced) it is the build's default."""
+    return _mix_scalar
+
+
+def set_mix_split(scalar_columns):
+    """Set :func:`mix_split` (one of :data:`MIX_SPLITS`) for this process. Every split computes
+    the same bits; this changes only which ports do the counting."""
+    global _mix_scalar
+    if isinstance(scalar_columns, (bool, np.bool_)) or not isinstance(scalar_columns, (int, np.integer)) \
+            or int(scalar_columns) not in MIX_SPLITS:
+        raise ValueError(f"scalar_columns: expected one of {list(MIX_SPLITS)}, got {scalar_columns!r}")
+    _mix_scalar = int(scalar_columns)
 
 
 def resolve_path(path=None):
@@ -228,19 +270,25 @@ def default_threads():
 
 def info():
     """What ``refbnn info`` prints about the kernels: the paths, the one that runs and how it was
-    chosen (``chosen_by``; ``measured_ms``: the dispatcher's timings per path, when it measured)."""
+    chosen (``chosen_by``; ``measured_ms``: the dispatcher's timings per path, when it measured;
+    ``mix_split``: the split of the ``avx2+popcnt`` path, where the CPU runs it)."""
     chosen_by, measured = None, None
+    split = None
+    if "avx2+popcnt" in _SUPPORTED:
+        split = {"scalar_columns": _mix_scalar, "of": BK_NC, "chosen_by": "the build's default" if
+                 _mix_scalar == BK_MIX_DEFAULT else "set_mix_split"}
     try:
         active = resolve_path()
         if requested_path() == "auto":
             report = _dispatch.report()
             chosen_by, measured = report["chosen_by"], report["measured_ms"]
+            split = report["mix_split"]
         else:
             chosen_by = f"{ENV_PATH}={os.environ.get(ENV_PATH)}"
     except (ValueError, RuntimeError) as exc:
         active = f"error: {exc}"
     return {"compiled": compiled_paths(), "supported": supported_paths(), "active": active,
-            "chosen_by": chosen_by, "measured_ms": measured,
+            "chosen_by": chosen_by, "measured_ms": measured, "mix_split": split,
             "env": os.environ.get(ENV_PATH), "openmp": openmp_enabled(), "threads": default_threads(),
             "scalar_popcount": "hardware popcnt" if bk_scalar_hw_popcount() else "portable"}
 
@@ -251,6 +299,8 @@ def _threads(threads):
     process when thread creation fails). The results never depend on the thread count."""
     if threads is None:
         return default_threads()
+    if type(threads) is int and threads == 1:
+        return 1                                  # the common case, without the affinity syscall
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
         raise TypeError(f"threads: expected a positive int or None, got {type(threads).__name__} {threads!r}")
     if threads < 1:
@@ -263,7 +313,10 @@ def _threads(threads):
 
 def _plain_array(a, name, what):
     """``a`` as a plain ndarray (subclasses viewed as ndarray); masked arrays are refused, the
-    kernels would read the values under the mask."""
+    kernels would read the values under the mask. ``what``: a str or a dtype (formatted only for
+    an error message: str(dtype) costs microseconds, a kernel call's whole budget)."""
+    if type(a) is np.ndarray:
+        return a
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name}: expected a NumPy array of {what}, got {type(a).__name__}")
     if isinstance(a, np.ma.MaskedArray):
@@ -325,7 +378,7 @@ def _pad_value(v):
 def _check_out(out, name, tuple shape, dtype):
     """``out=``: written in place, so nothing is converted: exactly ``dtype`` (any spelling of it) in
     native byte order, ``shape``, C-contiguous, aligned, writeable."""
-    out = _plain_array(out, name, f"{dtype}")
+    out = _plain_array(out, name, dtype)
     dt = out.dtype
     if dt != dtype:
         if dt.newbyteorder("=") == dtype:
@@ -355,14 +408,44 @@ def _check_no_overlap(out, ws, **inputs):
     ``np.may_share_memory`` compares the memory bounds, so interleaved views are refused too."""
     if out is None:
         return
+    cdef size_t lo, hi
+    _extent(out, &lo, &hi)
     for name, a in inputs.items():
-        if isinstance(a, np.ndarray) and np.may_share_memory(out, a):
+        if isinstance(a, np.ndarray) and _overlaps(a, lo, hi):
             raise ValueError(f"out: shares memory with {name}; the kernel reads {name} while it writes out, "
                              f"so pass a separate array (or out=None)")
     if ws is not None:
         for a in ws._bufs.values():
-            if np.may_share_memory(out, a):
+            if _overlaps(a, lo, hi):
                 raise ValueError("out: shares memory with a workspace buffer; pass a separate array")
+
+
+cdef void _extent(a, size_t *lo, size_t *hi):
+    """[lo, hi): the bytes an array's elements span (its memory bounds, as np.may_share_memory's
+    default test; empty arrays span nothing)."""
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef size_t start = <size_t>cnp.PyArray_DATA(arr)
+    cdef Py_ssize_t low = 0, high = cnp.PyArray_ITEMSIZE(arr), st
+    cdef int i
+    if cnp.PyArray_SIZE(arr) == 0:
+        lo[0] = hi[0] = start
+        return
+    for i in range(cnp.PyArray_NDIM(arr)):
+        st = cnp.PyArray_STRIDE(arr, i) * (cnp.PyArray_DIM(arr, i) - 1)
+        if st < 0:
+            low += st
+        else:
+            high += st
+    lo[0] = start + low
+    hi[0] = start + high
+
+
+cdef bint _overlaps(a, size_t lo, size_t hi):
+    cdef size_t alo, ahi
+    if lo == hi:
+        return False
+    _extent(a, &alo, &ahi)
+    return alo < ahi and alo < hi and lo < ahi
 
 
 def _per_channel(v, name, n, dtype):
@@ -569,7 +652,7 @@ def bgemm(a_words, b_words, k, threads=None, out=None, path=None, workspace=None
         for c in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
             bk_gemm_columns(&job, bp, s_row, c * npanels // nt, (c + 1) * npanels // nt)
     else:   # tall A: pack every panel, then split the rows
-        bk_pack_panels(bp, n, 1, kw, s_row, 0, job.tailmask, <uint64_t *><size_t>_addr(panels))
+        bk_pack_panels(bp, n, 1, kw, s_row, 0, job.tailmask, pth, <uint64_t *><size_t>_addr(panels))
         _run(&job, nt)
     return out
 
@@ -585,6 +668,7 @@ def _workspace(workspace):
 cdef void _job_defaults(bk_job *job, int path, int64_t m, int64_t n, int ntaps, int cw, int32_t kbits,
                         uint64_t tail, panels, int64_t npanels):
     job.path, job.m, job.n, job.ntaps, job.cw, job.kbits, job.tailmask = path, m, n, ntaps, cw, kbits, tail
+    job.mix_scalar = _mix_scalar
     job.a, job.lda, job.conv, job.x = NULL, 0, 0, NULL
     job.padbuf, job.corr = NULL, NULL
     job.bpanels = <const uint64_t *><size_t>_addr(panels)
@@ -696,7 +780,7 @@ def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=
     for gi in range(g):
         wg = w[gi * og:(gi + 1) * og]
         bk_pack_panels(<const uint64_t *><size_t>_addr(wg), og, ntaps, cwg, ntaps * cwg, cwg,
-                       tail, <uint64_t *><size_t>(_addr(panels) + gi * pwords * 8))
+                       tail, pth, <uint64_t *><size_t>(_addr(panels) + gi * pwords * 8))
     padbuf = ws.get("padbuf", cwg, np.uint64)
     padbuf[:] = 0
     if pad_value == -1.0:
@@ -832,25 +916,30 @@ cdef double _time_peak(int pth, int nv, int ns, int nt, double seconds):
     """ops/s of bk_peak (nv < 0) or bk_peak_mix on ``nt`` threads, a run of at least ``seconds``."""
     cdef int64_t iters = 1 << 14, c
     cdef double ops
+    cdef int mix = _mix_scalar
     while True:
         ops = 0
         t0 = time.perf_counter()
         if nv < 0:
             for c in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
-                ops += bk_peak(pth, iters)
+                ops += bk_peak(pth, mix, iters)
         else:
             for c in prange(nt, nogil=True, num_threads=nt, schedule="static", chunksize=1):
                 ops += bk_peak_mix(pth, nv, ns, iters)
         t = time.perf_counter() - t0
+        if ops < 0:
+            raise ValueError(f"peak loop (path {pth}, {nv} vectors, {ns} scalars) is not compiled into this build")
         if t >= seconds:
             return ops / t
         iters = int(iters * min(8.0, max(1.5, 1.1 * seconds / max(t, 1e-6))))
 
 
 def measure_peak(path=None, threads=1, seconds=0.2):
-    """Binary ops/s (2 per bit) of independent xor + popcount + add on the path's widest registers,
-    ``threads`` threads each running the loop: the peak of the path's own instructions. (The
-    machine's peak, over instruction mixes that also combine paths, is :func:`measure_machine_peak`.)"""
+    """Binary ops/s (2 per bit) of independent xor + popcount + add on the path's widest registers
+    (``avx2+popcnt``: (32 - S) / 4 AVX2 registers and S scalar words a round, S = :func:`mix_split`,
+    the tile's own mix), ``threads`` threads each running the loop: the peak of the path's own
+    instructions. (The machine's peak, over instruction mixes that also combine paths, is
+    :func:`measure_machine_peak`.)"""
     seconds = _seconds(seconds)
     return _time_peak(_PATH_ID[resolve_path(path)], -1, 0, _threads(threads), seconds)
 
@@ -858,16 +947,18 @@ def measure_peak(path=None, threads=1, seconds=0.2):
 def peak_mixes():
     """The instruction mixes of the machine-peak microbenchmark this CPU runs, name -> (path,
     vectors, scalars): each supported path's own loop (``"avx512"``, ``"avx2"``, ``"scalar"``: 12
-    accumulators of its widest registers, as :func:`measure_peak`), and, where the CPU has the
-    popcnt instruction, vector and scalar accumulators in one loop, e.g. ``"avx2 x4 + popcnt x8"``:
-    4 AVX2 nibble-lookup popcounts (vector ports) and 8 scalar popcnts (integer ports) per round."""
+    accumulators of its widest registers; ``"avx2+popcnt"``: the mixed tile's own mix for the
+    current :func:`mix_split`; as :func:`measure_peak`; vectors = scalars = -1), and, where the CPU
+    has the popcnt instruction, vector and scalar accumulators in one loop, e.g.
+    ``"avx2 x4 + popcnt x8"``: 4 AVX2 nibble-lookup popcounts (vector ports) and 8 scalar popcnts
+    (integer ports) per round."""
     cdef int nv[64]
     cdef int ns[64]
     cdef int i, n = bk_peak_mix_list(nv, ns, 64)
-    mixes = {p: (p, 12 if p != "scalar" else 0, 12 if p == "scalar" else 0) for p in supported_paths()}
+    mixes = {p: (p, -1, -1) for p in supported_paths()}
     if bk_scalar_hw_popcount():
         for p in supported_paths():
-            if p != "scalar":
+            if p in ("avx2", "avx512"):
                 for i in range(n):
                     mixes[f"{p} x{nv[i]} + popcnt x{ns[i]}"] = (p, nv[i], ns[i])
     return mixes
@@ -880,7 +971,7 @@ def measure_peak_mix(mix, threads=1, seconds=0.2):
         raise ValueError(f"mix: expected one of {list(mixes)} (the mixes this CPU runs), got {mix!r}")
     seconds = _seconds(seconds)
     p, nv, ns = mixes[mix]
-    if p == "scalar" or ns == 0:
+    if nv < 0:                   # a path's own loop
         return _time_peak(_PATH_ID[p], -1, 0, _threads(threads), seconds)
     return _time_peak(_PATH_ID[p], nv, ns, _threads(threads), seconds)
 

@@ -39,11 +39,18 @@ enum { BK_PATH_NEON = 4 };   /* AArch64 only: an id of its own, past those of th
 #define BK_X86 0
 #endif
 
-enum { BK_PATH_SCALAR = 0, BK_PATH_AVX2 = 1, BK_PATH_AVX512 = 2, BK_NPATHS = 3 };
+enum { BK_PATH_SCALAR = 0, BK_PATH_AVX2 = 1, BK_PATH_AVX512 = 2, BK_PATH_AVX2MIX = 3, BK_NPATHS = 4 };
 enum { BK_OUT_INT32 = 0, BK_OUT_FLOAT = 1, BK_OUT_BITS = 2 };
 
 #define BK_NC 32        /* columns of a B panel */
 #define BK_MR 6         /* rows of an output tile */
+
+/* The mixed path (BK_PATH_AVX2MIX: AVX2 nibble lookups and scalar popcnt in one loop): the compiled
+   splits of a panel's BK_NC columns, X(scalar columns); the other BK_NC - X columns are counted in
+   AVX2 registers of 4 columns. The split runs is a job's mix_scalar (measured per machine by
+   refbnn.kernels.dispatch); BK_MIX_DEFAULT when none was measured. */
+#define BK_MIX_SPLITS(X) X(4) X(8) X(12) X(16)
+#define BK_MIX_DEFAULT 12
 
 /* which SIMD paths this build contains, and which this CPU (and OS) can run */
 int bk_path_compiled(int path);
@@ -53,6 +60,7 @@ int bk_scalar_hw_popcount(void);
 
 typedef struct {
     int path;
+    int mix_scalar;         /* BK_PATH_AVX2MIX: columns of a panel counted by scalar popcnt (BK_MIX_SPLITS) */
     int64_t m;              /* output rows */
     int64_t n;              /* valid output columns */
     int ntaps;              /* taps per row (1 for a GEMM) */
@@ -95,9 +103,10 @@ void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1);
 void bk_gemm_columns(const bk_job *job, const uint64_t *b, int64_t s_row, int64_t p0, int64_t p1);
 
 /* B (n rows of ntaps x cw words; word (j, t, w) at b[j*s_row + t*s_tap + w]) -> zero-padded
-   panels, each tap's last word masked with tailmask. */
+   panels, each tap's last word masked with tailmask. ``path``: BK_PATH_AVX512 transposes 8 x 8
+   blocks of words in registers; the other paths copy word by word (the same panels). */
 void bk_pack_panels(const uint64_t *b, int64_t n, int ntaps, int cw, int64_t s_row, int64_t s_tap,
-                    uint64_t tailmask, uint64_t *panels);
+                    uint64_t tailmask, int path, uint64_t *panels);
 /* corr[(p * ntaps + t) * BK_NC + c] = sum of the +-1 weights of tap t of column c (bits_per_tap valid) */
 void bk_tap_sums(const uint64_t *panels, int64_t npanels, int ntaps, int cw, int32_t bits_per_tap,
                  int32_t *corr);
@@ -118,8 +127,12 @@ void bk_maxpool(const uint64_t *x, int64_t in_h, int64_t in_w, int64_t cw, int64
                 uint64_t *out, int64_t q0, int64_t q1);
 
 /* Peak microbenchmark: `iters` rounds of independent xor + popcount + add on 12 accumulators of the
-   path's widest vector; returns the binary operations done (2 per bit: one xor-popcount, one add). */
-double bk_peak(int path, int64_t iters);
+   path's widest vector (BK_PATH_AVX2MIX: the tile's own mix for the split mix_scalar, see
+   BK_MIX_SPLITS); returns the binary operations done (2 per bit: one xor-popcount, one add), or -1
+   when the split is not compiled. */
+double bk_peak(int path, int mix_scalar, int64_t iters);
+/* The compiled splits of BK_MIX_SPLITS (scalar columns): up to `max` of them into ns; returns how many. */
+int bk_mix_split_list(int *ns, int max);
 
 /* The instruction mixes of the machine-peak microbenchmark, X(vectors, scalars): in one loop, that
    many independent xor + popcount + add accumulators on a path's vectors (AVX2 nibble lookup or
@@ -169,6 +182,9 @@ void bk_float_avx2(const bk_job *, const int32_t *, int, const int64_t *, int64_
 void bk_bits_avx2(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
 double bk_peak_avx2(int64_t iters);
 double bk_peak_avx2_mix(int nv, int ns, int64_t iters);
+/* the mixed path's tile kernel for a split (NULL when it is not one of BK_MIX_SPLITS), its peak loop */
+bk_tile_fn bk_tile_avx2mix(int scalar_columns);
+double bk_peak_avx2mix(int scalar_columns, int64_t iters);
 void bk_tile_avx512(int, int, int, uint64_t, const uint64_t *const *, const int64_t *, const uint64_t *, int32_t,
                     int32_t *, int64_t);
 void bk_float_avx512(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
@@ -176,12 +192,12 @@ void bk_bits_avx512(const bk_job *, const int32_t *, int, const int64_t *, int64
 double bk_peak_avx512(int64_t iters);
 double bk_peak_avx512_mix(int nv, int ns, int64_t iters);
 
-/* The scalar half of a peak mix (NS accumulators, NS <= 12): popcnt on 64-bit words in general
+/* The scalar half of a peak mix (NS accumulators, NS <= 16): popcnt on 64-bit words in general
    registers. The empty asm pins each count to a general register, so that the compiler cannot
    vectorize this half into the vector instructions the other half is measuring. */
 #define BK_PEAK_SCALAR_INIT                                                                          \
-    uint64_t sa = 0x9E3779B97F4A7C15ull, sb[12], ss[12];                                             \
-    for (int j = 0; j < 12; j++) {                                                                   \
+    uint64_t sa = 0x9E3779B97F4A7C15ull, sb[16], ss[16];                                             \
+    for (int j = 0; j < 16; j++) {                                                                   \
         sb[j] = (uint64_t)(j + 1) * 0xD1B54A32D192ED03ull;                                           \
         ss[j] = 0;                                                                                   \
     }
@@ -202,6 +218,10 @@ double bk_peak_avx512_mix(int nv, int ns, int64_t iters);
 /* packing with AVX-512 (the AVX512 path): a unit-stride row (inner == 1), or unit-stride positions
    of a channel-first slice of at most 64 channels (inner > 1, out: one word per position); both
    return the count of values that are not exactly +-1 */
+/* 8 whole rows of B (src[c]: row c's words) -> their 8 columns of a panel (dst: column 0 of the
+   group in the panel's first line), every tap and word, the tap's last word masked */
+void bk_pack_group8_avx512(const uint64_t *const *src, int ntaps, int cw, int64_t s_tap, uint64_t tailmask,
+                           uint64_t *dst);
 int64_t bk_pack_row_float_avx512(const float *x, int64_t len, int polarity, uint64_t *out);
 int64_t bk_pack_row_double_avx512(const double *x, int64_t len, int polarity, uint64_t *out);
 int64_t bk_pack_inner_float_avx512(const float *x, int64_t len, int64_t inner, int64_t s_len, int polarity,

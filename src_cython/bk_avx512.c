@@ -144,6 +144,60 @@ T512 double bk_peak_avx512_mix(int nv, int ns, int64_t iters)
 #undef BK_MIX_CASE
     return -1;
 }
+/* ---- B -> panels: 8 x 8 blocks of words transposed in registers ----------------------------- */
+
+/* rows r[0..7] (8 words each) -> columns: out[w] = (r[0][w], ..., r[7][w]) */
+T512 static inline void transpose8(__m512i r[8])
+{
+    __m512i t[8], s[8];
+    for (int i = 0; i < 4; i++) {           /* t[2i]: (r[2i][w], r[2i+1][w]) for even w, t[2i+1] odd w */
+        t[2 * i] = _mm512_unpacklo_epi64(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi64(r[2 * i], r[2 * i + 1]);
+    }
+    /* 128-bit lanes: s[0] = rows 0-3 of words {0, 4} (lanes: r01 w0, r01 w4, r23 w0, r23 w4), ... */
+    s[0] = _mm512_shuffle_i64x2(t[0], t[2], _MM_SHUFFLE(2, 0, 2, 0));   /* rows 0-3, words 0, 4 */
+    s[1] = _mm512_shuffle_i64x2(t[4], t[6], _MM_SHUFFLE(2, 0, 2, 0));   /* rows 4-7, words 0, 4 */
+    s[2] = _mm512_shuffle_i64x2(t[0], t[2], _MM_SHUFFLE(3, 1, 3, 1));   /* rows 0-3, words 2, 6 */
+    s[3] = _mm512_shuffle_i64x2(t[4], t[6], _MM_SHUFFLE(3, 1, 3, 1));   /* rows 4-7, words 2, 6 */
+    s[4] = _mm512_shuffle_i64x2(t[1], t[3], _MM_SHUFFLE(2, 0, 2, 0));   /* rows 0-3, words 1, 5 */
+    s[5] = _mm512_shuffle_i64x2(t[5], t[7], _MM_SHUFFLE(2, 0, 2, 0));   /* rows 4-7, words 1, 5 */
+    s[6] = _mm512_shuffle_i64x2(t[1], t[3], _MM_SHUFFLE(3, 1, 3, 1));   /* rows 0-3, words 3, 7 */
+    s[7] = _mm512_shuffle_i64x2(t[5], t[7], _MM_SHUFFLE(3, 1, 3, 1));   /* rows 4-7, words 3, 7 */
+    r[0] = _mm512_shuffle_i64x2(s[0], s[1], _MM_SHUFFLE(2, 0, 2, 0));
+    r[4] = _mm512_shuffle_i64x2(s[0], s[1], _MM_SHUFFLE(3, 1, 3, 1));
+    r[2] = _mm512_shuffle_i64x2(s[2], s[3], _MM_SHUFFLE(2, 0, 2, 0));
+    r[6] = _mm512_shuffle_i64x2(s[2], s[3], _MM_SHUFFLE(3, 1, 3, 1));
+    r[1] = _mm512_shuffle_i64x2(s[4], s[5], _MM_SHUFFLE(2, 0, 2, 0));
+    r[5] = _mm512_shuffle_i64x2(s[4], s[5], _MM_SHUFFLE(3, 1, 3, 1));
+    r[3] = _mm512_shuffle_i64x2(s[6], s[7], _MM_SHUFFLE(2, 0, 2, 0));
+    r[7] = _mm512_shuffle_i64x2(s[6], s[7], _MM_SHUFFLE(3, 1, 3, 1));
+}
+
+T512 void bk_pack_group8_avx512(const uint64_t *const *src, int ntaps, int cw, int64_t s_tap, uint64_t tailmask,
+                                uint64_t *dst)
+{
+    const __m512i tail = _mm512_set1_epi64((long long)tailmask);
+    for (int t = 0; t < ntaps; t++) {
+        const int64_t off = t * s_tap;
+        int w = 0;
+        for (; w + 8 <= cw; w += 8, dst += 8 * BK_NC) {
+            __m512i r[8];
+            for (int c = 0; c < 8; c++)
+                r[c] = _mm512_loadu_si512((const void *)(src[c] + off + w));
+            transpose8(r);
+            if (w + 8 == cw)
+                r[7] = _mm512_and_si512(r[7], tail);
+            for (int i = 0; i < 8; i++)
+                _mm512_store_si512((void *)(dst + i * BK_NC), r[i]);
+        }
+        for (; w < cw; w++, dst += BK_NC) {
+            const uint64_t mask = w == cw - 1 ? tailmask : ~(uint64_t)0;
+            for (int c = 0; c < 8; c++)
+                dst[c] = src[c][off + w] & mask;
+        }
+    }
+}
+
 /* ---- packing: signs -> words, 16 floats (8 doubles) per compare ------------------------------ */
 
 /* bits of one vector by polarity (0: x < 0, 1: x > 0, 2: x >= 0; NaN gives 0, as C's comparisons)

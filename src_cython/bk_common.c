@@ -17,7 +17,7 @@ int bk_path_compiled(int path)
         return BK_ARM64;
     if (path == BK_PATH_SCALAR)
         return 1;
-    return BK_X86 && (path == BK_PATH_AVX2 || path == BK_PATH_AVX512);
+    return BK_X86 && (path == BK_PATH_AVX2 || path == BK_PATH_AVX512 || path == BK_PATH_AVX2MIX);
 }
 
 int bk_path_supported(int path)
@@ -31,6 +31,8 @@ int bk_path_supported(int path)
         return 1;
     case BK_PATH_AVX2:
         return __builtin_cpu_supports("avx2") != 0;
+    case BK_PATH_AVX2MIX:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
     case BK_PATH_AVX512:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
     default:
@@ -66,6 +68,8 @@ static bk_path_fns path_fns(int path)
         return (bk_path_fns){bk_tile_avx512, bk_float_avx512, bk_bits_avx512, bk_peak_avx512};
     if (path == BK_PATH_AVX2)
         return (bk_path_fns){bk_tile_avx2, bk_float_avx2, bk_bits_avx2, bk_peak_avx2};
+    if (path == BK_PATH_AVX2MIX)    /* the tile and peak loops of a split: bk_run, bk_peak */
+        return (bk_path_fns){NULL, bk_float_avx2, bk_bits_avx2, NULL};
 #endif
 #if BK_ARM64
     if (path == BK_PATH_NEON)
@@ -75,9 +79,26 @@ static bk_path_fns path_fns(int path)
     return (bk_path_fns){bk_tile_scalar, bk_float_scalar, bk_bits_scalar, bk_peak_scalar};
 }
 
-double bk_peak(int path, int64_t iters)
+double bk_peak(int path, int mix_scalar, int64_t iters)
 {
+#if BK_X86
+    if (path == BK_PATH_AVX2MIX)
+        return bk_peak_avx2mix(mix_scalar, iters);
+#endif
+    (void)mix_scalar;
     return path_fns(path).peak(iters);
+}
+
+int bk_mix_split_list(int *ns, int max)
+{
+    int n = 0;
+#define BK_SPLIT_ITEM(S)                                                                                \
+    if (n < max)                                                                                        \
+        ns[n] = (S);                                                                                    \
+    n++;
+    BK_MIX_SPLITS(BK_SPLIT_ITEM)
+#undef BK_SPLIT_ITEM
+    return n < max ? n : max;
 }
 
 double bk_peak_mix(int path, int nv, int ns, int64_t iters)
@@ -157,7 +178,13 @@ static int conv_row_pointers(const bk_job *job, int64_t img, int64_t oh, int64_t
 void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
 {
     const bk_path_fns fns = path_fns(job->path);
+#if BK_X86
+    bk_tile_fn tile = job->path == BK_PATH_AVX2MIX ? bk_tile_avx2mix(job->mix_scalar) : fns.tile;
+    if (tile == NULL)           /* a split that is not compiled (the Python side refuses those): same bits */
+        tile = bk_tile_avx2;
+#else
     const bk_tile_fn tile = fns.tile;
+#endif
     const bk_epi_fn epi = job->out_mode == BK_OUT_FLOAT ? fns.float_out
                         : job->out_mode == BK_OUT_BITS ? fns.bits_out : int32_out;
     const int ntaps = job->ntaps, cw = job->cw;
@@ -261,7 +288,7 @@ void bk_run(const bk_job *job, int64_t r0, int64_t r1, int64_t p0, int64_t p1)
 void bk_gemm_columns(const bk_job *job, const uint64_t *b, int64_t s_row, int64_t p0, int64_t p1)
 {
     const int64_t first = p0 * BK_NC, count = job->n - first < (p1 - p0) * BK_NC ? job->n - first : (p1 - p0) * BK_NC;
-    bk_pack_panels(b + first * s_row, count, 1, job->cw, s_row, 0, job->tailmask,
+    bk_pack_panels(b + first * s_row, count, 1, job->cw, s_row, 0, job->tailmask, job->path,
                    (uint64_t *)job->bpanels + p0 * job->cw * BK_NC);
     bk_run(job, 0, job->m, p0, p1);
 }
@@ -269,7 +296,7 @@ void bk_gemm_columns(const bk_job *job, const uint64_t *b, int64_t s_row, int64_
 /* ---- packing ------------------------------------------------------------------------------ */
 
 void bk_pack_panels(const uint64_t *b, int64_t n, int ntaps, int cw, int64_t s_row, int64_t s_tap,
-                    uint64_t tailmask, uint64_t *panels)
+                    uint64_t tailmask, int path, uint64_t *panels)
 {
     /* 8 columns at a time: 8 B rows are read front to back side by side, and each of their words
        lands in one 64-byte line of the panel */
@@ -279,6 +306,14 @@ void bk_pack_panels(const uint64_t *b, int64_t n, int ntaps, int cw, int64_t s_r
         const uint64_t *src[8];
         for (int c = 0; c < 8; c++)
             src[c] = j0 + c < n ? b + (j0 + c) * s_row : NULL;
+#if BK_X86
+        if (path == BK_PATH_AVX512 && j0 + 8 <= n) {
+            bk_pack_group8_avx512(src, ntaps, cw, s_tap, tailmask, dst);
+            continue;
+        }
+#else
+        (void)path;
+#endif
         for (int t = 0; t < ntaps; t++)
             for (int w = 0; w < cw; w++, dst += BK_NC) {
                 const uint64_t mask = w == cw - 1 ? tailmask : ~(uint64_t)0;

@@ -19,7 +19,7 @@ _CACHE = tempfile.mkdtemp(prefix="refbnn-test-cache-")
 os.environ["REFBNN_CACHE_DIR"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, True)
 
-KERNEL_PATHS = ("avx512", "avx2", "scalar")
+KERNEL_PATHS = ("avx512", "avx2", "avx2+popcnt", "neon", "scalar")
 
 
 @pytest.fixture(params=KERNEL_PATHS)

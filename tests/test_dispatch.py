@@ -68,11 +68,19 @@ def a_kernel_call():
     assert np.array_equal(got, reference.binary_conv2d(x, w, (1, 1), (1, 1), (1, 1), 1, 0.0))
 
 
-def valid_entry(path=None):
+MIXED = dispatch.MIX_PATH in SUPPORTED
+needs_mixed = pytest.mark.skipif(not MIXED, reason="this CPU does not run the avx2+popcnt path (AVX2 and POPCNT)")
+
+
+def valid_entry(path=None, split=None):
     fp = dispatch.fingerprint()
-    return {"format": dispatch.CACHE_FORMAT, "kernel_version": dispatch.KERNEL_VERSION, "fingerprint": fp,
-            "path": path or SUPPORTED[-1], "times_s": {p: {"bgemm": 1e-3, "bconv2d": 1e-3} for p in SUPPORTED},
-            "measured_at": "2024-01-01T00:00:00+0000"}
+    e = {"format": dispatch.CACHE_FORMAT, "kernel_version": dispatch.KERNEL_VERSION, "fingerprint": fp,
+         "path": path or SUPPORTED[-1], "times_s": {p: {"bgemm": 1e-3, "bconv2d": 1e-3} for p in SUPPORTED},
+         "measured_at": "2024-01-01T00:00:00+0000"}
+    if MIXED:
+        e["mix_split"] = K.MIX_SPLITS[0] if split is None else split
+        e["mix_times_s"] = {str(s): {"bgemm": 1e-3, "bconv2d": 1e-3} for s in K.MIX_SPLITS}
+    return e
 
 
 # ---- first use, reuse -------------------------------------------------------------------------
@@ -153,7 +161,15 @@ def _bad_entries():
         "times missing": json.dumps({k: v for k, v in e.items() if k != "times_s"}).encode(),
         "huge": b" " * (dispatch.MAX_CACHE_BYTES + 10) + json.dumps(e).encode(),
         "deep": b"[" * 100000 + b"]" * 100000,
-    }
+    } | ({
+        "mix split not compiled": json.dumps(dict(e, mix_split=3)).encode(),
+        "mix split a bool": json.dumps(dict(e, mix_split=True)).encode(),
+        "mix split a float": json.dumps(dict(e, mix_split=float(K.MIX_SPLITS[0]))).encode(),
+        "mix split missing": json.dumps({k: v for k, v in e.items() if k != "mix_split"}).encode(),
+        "mix times not per split": json.dumps(dict(e, mix_times_s={"x": {"bgemm": 1, "bconv2d": 1}})).encode(),
+        "mix times negative": json.dumps(dict(e, mix_times_s={s: {"bgemm": 1, "bconv2d": 0}
+                                                              for s in e["mix_times_s"]})).encode(),
+    } if MIXED else {})
 
 
 @needs_two_paths
@@ -369,3 +385,49 @@ def test_machine_peak_covers_every_path_and_the_mixes():
         K.measure_peak_mix("avx9000 x1")
     with pytest.raises(ValueError, match="rounds"):
         K.measure_machine_peak(rounds=0)
+
+
+# ---- the mixed path's split ------------------------------------------------------------------
+
+@needs_mixed
+def test_the_mixed_split_is_measured_cached_and_reported(cache, monkeypatch):
+    K.set_mix_split(K.MIX_DEFAULT)
+    a_kernel_call()
+    c = dispatch.current()
+    entry = json.loads(cache.file.read_text())
+    assert c.mix_split == entry["mix_split"] == K.mix_split() in K.MIX_SPLITS
+    assert set(entry["mix_times_s"]) == {str(s) for s in K.MIX_SPLITS}
+    assert set(c.mix_times) == set(K.MIX_SPLITS)
+    sc = dispatch.scores(c.mix_times)
+    assert sc[c.mix_split] == min(sc.values())                # the fastest split runs
+    split = K.info()["mix_split"]
+    assert split["scalar_columns"] == c.mix_split and split["chosen_by"] == "measured"
+    assert set(split["measured_ms"]) == {str(s) for s in K.MIX_SPLITS}
+    # a new process reads the split from the cache, with no timing run
+    other = next(s for s in K.MIX_SPLITS if s != c.mix_split)
+    cache.file.write_text(json.dumps(valid_entry(split=other)))
+    dispatch.reset()
+    assert K.mix_split() == K.MIX_DEFAULT                     # reset: back to the default until chosen
+    no_timing(monkeypatch)
+    a_kernel_call()
+    assert dispatch.current().how == "cache" and K.mix_split() == other
+
+
+@needs_mixed
+def test_measure_mix_split_times_every_split_and_keeps_the_current_one():
+    K.set_mix_split(K.MIX_SPLITS[-1])
+    try:
+        t = dispatch.measure_mix_split(budget=0.001)
+        assert set(t) == set(K.MIX_SPLITS)
+        assert all(0 < v < 0.1 for s in t.values() for v in s.values())
+        assert K.mix_split() == K.MIX_SPLITS[-1]
+    finally:
+        K.set_mix_split(K.MIX_DEFAULT)
+
+
+@needs_mixed
+@pytest.mark.parametrize("bad", [3, 0, 32, -4, True, 12.0, "12", None])
+def test_set_mix_split_refuses_what_is_not_compiled(bad):
+    with pytest.raises(ValueError, match="scalar_columns: expected one of"):
+        K.set_mix_split(bad)
+    assert K.mix_split() in K.MIX_SPLITS

@@ -150,6 +150,12 @@ def test_forcing_an_unsupported_path_is_a_clear_error(monkeypatch):
     assert K.resolve_path("scalar") == "scalar"
 
 
+def test_forcing_the_mixed_path_names_what_it_needs(monkeypatch):
+    monkeypatch.setattr(K, "_SUPPORTED", ("avx2", "scalar"))   # as on a CPU with AVX2 but no POPCNT
+    with pytest.raises(RuntimeError, match=r"'avx2\+popcnt' needs AVX2 and POPCNT.*supports \['avx2', 'scalar'\]"):
+        K.resolve_path("avx2+popcnt")
+
+
 def test_cli_info_lists_the_paths():
     from refbnn.cli import info
 
@@ -162,7 +168,95 @@ def test_peak_measurement_runs(kernel_path):
     assert K.measure_peak(seconds=0.01) > 0
 
 
+# ---- the mixed path's splits -------------------------------------------------------------------
+
+needs_mixed = pytest.mark.skipif("avx2+popcnt" not in K.supported_paths(),
+                                 reason="this CPU does not run the avx2+popcnt path (AVX2 and POPCNT)")
+
+
+@pytest.fixture(params=K.MIX_SPLITS)
+def mix_split(request, monkeypatch):
+    """The avx2+popcnt path forced, with each compiled split of its columns in turn."""
+    if "avx2+popcnt" not in K.supported_paths():
+        pytest.skip("this CPU does not run the avx2+popcnt path (AVX2 and POPCNT)")
+    monkeypatch.setenv("REFBNN_KERNEL_PATH", "avx2+popcnt")
+    keep = K.mix_split()
+    K.set_mix_split(request.param)
+    yield request.param
+    K.set_mix_split(keep)
+
+
+@given(seeds, st.integers(1, 40), st.integers(1, 100),
+       st.one_of(st.integers(1, 300), st.sampled_from([64, 31 * 64, 31 * 64 + 1, 62 * 64 + 5])))
+def test_every_mix_split_is_exact(mix_split, seed, m, n, k):
+    """Each split counts its columns on other ports; the integers are the float product's. K past
+    31 words crosses the byte counters' flush; random words (not +-1 patterns) exercise every bit."""
+    rng = np.random.default_rng(seed)
+    a, b = signs(rng, (m, k)), signs(rng, (n, k))
+    aw, bw = with_tail_garbage(reference.pack_bits(a), k, rng), with_tail_garbage(reference.pack_bits(b), k, rng)
+    assert K.mix_split() == mix_split
+    assert np.array_equal(K.bgemm(aw, bw, k, threads=int(rng.integers(1, 3))), a @ b.T)
+
+
+@pytest.mark.parametrize("k", [1, 64, 31 * 64, 31 * 64 + 7, 100 * 64])
+def test_every_mix_split_extreme_operands(mix_split, k):
+    """dot = +-k in every column: the largest counts, in both the byte counters and popcnt sums."""
+    plus, minus = np.ones((7, k)), -np.ones((33, k))
+    pw, mw = K.pack_bits(plus), K.pack_bits(minus)
+    assert (K.bgemm(pw, mw, k) == -k).all() and (K.bgemm(mw, mw, k) == k).all()
+
+
+@needs_mixed
+def test_mix_peak_measures_the_paths_own_mix(monkeypatch):
+    keep = K.mix_split()
+    try:
+        for s in K.MIX_SPLITS:
+            K.set_mix_split(s)
+            assert K.measure_peak("avx2+popcnt", seconds=0.002) > 0
+    finally:
+        K.set_mix_split(keep)
+    mixes = K.peak_mixes()
+    assert mixes["avx2+popcnt"] == ("avx2+popcnt", -1, -1)
+    assert not any(m.startswith("avx2+popcnt x") for m in mixes)     # no mix of the mixed path
+
+
 # ---- memory ----------------------------------------------------------------------------------
+
+def _view(base, rng):
+    """A random view of ``base`` (1-D uint8 buffer): offset, dtype, 1-3 axes, negative and zero-size
+    axes, steps."""
+    dtype = np.dtype(rng.choice(["u1", "i4", "u8"]))
+    start = int(rng.integers(0, 24)) * dtype.itemsize
+    v = base[start:start + (base.size - start) // dtype.itemsize * dtype.itemsize].view(dtype)
+    nd = int(rng.integers(1, 4))
+    shape = tuple(int(rng.integers(0 if rng.random() < 0.1 else 1, 6)) for _ in range(nd))
+    n = int(np.prod(shape))
+    v = v[:n * 2].reshape(-1)[:n] if n else v[:0]
+    v = v.reshape(shape) if n else np.empty(shape, dtype)[...]
+    if v.ndim and rng.random() < 0.4 and n:
+        v = v[::-1]
+    if v.ndim > 1 and rng.random() < 0.4:
+        v = v[:, ::2]
+    return v
+
+
+@given(seeds)
+def test_the_overlap_check_agrees_with_numpy(seed):
+    """out= sharing memory with an operand is refused; the check is a bounds test in C (a call's
+    budget is microseconds), the same test as np.may_share_memory's default."""
+    rng = np.random.default_rng(seed)
+    base = np.zeros(2048, np.uint8)
+    other = np.zeros(2048, np.uint8)
+    for _ in range(20):
+        out = _view(base, rng)
+        a = _view(base if rng.random() < 0.7 else other, rng)
+        try:
+            K._check_no_overlap(out, None, a_words=a)
+            refused = False
+        except ValueError as exc:
+            assert "out: shares memory with a_words" in str(exc)
+            refused = True
+        assert refused == np.may_share_memory(out, a), (out.shape, out.strides, a.shape, a.strides)
 
 def test_kernels_allocate_nothing_but_output_and_workspace():
     rng = np.random.default_rng(0)

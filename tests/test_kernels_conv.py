@@ -200,3 +200,89 @@ def test_bconv2d_bad_input():
         K.bconv2d(xw, ww, 16, out=np.zeros((1, 8, 3, 3), np.int32))         # NCHW out for NHWC layout
     with pytest.raises(ValueError, match="taps"):
         K.bconv2d(np.zeros((1, 40, 40, 1), np.uint64), np.zeros((1, 33, 33, 1), np.uint64), 1)
+
+
+@given(seeds, st.sampled_from(["int32", "float", "bits"]))
+def test_bconv2d_every_mix_split(seed, output):
+    """The avx2+popcnt path with each split of its columns: every padding mode (the zero-padding
+    correction included), the float transform and bit-packed output, exactly."""
+    if "avx2+popcnt" not in K.supported_paths():
+        pytest.skip("this CPU does not run the avx2+popcnt path (AVX2 and POPCNT)")
+    rng = np.random.default_rng(seed)
+    x, wt, s, p, d, g, pv = random_conv(rng)
+    if output == "bits" and g > 1:
+        wt = np.where(rng.random((64 * g,) + wt.shape[1:]) < 0.5, -1.0, 1.0).astype(np.float32)
+    o = wt.shape[0]
+    dot = reference.binary_conv2d(x, wt, s, p, d, g, pv)
+    kw = {}
+    if output == "int32":
+        expect = dot
+    elif output == "float":
+        kw = {"multiplier": rng.standard_normal(o).astype(np.float32), "bias": rng.standard_normal(o).astype(np.float32)}
+        expect = dot.astype(np.float32) * kw["multiplier"].reshape(1, -1, 1, 1) + kw["bias"].reshape(1, -1, 1, 1)
+    else:
+        thr = rng.integers(-wt[0].size - 1, wt[0].size + 2, o)
+        flip = rng.random(o) < 0.5
+        kw = {"thresholds": thr, "flip": flip}
+        bits = (dot < thr.reshape(1, -1, 1, 1)) ^ flip.reshape(1, -1, 1, 1)
+        expect = reference.pack_bits(np.where(bits, -1.0, 1.0), axis=1)
+    keep = K.mix_split()
+    try:
+        for split in K.MIX_SPLITS:
+            K.set_mix_split(split)
+            out = K.bconv2d(pack_input(x, g), reference.pack_bits(wt, axis=1), x.shape[1], s, p, d, g, pv,
+                            output=output, layout="nhwc", path="avx2+popcnt", threads=int(rng.integers(1, 3)), **kw)
+            got = out if output == "bits" else out.transpose(0, 3, 1, 2)
+            assert np.array_equal(got, expect), f"split {split}"
+    finally:
+        K.set_mix_split(keep)
+
+
+@pytest.mark.parametrize("c, ksize, pad_value", [(300, 3, 0.0), (64, 7, 0.0), (40, 6, -1.0), (130, 5, 1.0)])
+def test_bconv2d_mix_splits_past_the_byte_counters(c, ksize, pad_value):
+    """More than 31 words per output (taps x words per tap): the mixed path's byte counters are
+    flushed inside a tap (300 channels: 5 words a tap) and between taps (64 channels: 1 word a tap,
+    49 taps); extreme all -1 / all +1 corners give the largest counts."""
+    if "avx2+popcnt" not in K.supported_paths():
+        pytest.skip("this CPU does not run the avx2+popcnt path (AVX2 and POPCNT)")
+    rng = np.random.default_rng(c + ksize)
+    x = np.where(rng.random((2, c, 9, 8)) < 0.5, -1.0, 1.0).astype(np.float32)
+    x[0, :, :7, :7] = -1.0                     # a corner where a 7x7 window sees only -1
+    w = np.where(rng.random((37, c, ksize, ksize)) < 0.5, -1.0, 1.0).astype(np.float32)
+    w[0] = -1.0
+    w[1] = 1.0
+    pad = ksize // 2
+    expect = reference.binary_conv2d(x, w, (1, 1), (pad, pad), (1, 1), 1, pad_value)
+    xw, ww = pack_input(x, 1), reference.pack_bits(w, axis=1)
+    keep = K.mix_split()
+    try:
+        for split in K.MIX_SPLITS:
+            K.set_mix_split(split)
+            out = K.bconv2d(xw, ww, c, 1, pad, pad_value=pad_value, layout="nchw", path="avx2+popcnt")
+            assert np.array_equal(out, expect), f"split {split}"
+    finally:
+        K.set_mix_split(keep)
+
+
+@pytest.mark.parametrize("c", [512, 520, 1000])
+def test_bconv2d_many_words_per_tap(kernel_path, c):
+    """8 or more words a tap: the weight panels are packed in 8 x 8 blocks of words on the avx512
+    path (1000 channels: 16 words, the second block ends with the masked last word), word by word
+    elsewhere; 19 output channels: two whole groups of 8 columns and a partial one."""
+    rng = np.random.default_rng(c)
+    x = np.where(rng.random((1, c, 5, 4)) < 0.5, -1.0, 1.0).astype(np.float32)
+    w = np.where(rng.random((19, c, 3, 3)) < 0.5, -1.0, 1.0).astype(np.float32)
+    for pv in (0.0, -1.0):
+        expect = reference.binary_conv2d(x, w, (1, 1), (1, 1), (1, 1), 1, pv)
+        xw = pack_input(x, 1)
+        ww = reference.pack_bits(w, axis=1)
+        ww = with_garbage_tail(ww, c, rng)
+        assert np.array_equal(K.bconv2d(xw, ww, c, 1, 1, pad_value=pv, layout="nchw"), expect)
+
+
+def with_garbage_tail(words, bits, rng):
+    """Random bits past ``bits`` in each last word (the kernels must mask them)."""
+    words = words.copy()
+    if bits % 64:
+        words[..., -1] |= rng.integers(0, 2**63, words.shape[:-1], dtype=np.uint64) << np.uint64(bits % 64)
+    return words

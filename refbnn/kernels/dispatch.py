@@ -1,18 +1,23 @@
 """Which SIMD path the compiled kernels run when none is named: measured on the machine, cached.
 
-The paths (``avx512``, ``avx2``, ``scalar``; see :mod:`refbnn.kernels._bitpack`) compute the same
-bits, so the choice only decides speed, and the widest path is not always the fastest: on an
-AVX2-only AMD EPYC the scalar ``popcnt`` loop runs ``bgemm`` faster than the AVX2 nibble-lookup loop.
+The paths (``avx512``, ``avx2``, ``avx2+popcnt``, ``scalar``; see :mod:`refbnn.kernels._bitpack`)
+compute the same bits, so the choice only decides speed, and the widest path is not always the
+fastest: on an AVX2-only AMD EPYC the scalar ``popcnt`` loop runs ``bgemm`` faster than the AVX2
+nibble-lookup loop, and the mixed ``avx2+popcnt`` loop (some columns of each panel through scalar
+``popcnt`` on the integer ports, the others through AVX2 lookups on the vector ports) can beat both.
 So when the path is ``"auto"`` (no ``path=``, ``REFBNN_KERNEL_PATH`` unset, empty or ``auto``), the
-first kernel call that needs a path runs a short timing run (at most about 0.2 s; 0.1 s on an
-AVX-512 Zen 5 core) of every path this CPU supports on one bgemm and one bconv2d shape, on one
-thread, and picks the fastest:
+first kernel call that needs a path runs a short timing run (at most about 0.25 s with the mixed
+path's splits; 0.18 s on an AVX-512 Zen 5 core) of every path this CPU supports on one bgemm and
+one bconv2d shape, on one thread, and picks the fastest:
 
     score(path) = geometric mean over the shapes of  t(path, shape) / min over paths of t(·, shape)
 
 (each t the best of interleaved rounds, so that every path sees the same state of a shared
 machine); the lowest score wins, except that a path other than the widest must beat the widest by
-``MARGIN`` (timing noise must not flip the choice between two near-equal paths).
+``MARGIN`` (timing noise must not flip the choice between two near-equal paths). Where the CPU runs
+the mixed path, its split (how many of a panel's 32 columns go through scalar ``popcnt``, one of
+``_bitpack.MIX_SPLITS``) is measured first the same way, on the same two shapes, and the best split
+is the one the path comparison times (and the one the mixed path runs from then on).
 
 The choice is kept for the process and in a small JSON file, ``kernel-dispatch-<key>.json`` in
 :func:`cache_dir` ($REFBNN_CACHE_DIR, else $XDG_CACHE_HOME/refbnn, else ~/.cache/refbnn), where
@@ -47,8 +52,9 @@ import numpy as np
 from ..machine import cpu_model, cpuinfo
 from . import _bitpack as K
 
-KERNEL_VERSION = 1          # bump whenever a tile kernel changes: every cached choice is measured again
-CACHE_FORMAT = 1
+KERNEL_VERSION = 2          # bump whenever a tile kernel changes: every cached choice is measured again
+CACHE_FORMAT = 2
+MIX_PATH = "avx2+popcnt"
 ENV_DISPATCH = "REFBNN_KERNEL_DISPATCH"
 ENV_CACHE_DIR = "REFBNN_CACHE_DIR"
 MODES = ("measure", "static")
@@ -57,6 +63,7 @@ MARGIN = 0.03
 GEMM_SHAPE = (256, 256, 2304)       # M, N, K of bgemm: a 3x3x256 convolution as a GEMM
 CONV_SHAPE = (4, 16, 16, 64, 64, 3)  # batch, H, W, C, O, kernel of bconv2d, stride 1, zero padding 1
 BUDGET_S = 0.2                      # the timing run stops after this (once MIN_ROUNDS are done)
+MIX_BUDGET_S = 0.05                 # the same for the mixed path's splits
 MIN_ROUNDS, MAX_ROUNDS = 5, 60
 MAX_CACHE_BYTES = 1 << 16           # a larger file is not ours: ignored unread
 
@@ -68,7 +75,9 @@ class Choice:
     ``how``: ``"measured"`` (timed in this process), ``"cache"`` (read from ``cache_file``),
     ``"static"`` (REFBNN_KERNEL_DISPATCH=static) or ``"only"`` (one supported path, nothing to
     compare). ``cached``: the choice is in ``cache_file`` (read from it, or written). ``times``: path -> {"bgemm": s, "bconv2d": s}, the best times of the timing run
-    (None when nothing was measured). ``note``: why a cache file was not used or not written."""
+    (None when nothing was measured). ``note``: why a cache file was not used or not written.
+    ``mix_split``: the split the mixed path runs (scalar columns of 32; None where the CPU has no
+    mixed path), ``mix_times``: split -> {"bgemm": s, "bconv2d": s} when it was measured."""
     path: str
     how: str
     cache_file: str | None = None
@@ -77,6 +86,8 @@ class Choice:
     measured_at: str | None = None
     scores: dict = field(default_factory=dict)
     cached: bool = False
+    mix_split: int | None = None
+    mix_times: dict | None = None
 
 
 _lock = threading.RLock()
@@ -97,7 +108,7 @@ def mode() -> str:
 def auto_path() -> str:
     """The path ``"auto"`` runs (the kernels' hook, called by every kernel call: one dict look-up
     once the choice is made; an invalid mode is never in the memo)."""
-    choice = _memo.get(os.environ.get(ENV_DISPATCH) or "measure")
+    choice = _memo.get(K._getenv(b"REFBNN_KERNEL_DISPATCH") or "measure")
     return (choice or current()).path
 
 
@@ -115,9 +126,11 @@ def current(refresh: bool = False) -> Choice:
 
 
 def reset() -> None:
-    """Forget this process's choice (the cache file stays): the next kernel call chooses again."""
+    """Forget this process's choice (the cache file stays): the next kernel call chooses again (the
+    mixed path's split is back to the build's default until then)."""
     with _lock:
         _memo.clear()
+        K.set_mix_split(K.MIX_DEFAULT)
 
 
 def report() -> dict:
@@ -137,7 +150,14 @@ def report() -> dict:
     if c.times:
         measured = {p: {"bgemm": round(1e3 * t["bgemm"], 4), "bconv2d": round(1e3 * t["bconv2d"], 4),
                         "score": round(c.scores.get(p, float("nan")), 3)} for p, t in c.times.items()}
-    return {"chosen_by": how, "measured_ms": measured}
+    split = None
+    if MIX_PATH in K.supported_paths():
+        split = {"scalar_columns": K.mix_split(), "of": K.PANEL_COLUMNS,
+                 "chosen_by": "measured" if c.mix_times else "the build's default"}
+        if c.mix_times:
+            split["measured_ms"] = {str(s): {k: round(1e3 * v, 4) for k, v in t.items()}
+                                    for s, t in c.mix_times.items()}
+    return {"chosen_by": how, "measured_ms": measured, "mix_split": split}
 
 
 # ---- the cache key ---------------------------------------------------------------------------
@@ -208,16 +228,28 @@ def _invalid(entry, fp: dict, supported: list) -> str | None:
         return "written for another machine or build (fingerprint differs)"
     if entry.get("path") not in supported:
         return f"path {entry.get('path')!r} is not one this CPU supports {supported}"
-    times = entry.get("times_s")
-    if not isinstance(times, dict) or set(times) != set(supported):
-        return "times_s is not a timing per supported path"
+    why = _invalid_times(entry.get("times_s"), supported, "times_s", "supported path")
+    if why:
+        return why
+    if not isinstance(entry.get("measured_at"), str):
+        return "measured_at is missing"
+    if MIX_PATH in supported:
+        split = entry.get("mix_split")
+        if type(split) is not int or split not in K.MIX_SPLITS:     # not a bool, not 12.0
+            return f"mix_split {split!r} is not one of the compiled splits {list(K.MIX_SPLITS)}"
+        return _invalid_times(entry.get("mix_times_s"), [str(s) for s in K.MIX_SPLITS], "mix_times_s",
+                              "compiled split")
+    return None
+
+
+def _invalid_times(times, names, what: str, per: str) -> str | None:
+    if not isinstance(times, dict) or set(times) != set(names):
+        return f"{what} is not a timing per {per}"
     for t in times.values():
         if not isinstance(t, dict) or set(t) != {"bgemm", "bconv2d"} or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
                 for v in t.values()):
-            return "times_s holds something other than positive times"
-    if not isinstance(entry.get("measured_at"), str):
-        return "measured_at is missing"
+            return f"{what} holds something other than positive times"
     return None
 
 
@@ -258,36 +290,56 @@ def _operands():
             "x": words(nb, h, w, cw), "w": words(o, ks, ks, cw), "conv_out": np.empty((nb, h, w, o), np.int32)}
 
 
+def _calls(paths, d, ws):
+    k, c = GEMM_SHAPE[2], CONV_SHAPE[3]
+    return {p: {"bgemm": lambda p=p: K.bgemm(d["a"], d["b"], k, threads=1, out=d["out"], path=p, workspace=ws),
+                "bconv2d": lambda p=p: K.bconv2d(d["x"], d["w"], c, 1, 1, pad_value=0.0, out=d["conv_out"], threads=1,
+                                                 path=p, workspace=ws)}
+            for p in paths}
+
+
+def _best_of_rounds(calls: dict, budget: float, before=lambda name: None) -> dict:
+    """name -> {shape: best s}: warm-up, then interleaved rounds (MIN_ROUNDS to MAX_ROUNDS, stopping
+    once ``budget`` seconds have passed); ``before(name)`` runs before each of name's calls."""
+    for name, fs in calls.items():     # warm-up: workspace buffers, code and data into the caches
+        before(name)
+        for f in fs.values():
+            f()
+    best = {name: {s: math.inf for s in fs} for name, fs in calls.items()}
+    t_start = time.perf_counter()
+    for r in range(MAX_ROUNDS):
+        if r >= MIN_ROUNDS and time.perf_counter() - t_start > budget:
+            break
+        for name, fs in calls.items():
+            before(name)
+            for s, f in fs.items():
+                t0 = time.perf_counter()
+                f()
+                best[name][s] = min(best[name][s], time.perf_counter() - t0)
+    return best
+
+
+def measure_mix_split(budget: float | None = None) -> dict:
+    """The mixed path's splits timed as :func:`measure` times the paths: split (scalar columns) ->
+    {"bgemm": s, "bconv2d": s}. Leaves the current split unchanged."""
+    budget = MIX_BUDGET_S if budget is None else budget
+    d = _operands()
+    ws = K.Workspace()
+    f = _calls([MIX_PATH], d, ws)[MIX_PATH]
+    keep = K.mix_split()
+    try:
+        return _best_of_rounds({s: f for s in K.MIX_SPLITS}, budget, before=K.set_mix_split)
+    finally:
+        K.set_mix_split(keep)
+
+
 def measure(paths=None, budget: float | None = None) -> dict:
     """The timing run: path -> {"bgemm": s, "bconv2d": s}, the best of interleaved rounds (each
     round times one call of each shape on each path, one thread), MIN_ROUNDS to MAX_ROUNDS rounds,
     stopping once ``budget`` seconds (default BUDGET_S) have passed."""
     paths = list(K.supported_paths() if paths is None else paths)
     budget = BUDGET_S if budget is None else budget
-    d = _operands()
-    k = GEMM_SHAPE[2]
-    c = CONV_SHAPE[3]
-    ws = K.Workspace()
-    calls = {}
-    for p in paths:
-        calls[p] = {
-            "bgemm": lambda p=p: K.bgemm(d["a"], d["b"], k, threads=1, out=d["out"], path=p, workspace=ws),
-            "bconv2d": lambda p=p: K.bconv2d(d["x"], d["w"], c, 1, 1, pad_value=0.0, out=d["conv_out"], threads=1,
-                                             path=p, workspace=ws)}
-    for p in paths:                  # warm-up: workspace buffers, code and data into the caches
-        for f in calls[p].values():
-            f()
-    best = {p: {"bgemm": math.inf, "bconv2d": math.inf} for p in paths}
-    t_start = time.perf_counter()
-    for r in range(MAX_ROUNDS):
-        if r >= MIN_ROUNDS and time.perf_counter() - t_start > budget:
-            break
-        for p in paths:
-            for name, f in calls[p].items():
-                t0 = time.perf_counter()
-                f()
-                best[p][name] = min(best[p][name], time.perf_counter() - t0)
-    return best
+    return _best_of_rounds(_calls(paths, _operands(), K.Workspace()), budget)
 
 
 def scores(times: dict) -> dict:
@@ -302,7 +354,8 @@ def pick(times: dict, paths: list) -> str:
     """The lowest :func:`scores`; a path other than the widest (``paths[0]``) only when it beats the
     widest by MARGIN."""
     sc = scores(times)
-    best = min(paths, key=lambda p: sc[p])           # ties: the earlier (wider) path
+    best = min(paths, key=lambda p: sc[p])           # ties: the earlier (wider) path; the mixed path is
+    #                                                  narrower than avx2 (PATHS' order): it must win by MARGIN
     widest = paths[0]
     if best != widest and sc[best] > sc[widest] * (1 - MARGIN):
         return widest
@@ -322,7 +375,17 @@ def _choose(m: str, refresh: bool) -> Choice:
         entry, note = _read_cache(path, fp, supported)
         if entry is not None:
             times = {p: dict(entry["times_s"][p]) for p in supported}
-            return Choice(entry["path"], "cache", path, times, None, entry["measured_at"], scores(times), True)
+            split, mix_times = entry.get("mix_split"), None
+            if MIX_PATH in supported:            # both validated by _invalid
+                K.set_mix_split(split)
+                mix_times = {int(s): dict(t) for s, t in entry["mix_times_s"].items()}
+            return Choice(entry["path"], "cache", path, times, None, entry["measured_at"], scores(times), True,
+                          split, mix_times)
+    split = mix_times = None
+    if MIX_PATH in supported:
+        mix_times = measure_mix_split()
+        split = min(mix_times, key=scores(mix_times).get)
+        K.set_mix_split(split)
     times = measure(supported)
     chosen = pick(times, supported)
     measured_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -330,6 +393,9 @@ def _choose(m: str, refresh: bool) -> Choice:
              "times_s": times, "measured_at": measured_at, "shapes": {"bgemm": list(GEMM_SHAPE),
                                                                         "bconv2d": list(CONV_SHAPE)},
              "note": "refbnn's kernel path choice for this machine (safe to delete: measured again on next use)"}
+    if split is not None:
+        entry["mix_split"], entry["mix_times_s"] = split, {str(s): t for s, t in mix_times.items()}
     failed = _write_cache(path, entry)
     note = "; ".join(filter(None, (note, failed)))
-    return Choice(chosen, "measured", path, times, note or None, measured_at, scores(times), failed is None)
+    return Choice(chosen, "measured", path, times, note or None, measured_at, scores(times), failed is None,
+                  split, mix_times)
