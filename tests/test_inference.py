@@ -207,6 +207,88 @@ def test_resnet18_basic_block_matches(shortcut, method):
                 float_tol=0.0 if method == "bnn" else 1e-4)
 
 
+# ---- the fused plan against node after node ----------------------------------------------------
+
+def check_fused_equals_unfused(graph, x, min_residual_steps=0):
+    """The fused plan's logits and every tensor it materializes equal the node-by-node run's bit
+    for bit (float tensors compared in NCHW, the record's layout); twice in a row (pooled buffers
+    reused, another batch size between: a float GEMM of another shape may round differently, in
+    either runner) and from a second thread (its own pool)."""
+    fused = InferenceModel(graph)
+    residual = [st for st in fused.steps if st.run.__qualname__.startswith("_chain_step")]
+    assert len(residual) >= min_residual_steps
+    rec_f, rec_u = {}, {}
+    out_u = InferenceModel(graph, fuse=False).forward(x, record=rec_u)
+    out_f = fused.forward(x, record=rec_f)
+    assert set(rec_f) <= set(rec_u) and graph.meta["output"] in rec_f
+    for name, v in rec_f.items():
+        assert v.shape == rec_u[name].shape and v.dtype == rec_u[name].dtype, name
+        np.testing.assert_array_equal(v, rec_u[name], err_msg=name)
+    np.testing.assert_array_equal(out_f, out_u)
+    first = fused.forward(x)
+    np.testing.assert_array_equal(first, out_u)
+    np.testing.assert_array_equal(fused.forward(x[:1]), InferenceModel(graph, fuse=False).forward(x[:1]))
+    np.testing.assert_array_equal(fused.forward(x), out_u)                # the pool refilled
+    np.testing.assert_array_equal(first, out_u)                           # not overwritten by later runs
+    import threading
+    got = {}
+    th = threading.Thread(target=lambda: got.update(out=fused.forward(x)))
+    th.start()
+    th.join()
+    np.testing.assert_array_equal(got["out"], out_u)
+    return residual
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), width=st.sampled_from((0.25, 0.5, 0.7)), hw=st.sampled_from((5, 8)),
+       pad_value=st.sampled_from((0.0, 1.0, -1.0)), sign_zero=st.sampled_from((1.0, -1.0)),
+       method=st.sampled_from(("bnn", "bnnplus", "bireal", "irnet", "recu")))
+def test_fused_residual_steps_equal_node_by_node(seed, width, hw, pad_value, sign_zero, method):
+    """ResNet-20's residual steps (bconv float NHWC -> batch norm -> add -> hardtanh or ReLU), with
+    a weight scale or a learned alpha in the kernel's multiplier, a layer bias (ReCU) that moves
+    the running mean out of the kernel's bias, sign(0) = -1 packs of NHWC tensors and option-A
+    shortcuts on NHWC: the same bits and floats as node after node and as the training model."""
+    rng = np.random.default_rng(seed)
+    model = build_model("resnet20", _factory(method, seed), (3, hw, hw), 10, width)
+    for _, m in model.modules():
+        if isinstance(m, BinaryConv2d):
+            m.pad_value = pad_value
+        if isinstance(m, _BinaryLayer):
+            m.input_quantizer.sign_zero = sign_zero
+    randomize(model, rng)
+    graph = export_model(model, (3, hw, hw), 10)
+    x = rng.normal(size=(3, 3, hw, hw)).astype(np.float32)
+    check_fused_equals_unfused(graph, x, min_residual_steps=18)
+    check_exact(model, graph, x, float_tol=0.0 if method == "bnn" else 1e-4)
+
+
+def test_resnet20_plan_fuses_every_residual_conv():
+    """Each of the 18 binary convolutions is one residual step; nothing of their batch norm, add
+    and activation is left as a node of its own; the float tensors between them are NHWC."""
+    model = randomize(build_model("resnet20", _factory("bnn", 0), (3, 8, 8), 10, 0.25), np.random.default_rng(0))
+    im = InferenceModel(export_model(model, (3, 8, 8), 10))
+    residual = [st for st in im.steps if st.run.__qualname__.startswith("_chain_step")]
+    assert len(residual) == 18 and all(st.layout == "nhwc" for st in residual)
+    # the stem (conv, batch norm, hardtanh), a pack and a residual step per binary conv, the two
+    # option-A shortcuts, the head (global average pool, batch norm, linear)
+    assert len(im.steps) == 3 + 18 * 2 + 2 + 3
+    assert sum(n["op"] == "batchnorm" for n in im.nodes) == 1 + 18 + 1
+
+
+@pytest.mark.parametrize("shortcut", ("conv", "A"))
+def test_fused_resnet18_and_vgg_equal_node_by_node(shortcut):
+    """Residual steps whose other input is NCHW (the stem, a float 1x1-conv shortcut); ResNet-18's
+    option-A shortcut (average pool) runs in NCHW on a copy; VGG-Small has no residual step."""
+    rng = np.random.default_rng(7)
+    model = randomize(resnet18(_factory("bnn", 7), (3, 8, 8), 10, 0.1, shortcut=shortcut), rng)
+    graph = export_model(model, (3, 8, 8), 10)
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    assert len(check_fused_equals_unfused(graph, x)) == 8
+    check_exact(model, graph, x)
+    vgg = randomize(build_model("vgg_small", _factory("bnn", 7), (3, 8, 8), 10, 0.05), rng)
+    assert check_fused_equals_unfused(export_model(vgg, (3, 8, 8), 10), x) == []
+
+
 # ---- a model trained by refbnn train, through the command line ---------------------------------
 
 @pytest.fixture(scope="module")

@@ -1,31 +1,68 @@
 """The packed runner: executes an inference graph with the bit-packed kernels.
 
-Float layers (the stem, batch norm where a float residual add needs it, the head) run through the
-same ops as training (``refbnn.ops``), so their values are the training model's bit for bit. A
-``pack`` node turns float activations into packed NHWC words (bit 1 = -1; ``sign_zero`` -1 packs 0
-as -1); ``bconv`` runs ``refbnn.kernels.bconv2d`` (a binary linear layer is a 1x1 convolution of
-a 1x1 image) writing packed bits through thresholds or float output through multiplier and bias;
-``bmaxpool2d`` ANDs the packed window words and re-inverts the channels marked ``invert``.
+Float layers (the stem, batch norm where a float residual add needs it, the head) compute the
+same float operations as training (``refbnn.ops``), in the same order, so their values are the
+training model's bit for bit. A ``pack`` node turns float activations into packed NHWC words
+(bit 1 = -1; ``sign_zero`` -1 packs 0 as -1); ``bconv`` runs ``refbnn.kernels.bconv2d`` (a binary
+linear layer is a 1x1 convolution of a 1x1 image) writing packed bits through thresholds or
+float output through multiplier and bias; ``bmaxpool2d`` ANDs the packed window words and
+re-inverts the channels marked ``invert``.
+
+Two ways to run a graph, with the same values bit for bit (``tests/test_inference.py`` compares
+them): ``fuse=False`` runs node after node in the model file's NCHW layout (the readable form of
+the graph), and ``fuse=True`` (the default) runs a plan made once at load time:
+
+- **residual steps.** A binary convolution with float output, its batch norm, a residual ``add``
+  and the activation after it (the float residual stream of ResNet-20's Bi-Real blocks and
+  ResNet-18's basic blocks) become one step working in NHWC, the layout the kernel writes fastest
+  and the one ``pack`` reads. The kernel's own float output transform, ``float(d) * multiplier +
+  bias`` with two roundings (``src_cython/bk_epilogue.h``), computes the layer's scaled output and
+  batch norm's first operation together: with bias = -running_mean, ``fl(z + (-mean))`` is
+  ``fl(z - mean)`` exactly. The other three operations of ``refbnn.ops.batchnorm_forward`` in eval
+  mode (times 1 / sqrt(var + eps), times gamma, plus beta, each rounded as NumPy rounds it) run in
+  place with constants tiled to the output's (H, W, C), so that NumPy's loops run over whole
+  images rather than C channels at a time; then the add and the clamp, in place. Folding batch
+  norm into one multiplier and bias would round differently (1 ulp here and there), change the
+  residual stream and, sooner or later, a bit; this step keeps every rounding of the training op.
+- **NHWC between steps.** A tensor made by a residual step stays NHWC: ``pack`` packs its last
+  axis, option-A shortcuts subsample and zero-pad it in NHWC (copies only); an op that needs the
+  graph's NCHW layout gets a contiguous NCHW copy, so its float sums run in the training op's
+  order (the global average pool: bit-equal logits).
+- **buffers.** Outputs of kernels and residual steps come from a pool of arrays reused across
+  calls (one pool per thread), released after their last reader; ``out=`` everywhere.
+
+The float stem convolution runs as training runs it (``refbnn.ops.conv2d_forward``: one float32
+GEMM per sample): a GEMM of another shape (all images at once, or transposed to write NHWC)
+rounds differently in OpenBLAS, and its output feeds the residual stream.
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
 from .. import ops
 from .format import BITS, Graph, read_graph
 
+_ACTS = ("hardtanh", "relu")
+
 
 class InferenceModel:
-    """A checked inference graph, ready to run: ``logits = model.forward(x)``."""
+    """A checked inference graph, ready to run: ``logits = model.forward(x)``.
 
-    def __init__(self, graph: Graph, threads: int | None = None):
+    ``threads``: the kernels' OpenMP threads (None: OpenMP's default). ``fuse``: run the fused plan
+    (default) or node after node (the same values bit for bit; for tests and reading)."""
+
+    def __init__(self, graph: Graph, threads: int | None = None, fuse: bool = True):
         from .. import kernels
         self._k = kernels.compiled()          # ImportError naming the build command when not built
         self.specs = graph.validate()
         self.graph, self.meta, self.arrays = graph, graph.meta, graph.arrays
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads: expected a positive int, got {threads!r}")
-        self.threads = threads
+        if not isinstance(fuse, bool):
+            raise TypeError(f"fuse: expected a bool, got {fuse!r}")
+        self.threads, self.fuse = threads, fuse
         self.input_shape = tuple(self.meta["input_shape"])
         self._invert_words, self._bn, last_use = {}, {}, {}
         for i, n in enumerate(self.nodes):
@@ -43,11 +80,13 @@ class InferenceModel:
         # a float tensor whose last reader is node i may be overwritten by node i (saves a copy per op)
         self._in_place = {i: [last_use.get(name) == i and name != "input" for name in n["in"]]
                           for i, n in enumerate(self.nodes)}
+        self._local = threading.local()
+        self.steps = _plan(self) if fuse else None
 
     @classmethod
-    def load(cls, path, threads=None):
+    def load(cls, path, threads=None, fuse=True):
         """Read, check and prepare a model file (see refbnn.inference.format)."""
-        return cls(read_graph(path), threads)
+        return cls(read_graph(path), threads, fuse)
 
     @property
     def nodes(self):
@@ -68,17 +107,40 @@ class InferenceModel:
             raise ValueError("x: contains NaN or Inf")
 
     def forward(self, x, record=None):
-        """Logits (N, classes) float32. ``record``: a dict that receives every tensor by name (packed
-        bits as uint64 NHWC words), for tests that compare the boundaries; a float tensor whose last
-        reader writes its output in place holds that output instead."""
+        """Logits (N, classes) float32. ``record``: a dict that receives every tensor the run
+        materializes, by name, for tests that compare the boundaries: packed bits as uint64 NHWC
+        words, float tensors in the graph's layout (NCHW), each its own value (while recording, no
+        op writes in place and no buffer is reused). The fused plan materializes no tensor inside a
+        residual step (the bconv's float output, the batch norm's, the sum before the activation)."""
         self.check_input(x)
         x = np.ascontiguousarray(x)
+        if not self.fuse:
+            t = {"input": x}
+            for i, node in enumerate(self.nodes):
+                t[node["out"]] = self._run(i, node, [t[n] for n in node["in"]], record is None)
+            if record is not None:
+                record.update(t)
+            return t[self.meta["output"]]
+        pool = None if record is not None else self._pool()
+        if pool is not None:
+            pool.start(len(x))
         t = {"input": x}
-        for i, node in enumerate(self.nodes):
-            t[node["out"]] = self._run(i, node, [t[n] for n in node["in"]])
-        if record is not None:
-            record.update(t)
+        for st in self.steps:
+            alloc = pool.get if (pool is not None and st.pooled) else _fresh
+            t[st.out] = st.run([t[n] for n in st.ins], alloc, record is None)
+            if record is not None:
+                record[st.out] = np.ascontiguousarray(t[st.out].transpose(0, 3, 1, 2)) \
+                    if st.layout == "nhwc" else t[st.out]
+            elif pool is not None:
+                for name in st.release:
+                    pool.put(t.pop(name))
         return t[self.meta["output"]]
+
+    def _pool(self):
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = _Pool()
+        return pool
 
     def predict(self, x, batch_size=256):
         """Class indices (N,) int64, computed batch by batch."""
@@ -86,7 +148,9 @@ class InferenceModel:
         out = [self.forward(x[i:i + batch_size]).argmax(axis=1) for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
-    def _run(self, i, node, ins):
+    def _run(self, i, node, ins, in_place=True):
+        """One node in the model file's layout (NCHW float, NHWC packed words); ``in_place``: it may
+        overwrite a float input whose last reader it is."""
         op, x, k, th = node["op"], ins[0], self._k, self.threads
         if op == "pack":
             if node["sign_zero"] == 1.0:
@@ -108,7 +172,7 @@ class InferenceModel:
             y = k.bmaxpool2d(x, node["kernel_size"], node["stride"], node["padding"], threads=th)
             y ^= self._invert_words[i]
             return y
-        own = self._in_place[i][0]
+        own = in_place and self._in_place[i][0]
         if op == "add":
             if ins[0].shape != ins[1].shape:
                 raise ValueError(f"node {i}: residual add of {ins[0].shape} and {ins[1].shape}")
@@ -140,8 +204,219 @@ class InferenceModel:
         raise ValueError(f"node {i}: unknown op {op!r}")  # pragma: no cover - validate() checks the ops
 
 
-def load_model(path, threads=None) -> InferenceModel:
-    return InferenceModel.load(path, threads)
+# ---- the fused plan -------------------------------------------------------------------------------
+
+def _fresh(shape, dtype):
+    return np.empty(shape, dtype)
+
+
+class _Pool:
+    """Free arrays by (shape, dtype), handed out again by later steps and runs; emptied when the
+    batch size changes (it holds at most the arrays of one run's widest point)."""
+
+    def __init__(self):
+        self.free, self.batch = {}, None
+
+    def start(self, batch):
+        if batch != self.batch:
+            self.free, self.batch = {}, batch
+
+    def get(self, shape, dtype):
+        lst = self.free.get((tuple(shape), np.dtype(dtype)))
+        return lst.pop() if lst else np.empty(shape, dtype)
+
+    def put(self, a):
+        self.free.setdefault((a.shape, a.dtype), []).append(a)
+
+
+class _Step:
+    """One step of the plan: ``run(inputs, alloc, in_place)`` computes tensor ``out`` (in ``layout``:
+    "nchw", "nhwc", "flat" (N, F) or "bits") from tensors ``ins``. ``pooled``: its output is a
+    whole array from ``alloc`` (never a view of an input), so it may go back to the pool; a step
+    ``release``: the pooled tensors whose last reader this step is (set by _plan)."""
+
+    def __init__(self, run, ins, out, layout, pooled=False):
+        self.run, self.ins, self.out, self.layout = run, list(ins), out, layout
+        self.pooled, self.release = pooled, []
+
+
+def _nchw(x, layout):
+    return x.transpose(0, 3, 1, 2).copy() if layout == "nhwc" else x       # always a copy
+
+
+def _tile(v, ho, wo):
+    """(C,) -> (Ho, Wo, C): a per-channel constant laid over an NHWC image."""
+    return np.ascontiguousarray(np.broadcast_to(v, (ho, wo, v.size)))
+
+
+def _residual_chain(model, i, consumers):
+    """The nodes that fuse into a residual step starting at float-output bconv node i: an optional
+    batch norm, an optional add (of one other float tensor) and an optional activation, in this
+    order, each the only reader of the one before. Returns (node indices, add's other input)."""
+    nodes, chain, other = model.nodes, [i], None
+    allowed = ["batchnorm", "add", "act"]
+    cur = nodes[i]["out"]
+    while True:
+        readers = consumers.get(cur, [])
+        if len(readers) != 1 or cur == model.meta["output"]:
+            break
+        j = readers[0]
+        op = nodes[j]["op"]
+        kind = "act" if op in _ACTS else op
+        if kind not in allowed:
+            break
+        if op == "add":
+            a, b = nodes[j]["in"]
+            if a == b:
+                break
+            other = b if a == cur else a
+        allowed = allowed[allowed.index(kind) + 1:]
+        chain.append(j)
+        cur = nodes[j]["out"]
+    return chain, other
+
+
+def _plan(model):
+    """The fused steps of ``model``'s graph (see the module docstring)."""
+    nodes = model.nodes
+    consumers = {}
+    for j, n in enumerate(nodes):
+        for name in n["in"]:
+            consumers.setdefault(name, []).append(j)
+    layout = {"input": "nchw" if len(model.input_shape) == 3 else "flat"}
+    fused_at, skip = {}, set()
+    for i, n in enumerate(nodes):
+        if n["op"] == "bconv" and n["output"] == "float" and n["kind"] == "conv" and i not in skip:
+            chain, other = _residual_chain(model, i, consumers)
+            if len(chain) > 1:
+                skip.update(chain)
+                # where the graph reads its last outside input: the add (another node that reads
+                # ``other`` later may overwrite it in place, node after node)
+                at = next((j for j in chain if nodes[j]["op"] == "add"), i)
+                fused_at[at] = (chain, other)
+    steps = []
+    for i, n in enumerate(nodes):
+        if i in fused_at:
+            st = _chain_step(model, *fused_at[i], layout)
+        elif i in skip:
+            continue
+        else:
+            st = _node_step(model, i, n, layout)
+        layout[st.out] = st.layout
+        steps.append(st)
+    # release each pooled tensor (NHWC float or packed bits) after its last reader: no step returns
+    # a view of such an input or writes into it (the node-by-node steps get NCHW copies)
+    last = {}
+    for s, st in enumerate(steps):
+        for name in st.ins:
+            last[name] = s
+    pooled = {st.out for st in steps if st.pooled} - {model.meta["output"]}
+    for name, s in last.items():
+        if name in pooled:
+            steps[s].release.append(name)
+    return steps
+
+
+def _chain_step(model, chain, other, layout):
+    """A residual step: bconv (float, NHWC) -> [batch norm] -> [+ other] -> [activation]."""
+    nodes, k, th = model.nodes, model._k, model.threads
+    b0 = nodes[chain[0]]
+    o, ho, wo = model.specs[b0["out"]][1]
+    mul, bias = model._a(b0, "multiplier"), model._a(b0, "bias")
+    consts, sub_mean = [], None          # in-place ops after the kernel: (ufunc, tiled constant)
+    act = None
+    for j in chain[1:]:
+        n = nodes[j]
+        if n["op"] == "batchnorm":
+            mean, inv_std, gamma, beta = (v.reshape(-1) for v in model._bn[j])
+            if bias is None:
+                bias = -mean                                  # fl(z + (-mean)) == fl(z - mean)
+            else:
+                sub_mean = _tile(mean, ho, wo)
+            consts = [(np.subtract, sub_mean)] if sub_mean is not None else []
+            consts += [(np.multiply, _tile(inv_std, ho, wo)), (np.multiply, _tile(gamma, ho, wo)),
+                       (np.add, _tile(beta, ho, wo))]
+        elif n["op"] in _ACTS:
+            act = n
+    has_add = any(nodes[j]["op"] == "add" for j in chain)
+    weight, channels = model._a(b0, "weight"), b0["channels"]
+    stride, padding, pad_value = tuple(b0["stride"]), tuple(b0["padding"]), b0["pad_value"]
+    other_layout = layout.get(other)
+    ins = [b0["in"][0]] + ([other] if has_add else [])
+
+    def run(xs, alloc, in_place):
+        x = xs[0]
+        y = alloc((len(x), ho, wo, o), np.float32)
+        k.bconv2d(x, weight, channels, stride, padding, 1, 1, pad_value, output="float", multiplier=mul,
+                  bias=bias, layout="nhwc", out=y, threads=th)
+        for ufunc, c in consts:
+            ufunc(y, c, out=y)
+        if has_add:
+            r = xs[1]
+            np.add(y, r.transpose(0, 2, 3, 1) if other_layout == "nchw" else r, out=y)
+        if act is not None:
+            if act["op"] == "hardtanh":
+                np.clip(y, act["min_val"], act["max_val"], out=y)
+            else:                                               # refbnn.ops.relu_forward: x * (x > 0)
+                np.multiply(y, y > 0, out=y)
+        return y
+
+    return _Step(run, ins, nodes[chain[-1]]["out"], "nhwc", pooled=True)
+
+
+def _node_step(model, i, n, layout):
+    """A single node as a step: NHWC-aware for pack, bconv, bmaxpool2d and option-A shortcuts,
+    NCHW (converted when needed) for the rest."""
+    op, k, th = n["op"], model._k, model.threads
+    lay = [layout[name] for name in n["in"]]
+    if op == "pack" and lay[0] == "nhwc":
+        if n["sign_zero"] == 1.0:
+            run = lambda xs, alloc, in_place: k.pack_bits(xs[0], axis=-1, polarity="lce", threads=th)  # noqa: E731
+        else:
+            run = lambda xs, alloc, in_place: k.pack_bits(-xs[0], axis=-1, polarity="bitorch", threads=th)  # noqa: E731
+        return _Step(run, n["in"], n["out"], BITS)
+    if op == "bconv" and n["output"] == "bits":
+        c, ho, wo = model.specs[n["out"]][1:]
+        weight, thr, flip = model._a(n, "weight"), model._a(n, "thresholds"), model._a(n, "flip")
+        geo = (n["channels"], tuple(n["stride"]), tuple(n["padding"]), 1, 1, n["pad_value"])
+
+        def run(xs, alloc, in_place):
+            y = alloc((len(xs[0]), ho, wo, -(-c // 64)), np.uint64)
+            return k.bconv2d(xs[0], weight, *geo, output="bits", thresholds=thr, flip=flip, out=y, threads=th)
+        return _Step(run, n["in"], n["out"], BITS, pooled=True)
+    if op == "bmaxpool2d":
+        c, ho, wo = model.specs[n["out"]][1:]
+        inv = model._invert_words[i]
+
+        def run(xs, alloc, in_place):
+            y = alloc((len(xs[0]), ho, wo, -(-c // 64)), np.uint64)
+            k.bmaxpool2d(xs[0], n["kernel_size"], n["stride"], n["padding"], threads=th, out=y)
+            y ^= inv
+            return y
+        return _Step(run, n["in"], n["out"], BITS, pooled=True)
+    if op == "shortcut_a" and lay[0] == "nhwc" and n["mode"] == "subsample":
+        s, pb = n["stride"], n["pad_before"]
+        c_out, ho, wo = model.specs[n["out"]][1]
+
+        def run(xs, alloc, in_place):                  # refbnn.ops.shortcut_a_forward's copy, in NHWC
+            x = xs[0]
+            y = alloc((len(x), ho, wo, c_out), np.float32)
+            c = x.shape[3]
+            y[..., :pb] = 0.0
+            y[..., pb + c:] = 0.0
+            y[..., pb:pb + c] = x[:, ::s, ::s, :]
+            return y
+        return _Step(run, n["in"], n["out"], "nhwc", pooled=True)
+    # the node-by-node path, on NCHW inputs (a copy where a residual step left NHWC)
+    def run(xs, alloc, in_place):
+        return model._run(i, n, [_nchw(x, a) for x, a in zip(xs, lay)], in_place)
+    out_spec = model.specs[n["out"]]
+    out_layout = BITS if out_spec[0] == BITS else ("nchw" if len(out_spec[1]) == 3 else "flat")
+    return _Step(run, n["in"], n["out"], out_layout)
+
+
+def load_model(path, threads=None, fuse=True) -> InferenceModel:
+    return InferenceModel.load(path, threads, fuse)
 
 
 def is_bits(spec):
