@@ -269,9 +269,10 @@ def test_resnet20_plan_fuses_every_residual_conv():
     im = InferenceModel(export_model(model, (3, 8, 8), 10))
     residual = [st for st in im.steps if st.run.__qualname__.startswith("_chain_step")]
     assert len(residual) == 18 and all(st.layout == "nhwc" for st in residual)
-    # the stem (conv, batch norm, hardtanh), a pack and a residual step per binary conv, the two
-    # option-A shortcuts, the head (global average pool, batch norm, linear)
-    assert len(im.steps) == 3 + 18 * 2 + 2 + 3
+    # the stem (conv; batch norm and hardtanh writing NHWC), a pack and a residual step per binary
+    # conv, the two option-A shortcuts, the head (global average pool, batch norm, linear)
+    assert len(im.steps) == 2 + 18 * 2 + 2 + 3
+    assert [st.layout for st in im.steps[:4]] == ["nchw", "nhwc", "bits", "nhwc"]
     assert sum(n["op"] == "batchnorm" for n in im.nodes) == 1 + 18 + 1
 
 
@@ -287,6 +288,43 @@ def test_fused_resnet18_and_vgg_equal_node_by_node(shortcut):
     check_exact(model, graph, x)
     vgg = randomize(build_model("vgg_small", _factory("bnn", 7), (3, 8, 8), 10, 0.05), rng)
     assert check_fused_equals_unfused(export_model(vgg, (3, 8, 8), 10), x) == []
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), c=st.integers(1, 21), hw=st.sampled_from(((2, 2), (3, 5), (7, 4), (9, 9))),
+       kh=st.sampled_from((1, 3)), sh=st.sampled_from((1, 2)), pad_value=st.sampled_from((0.0, 1.0, -1.0)),
+       output=st.sampled_from(("float", "bits", "int32")))
+def test_row_words_conv_equals_the_plain_kernel(seed, c, hw, kh, sh, pad_value, output):
+    """_BConv's three horizontal taps in one word (3 C <= 64 bits), border columns included, equal
+    the plain bconv2d bit for bit: int32 dot products, float output through multiplier and bias,
+    packed bits through thresholds and flips."""
+    from refbnn.inference.runner import _BConv
+    from refbnn.kernels import compiled
+    k = compiled()
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    o = int(rng.integers(1, 70))
+    x = k.pack_bits(rng.choice([-1.0, 1.0], size=(2, h, w, c)).astype(np.float32))
+    weight = k.pack_bits(rng.choice([-1.0, 1.0], size=(o, kh, 3, c)).astype(np.float32))
+    node = {"op": "bconv", "kind": "conv", "in": ["x"], "channels": c, "stride": [sh, 1],
+            "padding": [kh // 2, 1], "pad_value": pad_value, "kernel_size": [kh, 3]}
+
+    class Model:     # what _BConv reads of an InferenceModel
+        _k, threads, specs = k, 1, {"x": ("bits", c, h, w)}
+
+        @staticmethod
+        def _a(n, key):
+            return weight
+    conv = _BConv(Model, node)
+    assert conv.rows
+    kw = {"output": output}
+    if output == "float":
+        kw.update(multiplier=rng.normal(size=o).astype(np.float32), bias=rng.normal(size=o).astype(np.float32))
+    if output == "bits":
+        kw.update(thresholds=rng.integers(-3 * kh * c, 3 * kh * c, o).astype(np.int32), flip=rng.random(o) < 0.5)
+    want = k.bconv2d(x, weight, c, (sh, 1), (kh // 2, 1), 1, 1, pad_value, **kw)
+    got = conv(x, np.empty_like(want), **kw)
+    np.testing.assert_array_equal(got, want)
 
 
 # ---- a model trained by refbnn train, through the command line ---------------------------------
