@@ -19,6 +19,7 @@ pytest.importorskip("refbnn.kernels._bitpack", reason="the inference runner need
 from refbnn.checkpoint import load_checkpoint, save_checkpoint
 from refbnn.cli import main
 from refbnn.data import load_dataset
+from refbnn.inference import runner
 from refbnn.inference import (
     ExportError,
     InferenceModel,
@@ -258,8 +259,11 @@ def test_fused_residual_steps_equal_node_by_node(seed, width, hw, pad_value, sig
     randomize(model, rng)
     graph = export_model(model, (3, hw, hw), 10)
     x = rng.normal(size=(3, 3, hw, hw)).astype(np.float32)
-    check_fused_equals_unfused(graph, x, min_residual_steps=18)
-    check_exact(model, graph, x, float_tol=0.0 if method == "bnn" else 1e-4)
+    with pytest.MonkeyPatch.context() as mp:     # row words at any size (3C <= 64: the first stages here)
+        mp.setattr(runner, "ROW_WORDS_MIN_PIXELS", 0)
+        check_fused_equals_unfused(graph, x, min_residual_steps=18)
+        check_exact(model, graph, x, float_tol=0.0 if method == "bnn" else 1e-4)
+    check_fused_equals_unfused(graph, x)        # and the plain kernel, as small batches run it
 
 
 def test_resnet20_plan_fuses_every_residual_conv():
@@ -298,7 +302,6 @@ def test_row_words_conv_equals_the_plain_kernel(seed, c, hw, kh, sh, pad_value, 
     """_BConv's three horizontal taps in one word (3 C <= 64 bits), border columns included, equal
     the plain bconv2d bit for bit: int32 dot products, float output through multiplier and bias,
     packed bits through thresholds and flips."""
-    from refbnn.inference.runner import _BConv
     from refbnn.kernels import compiled
     k = compiled()
     rng = np.random.default_rng(seed)
@@ -315,7 +318,7 @@ def test_row_words_conv_equals_the_plain_kernel(seed, c, hw, kh, sh, pad_value, 
         @staticmethod
         def _a(n, key):
             return weight
-    conv = _BConv(Model, node)
+    conv = runner._BConv(Model, node)
     assert conv.rows
     kw = {"output": output}
     if output == "float":
@@ -323,7 +326,9 @@ def test_row_words_conv_equals_the_plain_kernel(seed, c, hw, kh, sh, pad_value, 
     if output == "bits":
         kw.update(thresholds=rng.integers(-3 * kh * c, 3 * kh * c, o).astype(np.int32), flip=rng.random(o) < 0.5)
     want = k.bconv2d(x, weight, c, (sh, 1), (kh // 2, 1), 1, 1, pad_value, **kw)
-    got = conv(x, np.empty_like(want), **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "ROW_WORDS_MIN_PIXELS", 0)
+        got = conv(x, np.empty_like(want), **kw)
     np.testing.assert_array_equal(got, want)
 
 
