@@ -332,6 +332,27 @@ def test_row_words_conv_equals_the_plain_kernel(seed, c, hw, kh, sh, pad_value, 
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 2, 1), (3, 1, 1), ((2, 3), (1, 2), (1, 1))])
+def test_float_maxpool_step_equals_the_op(kernel, stride, padding):
+    """The plan's max pool (running maximum of strided views) against refbnn.ops.maxpool2d_forward,
+    ties and zeros of both signs in the windows included (equal values; which zero a window of -0.0
+    and 0.0 gives is not promised by NumPy's argmax, and no later op tells them apart)."""
+    from refbnn import ops as fops
+    rng = np.random.default_rng(0)
+    x = rng.choice([-1.0, -0.0, 0.0, 0.5, 2.0], size=(2, 3, 7, 6)).astype(np.float32)
+    out_shape = fops.maxpool2d_forward(x, kernel, stride, padding)[0].shape
+
+    class Model:
+        specs = {"p": ("float", out_shape[1:])}
+    node = {"op": "maxpool2d", "in": ["x"], "out": "p", "kernel_size": list(kernel) if isinstance(kernel, tuple)
+            else kernel, "stride": list(stride) if isinstance(stride, tuple) else stride,
+            "padding": list(padding) if isinstance(padding, tuple) else padding}
+    got = runner._maxpool_step(Model, node, "nchw").run([x], runner._Fresh, True)
+    want = fops.maxpool2d_forward(x, kernel, stride, padding)[0]
+    np.testing.assert_array_equal(got, want)
+    assert (got == 0).any() and (got == 2.0).any()
+
+
 # ---- a model trained by refbnn train, through the command line ---------------------------------
 
 @pytest.fixture(scope="module")

@@ -392,6 +392,8 @@ def _node_step(model, i, n, layout):
         return _Step(lambda xs, mem, in_place: pack_nhwc(k, xs[0], sz, th), n["in"], n["out"], BITS)
     if op == "conv2d":
         return _conv2d_step(model, n, lay[0])
+    if op == "maxpool2d":
+        return _maxpool_step(model, n, lay[0])
     if op == "bconv" and n["output"] == "bits":
         c, ho, wo = model.specs[n["out"]][1:]
         thr, flip = model._a(n, "thresholds"), model._a(n, "flip")
@@ -505,7 +507,7 @@ def _activation(y, act):
 def _affine_nhwc(model, j, consumers, skip):
     """Batch norm node j on an NCHW image, with the activation after it when that is its only
     reader: the nodes to run as one NHWC step, when every reader of the result takes NHWC (a pack,
-    a residual step's add, an option-A subsample shortcut); else None."""
+    a residual step's add, an option-A subsample shortcut) and one of them is not a pack; else None."""
     nodes, out_name = model.nodes, model.meta["output"]
     members, cur = [j], nodes[j]["out"]
     readers = consumers.get(cur, [])
@@ -515,12 +517,16 @@ def _affine_nhwc(model, j, consumers, skip):
     readers = consumers.get(cur, [])
     if cur == out_name or not readers:
         return None
+    residual = False
     for r in readers:
         op = nodes[r]["op"]
+        residual |= op != "pack"
         if not (op == "pack" or (op == "add" and r in skip) or
                 (op == "shortcut_a" and nodes[r]["mode"] == "subsample")):
             return None
-    return members
+    # read by packs only (VGG-Small's stem), NCHW is faster: the pack vectorizes over pixels there,
+    # and nothing else needs the transposed copy
+    return members if residual else None
 
 
 def _affine_step(model, members, layout):
@@ -582,6 +588,34 @@ def _conv2d_step(model, n, lay):
         mem.put(cols)
         return y
     return _Step(run, n["in"], n["out"], "nchw", pooled=True)
+
+
+def _maxpool_step(model, n, lay):
+    """A float max pool (NCHW) as the running maximum of the window's strided views (padding taps
+    -inf, as in refbnn.ops.maxpool2d_forward): a max rounds nothing, so these are the op's values
+    (a window whose maximum is 0.0 and -0.0 may give the other zero: equal values, which no later op
+    tells apart). The op builds im2col columns for its backward pass, which inference does not need."""
+    def pair(v):
+        return (v, v) if isinstance(v, int) else tuple(v)
+    kh, kw = pair(n["kernel_size"])
+    sh, sw = (kh, kw) if n["stride"] is None else pair(n["stride"])
+    ph, pw = pair(n["padding"])
+    c, ho, wo = model.specs[n["out"]][1]
+
+    def run(xs, mem, in_place):
+        x = _nchw(xs[0], lay)
+        if ph or pw:
+            xp = np.full(x.shape[:2] + (x.shape[2] + 2 * ph, x.shape[3] + 2 * pw), -np.inf, x.dtype)
+            xp[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]] = x
+            x = xp
+        y = mem.get((len(x), c, ho, wo), x.dtype)
+        y[...] = x[:, :, 0:sh * (ho - 1) + 1:sh, 0:sw * (wo - 1) + 1:sw]
+        for i in range(kh):
+            for j in range(kw):
+                if i or j:
+                    np.maximum(y, x[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw], out=y)
+        return y
+    return _Step(run, n["in"], n["out"], "nchw")
 
 
 def pack_nhwc(k, x, sign_zero, threads=None):
