@@ -28,8 +28,11 @@ the graph), and ``fuse=True`` (the default) runs a plan made once at load time:
   axis, option-A shortcuts subsample and zero-pad it in NHWC (copies only); an op that needs the
   graph's NCHW layout gets a contiguous NCHW copy, so its float sums run in the training op's
   order (the global average pool: bit-equal logits).
+- **row words.** A 3x3 binary convolution with stride 1 along W and 3C <= 64 input bits per row
+  of taps runs as a (3, 1) convolution of words holding three horizontal taps (see _BConv).
 - **buffers.** Outputs of kernels and residual steps come from a pool of arrays reused across
   calls (one pool per thread), released after their last reader; ``out=`` everywhere.
+- **float max pool** as the running maximum of strided views, without the op's im2col columns.
 
 The float stem convolution runs as training runs it (``refbnn.ops.conv2d_forward``: one float32
 GEMM per sample): a GEMM of another shape (all images at once, or transposed to write NHWC)
