@@ -8,8 +8,8 @@ linear layer is a 1x1 convolution of a 1x1 image) writing packed bits through th
 float output through multiplier and bias; ``bmaxpool2d`` ANDs the packed window words and
 re-inverts the channels marked ``invert``.
 
-Two ways to run a graph, with the same values bit for bit (``tests/test_inference.py`` compares
-them): ``fuse=False`` runs node after node in the model file's NCHW layout (the readable form of
+Two ways to run a graph, with the same values bit for bit (but for which zero a float max pool
+over 0.0 and -0.0 gives, see _maxpool_step; ``tests/test_inference.py`` compares them): ``fuse=False`` runs node after node in the model file's NCHW layout (the readable form of
 the graph), and ``fuse=True`` (the default) runs a plan made once at load time:
 
 - **residual steps.** A binary convolution with float output, its batch norm, a residual ``add``
