@@ -224,8 +224,9 @@ class _Fresh:
 
 
 class _Pool:
-    """Free arrays by (shape, dtype), handed out again by later steps and runs; emptied when the
-    batch size changes (it holds at most the arrays of one run's widest point)."""
+    """Free arrays by (size, dtype), handed out again, reshaped, by later steps and runs (an NCHW
+    array may come back as an NHWC one of the same size); emptied when the batch size changes (it
+    holds at most the arrays of one run's widest point)."""
 
     def __init__(self):
         self.free, self.batch = {}, None
@@ -235,11 +236,11 @@ class _Pool:
             self.free, self.batch = {}, batch
 
     def get(self, shape, dtype):
-        lst = self.free.get((tuple(shape), np.dtype(dtype)))
-        return lst.pop() if lst else np.empty(shape, dtype)
+        lst = self.free.get((int(np.prod(shape)), np.dtype(dtype)))
+        return lst.pop().reshape(shape) if lst else np.empty(shape, dtype)
 
     def put(self, a):
-        self.free.setdefault((a.shape, a.dtype), []).append(a)
+        self.free.setdefault((a.size, a.dtype), []).append(a)
 
 
 class _Step:
