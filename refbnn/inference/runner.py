@@ -50,6 +50,7 @@ from .format import BITS, Graph, read_graph
 
 _ACTS = ("hardtanh", "relu")
 ROW_WORDS_MIN_PIXELS = 16384
+PACK_ONE_THREAD_MAX = 1 << 21
 
 
 class InferenceModel:
@@ -628,7 +629,12 @@ def pack_nhwc(k, x, sign_zero, threads=None):
     """Packed words (N, H, W, ceil(C/64)) of an NHWC float tensor: bit 1 iff x < 0 (sign_zero 1)
     or x <= 0 (sign_zero -1). With 8, 16 or 32 channels, a word per pixel holds only C bits and
     the kernel's per-row cost dominates; then 64 / C pixels are packed as one 64-value row and the
-    word split into C-bit pieces (little-endian: piece q of a word is pixel q's channels)."""
+    word split into C-bit pieces (little-endian: piece q of a word is pixel q's channels). Up to
+    PACK_ONE_THREAD_MAX values it packs on one thread whatever ``threads`` says: the kernel hands
+    its threads one row at a time, and waking a second thread cost more than it saved there
+    (ResNet-20's largest pack, 64 x 32 x 32 x 16 values, on a 2-core EPYC)."""
+    if x.size <= PACK_ONE_THREAD_MAX:
+        threads = 1
     if sign_zero == 1.0:
         src, polarity = x, "lce"                          # bit 1 iff x < 0
     else:
