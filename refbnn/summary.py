@@ -19,6 +19,18 @@ What counts as what:
   in * out; every other layer 0. Binary MACs: a binary layer whose weight and input quantizers both have
   precision 1; all other MACs are float (float layers, and binary-weight layers with real activations
   such as ``irnet_1w32a``).
+- Exported (``refbnn export``, see ``docs/inference.md``): the bytes of the arrays the inference model
+  file stores for the layer, predicted from the layer types and their order, without exporting. A
+  binary layer: its packed weights (as above) plus per output channel either int32 thresholds and a
+  bool flip (5 bytes; 1 more for the pool's bool invert when a max pool sits before the next binary
+  layer) when it writes the next layer's packed input, or a float32 multiplier and bias (8 bytes)
+  when the batch norm right after it folds into them, or else (a residual add or a pool before the
+  batch norm) a float32 multiplier only where the layer has a scale and a float32 bias only where it
+  has one. Batch norm: 0 when folded, else gamma, beta and the running mean and variance (16 bytes
+  per channel). Float convolutions and linear layers: 4 bytes per parameter. The file adds, per
+  array, the ``.npy`` header and the zip's two headers, and the JSON graph (tests/test_summary.py
+  checks the prediction against files that ``refbnn export`` writes). Models that do not export
+  (a method whose inference forward is not sign x sign) have None, with the exporter's reason.
 
 Output shapes come from one forward pass of a zero input in eval mode.
 """
@@ -49,12 +61,14 @@ class LayerSummary:
     memory_float32_bytes: int
     binary_macs: int
     float_macs: int
+    export_bytes: int | None = None
 
 
 @dataclass
 class Summary:
     layers: list
     input_shape: tuple
+    export_error: str | None = None
 
     def _total(self, key):
         return sum(getattr(r, key) for r in self.layers)
@@ -69,12 +83,13 @@ class Summary:
         t["macs"] = macs
         t["binary_param_share"] = t["params_1bit"] / params if params else 0.0
         t["binary_mac_share"] = t["binary_macs"] / macs if macs else 0.0
+        t["export_bytes"] = None if self.export_error else self._total("export_bytes")
         return t
 
     def as_dict(self) -> dict:
         return {"input_shape": list(self.input_shape),
                 "layers": [{**asdict(r), "output_shape": list(r.output_shape)} for r in self.layers],
-                "totals": self.totals}
+                "totals": self.totals, "export_error": self.export_error}
 
     def table(self) -> str:
         head = ("Layer", "Type", "Output shape", "# 1-bit", "# 32-bit", "Buffers", "Memory (kB)",
@@ -98,6 +113,9 @@ class Summary:
                 f"buffers (batch-norm running statistics, not in the memory): {t['buffers']:,}",
                 f"memory: packed {packed / 1024:.2f} kB vs float32 {full / 1024:.2f} kB"
                 + (f" ({full / packed:.2f}x smaller)" if packed else ""),
+                (f"exported model (refbnn export): {t['export_bytes'] / 1024:.2f} kB of arrays (packed binary "
+                 f"weights and the float layers, batch norm folded where it can be), plus the file's headers "
+                 f"and JSON graph" if self.export_error is None else f"exported model: none ({self.export_error})"),
                 f"MACs: {t['macs']:,} (1-bit {t['binary_macs']:,}, 32-bit {t['float_macs']:,})",
                 f"binarized share: {100 * t['binary_param_share']:.2f} % of parameters, "
                 f"{100 * t['binary_mac_share']:.2f} % of MACs"]
@@ -184,7 +202,107 @@ def summarize(model, input_shape) -> Summary:
         rows.append(LayerSummary(name or type(m).__name__, type(m).__name__, out_shape, p1, p32,
                                  sum(b.size for b in m.buffers.values()), packed, 4 * (p1 + p32),
                                  macs if both_binary else 0, 0 if both_binary else macs))
-    return Summary(rows, input_shape)
+    exported, error = export_bytes(model)
+    for r in rows:
+        r.export_bytes = None if error else exported.get(r.name, 0)
+    return Summary(rows, input_shape, error)
+
+
+# ---- what refbnn export stores --------------------------------------------------------------------
+
+def _leaves_in_order(module, prefix=""):
+    """(name, module) of a model's Sequential children, nested Sequentials expanded, residual blocks
+    kept whole (the order refbnn.inference.export walks a model in)."""
+    from .layers import Sequential
+    if isinstance(module, Sequential):
+        out = []
+        for n, c in module.children.items():
+            out += _leaves_in_order(c, f"{prefix}{n}.")
+        return out
+    return [(prefix.rstrip("."), module)]
+
+
+def _channels(layer):
+    return layer.params["weight"].shape[0]
+
+
+def _exact_float_bytes(layer, name):
+    """A binary layer writing float output for a residual add or a pool: a float32 multiplier where
+    its weight or the layer has a scale, a float32 bias where it has one."""
+    from .inference.export import weight_signs_and_scale
+    _, s = weight_signs_and_scale(layer, name)
+    scaled = s is not None or getattr(layer, "scale", None) in ("learned", "mean_abs")
+    return 4 * _channels(layer) * (int(scaled) + int("bias" in layer.params))
+
+
+def export_bytes(model):
+    """({layer name: bytes of the arrays refbnn export stores for it}, None), or (None, why the model
+    does not export). See the module docstring for the rules; exportability is judged by the
+    exporter's own checks of the quantizers (refbnn.inference.export)."""
+    from .inference.export import ExportError, input_sign_zero, weight_signs_and_scale
+    from .layers import BatchNorm, Conv2d, Hardtanh, Identity, Linear, MaxPool2d, ReLU
+    from .models.resnet import BasicBlock, BiRealBlock
+
+    def packed(layer):
+        return packed_weight_bytes(layer.params["weight"].shape)
+
+    def bn_bytes(layer):
+        return 16 * layer.params["gamma"].size
+
+    def float_bytes(layer):
+        return 4 * sum(v.size for v in layer.params.values()) if isinstance(layer, (Conv2d, Linear)) else \
+            bn_bytes(layer) if isinstance(layer, BatchNorm) else 0
+
+    binary = [(n, m) for n, m in model.modules() if isinstance(m, _BinaryLayer)]
+    if not binary:
+        return None, "no binary layers"
+    try:
+        for n, m in binary:
+            input_sign_zero(m, n.rstrip("."))
+            weight_signs_and_scale(m, n.rstrip("."))
+    except ExportError as exc:
+        return None, str(exc)
+    out = {}
+    items = _leaves_in_order(model)
+    i = 0
+    while i < len(items):
+        name, m = items[i]
+        if isinstance(m, (BiRealBlock, BasicBlock)):
+            c = m.children
+            for sub_name, sub in c["shortcut"].modules():     # a float 1x1 conv and batch norm, or nothing
+                full = f"{name}.shortcut.{sub_name}".rstrip(".")
+                if float_bytes(sub):
+                    out[full] = float_bytes(sub)
+            if isinstance(m, BiRealBlock):                    # both convs float output, both batch norms kept
+                out[f"{name}.conv1"] = packed(c["conv1"]) + _exact_float_bytes(c["conv1"], f"{name}.conv1")
+                out[f"{name}.bn1"] = bn_bytes(c["bn1"])
+            else:                                             # conv1 writes conv2's packed input
+                out[f"{name}.conv1"] = packed(c["conv1"]) + 5 * _channels(c["conv1"])
+            out[f"{name}.conv2"] = packed(c["conv2"]) + _exact_float_bytes(c["conv2"], f"{name}.conv2")
+            out[f"{name}.bn2"] = bn_bytes(c["bn2"])
+            i += 1
+            continue
+        if not isinstance(m, _BinaryLayer):
+            out[name] = float_bytes(m)
+            i += 1
+            continue
+        j, pool = i + 1, False
+        if j < len(items) and isinstance(items[j][1], MaxPool2d):
+            pool, j = True, j + 1
+        while j < len(items) and isinstance(items[j][1], (BatchNorm, Hardtanh, ReLU, Identity)):
+            j += 1
+        nxt = items[j][1] if j < len(items) else None
+        o = _channels(m)
+        if isinstance(nxt, _BinaryLayer) and isinstance(nxt, BinaryLinear) == isinstance(m, BinaryLinear):
+            out[name] = packed(m) + 5 * o + (o if pool else 0)   # thresholds, flips (and the pool's inverts)
+            i = j                                                # the batch norms between fold: 0 bytes
+        elif not pool and i + 1 < len(items) and isinstance(items[i + 1][1], BatchNorm):
+            out[name] = packed(m) + 8 * o                        # multiplier and bias, the batch norm folded
+            i += 2
+        else:
+            out[name] = packed(m) + _exact_float_bytes(m, name)
+            i += 1
+    return out, None
 
 
 def build_summary_model(model_name, method_name="recu", dataset="digits", width=1.0, convention="paper"):
@@ -200,4 +318,4 @@ def build_summary_model(model_name, method_name="recu", dataset="digits", width=
 
 
 __all__ = ["Summary", "LayerSummary", "summarize", "build_summary_model", "packed_weight_bytes", "layer_macs",
-           "INPUT_SHAPES"]
+           "export_bytes", "INPUT_SHAPES"]

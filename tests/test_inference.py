@@ -19,6 +19,7 @@ pytest.importorskip("refbnn.kernels._bitpack", reason="the inference runner need
 from refbnn.checkpoint import load_checkpoint, save_checkpoint
 from refbnn.cli import main
 from refbnn.data import load_dataset
+from refbnn.inference import runner
 from refbnn.inference import (
     ExportError,
     InferenceModel,
@@ -207,6 +208,151 @@ def test_resnet18_basic_block_matches(shortcut, method):
     assert sum(n.get("output") == "bits" for n in graph.nodes) == 8
     check_exact(model, graph, rng.normal(size=(3, 3, 8, 8)).astype(np.float32),
                 float_tol=0.0 if method == "bnn" else 1e-4)
+
+
+# ---- the fused plan against node after node ----------------------------------------------------
+
+def check_fused_equals_unfused(graph, x, min_residual_steps=0):
+    """The fused plan's logits and every tensor it materializes equal the node-by-node run's bit
+    for bit (float tensors compared in NCHW, the record's layout); twice in a row (pooled buffers
+    reused, another batch size between: a float GEMM of another shape may round differently, in
+    either runner) and from a second thread (its own pool)."""
+    fused = InferenceModel(graph)
+    residual = [st for st in fused.steps if st.run.__qualname__.startswith("_chain_step")]
+    assert len(residual) >= min_residual_steps
+    rec_f, rec_u = {}, {}
+    out_u = InferenceModel(graph, fuse=False).forward(x, record=rec_u)
+    out_f = fused.forward(x, record=rec_f)
+    assert set(rec_f) <= set(rec_u) and graph.meta["output"] in rec_f
+    for name, v in rec_f.items():
+        assert v.shape == rec_u[name].shape and v.dtype == rec_u[name].dtype, name
+        np.testing.assert_array_equal(v, rec_u[name], err_msg=name)
+    np.testing.assert_array_equal(out_f, out_u)
+    first = fused.forward(x)
+    np.testing.assert_array_equal(first, out_u)
+    np.testing.assert_array_equal(fused.forward(x[:1]), InferenceModel(graph, fuse=False).forward(x[:1]))
+    np.testing.assert_array_equal(fused.forward(x), out_u)                # the pool refilled
+    np.testing.assert_array_equal(first, out_u)                           # not overwritten by later runs
+    import threading
+    got = {}
+    th = threading.Thread(target=lambda: got.update(out=fused.forward(x)))
+    th.start()
+    th.join()
+    np.testing.assert_array_equal(got["out"], out_u)
+    return residual
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), width=st.sampled_from((0.25, 0.5, 0.7)), hw=st.sampled_from((5, 8)),
+       pad_value=st.sampled_from((0.0, 1.0, -1.0)), sign_zero=st.sampled_from((1.0, -1.0)),
+       method=st.sampled_from(("bnn", "bnnplus", "bireal", "irnet", "recu")))
+def test_fused_residual_steps_equal_node_by_node(seed, width, hw, pad_value, sign_zero, method):
+    """ResNet-20's residual steps (bconv float NHWC -> batch norm -> add -> hardtanh or ReLU), with
+    a weight scale or a learned alpha in the kernel's multiplier, a layer bias (ReCU) that moves
+    the running mean out of the kernel's bias, sign(0) = -1 packs of NHWC tensors and option-A
+    shortcuts on NHWC: the same bits and floats as node after node and as the training model."""
+    rng = np.random.default_rng(seed)
+    model = build_model("resnet20", _factory(method, seed), (3, hw, hw), 10, width)
+    for _, m in model.modules():
+        if isinstance(m, BinaryConv2d):
+            m.pad_value = pad_value
+        if isinstance(m, _BinaryLayer):
+            m.input_quantizer.sign_zero = sign_zero
+    randomize(model, rng)
+    graph = export_model(model, (3, hw, hw), 10)
+    x = rng.normal(size=(3, 3, hw, hw)).astype(np.float32)
+    with pytest.MonkeyPatch.context() as mp:     # row words at any size (3C <= 64: the first stages here)
+        mp.setattr(runner, "ROW_WORDS_MIN_PIXELS", 0)
+        check_fused_equals_unfused(graph, x, min_residual_steps=18)
+        check_exact(model, graph, x, float_tol=0.0 if method == "bnn" else 1e-4)
+    check_fused_equals_unfused(graph, x)        # and the plain kernel, as small batches run it
+
+
+def test_resnet20_plan_fuses_every_residual_conv():
+    """Each of the 18 binary convolutions is one residual step; nothing of their batch norm, add
+    and activation is left as a node of its own; the float tensors between them are NHWC."""
+    model = randomize(build_model("resnet20", _factory("bnn", 0), (3, 8, 8), 10, 0.25), np.random.default_rng(0))
+    im = InferenceModel(export_model(model, (3, 8, 8), 10))
+    residual = [st for st in im.steps if st.run.__qualname__.startswith("_chain_step")]
+    assert len(residual) == 18 and all(st.layout == "nhwc" for st in residual)
+    # the stem (conv; batch norm and hardtanh writing NHWC), a pack and a residual step per binary
+    # conv, the two option-A shortcuts, the head (global average pool, batch norm, linear)
+    assert len(im.steps) == 2 + 18 * 2 + 2 + 3
+    assert [st.layout for st in im.steps[:4]] == ["nchw", "nhwc", "bits", "nhwc"]
+    assert sum(n["op"] == "batchnorm" for n in im.nodes) == 1 + 18 + 1
+
+
+@pytest.mark.parametrize("shortcut", ("conv", "A"))
+def test_fused_resnet18_and_vgg_equal_node_by_node(shortcut):
+    """Residual steps whose other input is NCHW (the stem, a float 1x1-conv shortcut); ResNet-18's
+    option-A shortcut (average pool) runs in NCHW on a copy; VGG-Small has no residual step."""
+    rng = np.random.default_rng(7)
+    model = randomize(resnet18(_factory("bnn", 7), (3, 8, 8), 10, 0.1, shortcut=shortcut), rng)
+    graph = export_model(model, (3, 8, 8), 10)
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    assert len(check_fused_equals_unfused(graph, x)) == 8
+    check_exact(model, graph, x)
+    vgg = randomize(build_model("vgg_small", _factory("bnn", 7), (3, 8, 8), 10, 0.05), rng)
+    assert check_fused_equals_unfused(export_model(vgg, (3, 8, 8), 10), x) == []
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), c=st.integers(1, 21), hw=st.sampled_from(((2, 2), (3, 5), (7, 4), (9, 9))),
+       kh=st.sampled_from((1, 3)), sh=st.sampled_from((1, 2)), pad_value=st.sampled_from((0.0, 1.0, -1.0)),
+       output=st.sampled_from(("float", "bits", "int32")))
+def test_row_words_conv_equals_the_plain_kernel(seed, c, hw, kh, sh, pad_value, output):
+    """_BConv's three horizontal taps in one word (3 C <= 64 bits), border columns included, equal
+    the plain bconv2d bit for bit: int32 dot products, float output through multiplier and bias,
+    packed bits through thresholds and flips."""
+    from refbnn.kernels import compiled
+    k = compiled()
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    o = int(rng.integers(1, 70))
+    x = k.pack_bits(rng.choice([-1.0, 1.0], size=(2, h, w, c)).astype(np.float32))
+    weight = k.pack_bits(rng.choice([-1.0, 1.0], size=(o, kh, 3, c)).astype(np.float32))
+    node = {"op": "bconv", "kind": "conv", "in": ["x"], "channels": c, "stride": [sh, 1],
+            "padding": [kh // 2, 1], "pad_value": pad_value, "kernel_size": [kh, 3]}
+
+    class Model:     # what _BConv reads of an InferenceModel
+        _k, threads, specs = k, 1, {"x": ("bits", c, h, w)}
+
+        @staticmethod
+        def _a(n, key):
+            return weight
+    conv = runner._BConv(Model, node)
+    assert conv.rows
+    kw = {"output": output}
+    if output == "float":
+        kw.update(multiplier=rng.normal(size=o).astype(np.float32), bias=rng.normal(size=o).astype(np.float32))
+    if output == "bits":
+        kw.update(thresholds=rng.integers(-3 * kh * c, 3 * kh * c, o).astype(np.int32), flip=rng.random(o) < 0.5)
+    want = k.bconv2d(x, weight, c, (sh, 1), (kh // 2, 1), 1, 1, pad_value, **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "ROW_WORDS_MIN_PIXELS", 0)
+        got = conv(x, np.empty_like(want), **kw)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 2, 1), (3, 1, 1), ((2, 3), (1, 2), (1, 1))])
+def test_float_maxpool_step_equals_the_op(kernel, stride, padding):
+    """The plan's max pool (running maximum of strided views) against refbnn.ops.maxpool2d_forward,
+    ties and zeros of both signs in the windows included (equal values; which zero a window of -0.0
+    and 0.0 gives is not promised by NumPy's argmax, and no later op tells them apart)."""
+    from refbnn import ops as fops
+    rng = np.random.default_rng(0)
+    x = rng.choice([-1.0, -0.0, 0.0, 0.5, 2.0], size=(2, 3, 7, 6)).astype(np.float32)
+    out_shape = fops.maxpool2d_forward(x, kernel, stride, padding)[0].shape
+
+    class Model:
+        specs = {"p": ("float", out_shape[1:])}
+    node = {"op": "maxpool2d", "in": ["x"], "out": "p", "kernel_size": list(kernel) if isinstance(kernel, tuple)
+            else kernel, "stride": list(stride) if isinstance(stride, tuple) else stride,
+            "padding": list(padding) if isinstance(padding, tuple) else padding}
+    got = runner._maxpool_step(Model, node, "nchw").run([x], runner._Fresh, True)
+    want = fops.maxpool2d_forward(x, kernel, stride, padding)[0]
+    np.testing.assert_array_equal(got, want)
+    assert (got == 0).any() and (got == 2.0).any()
 
 
 # ---- a model trained by refbnn train, through the command line ---------------------------------

@@ -1,6 +1,7 @@
 """refbnn.summary / ``refbnn summary``: parameter, memory and MAC counts checked against hand arithmetic
 and independent counts."""
 import json
+import os
 
 import pytest
 
@@ -8,7 +9,7 @@ from refbnn.cli import main
 from refbnn.data import load_dataset
 from refbnn.kernels import pack_bits
 from refbnn.layers.binary import BinaryConv2d, BinaryLinear
-from refbnn.summary import INPUT_SHAPES, build_summary_model, summarize
+from refbnn.summary import INPUT_SHAPES, build_summary_model, packed_weight_bytes, summarize
 
 
 def _summary(model, method, dataset, width=1.0, convention="paper"):
@@ -153,3 +154,75 @@ def test_cli_unknown_names_list_the_known_ones(capsys):
         main(["summary", "--model", "alexnet"])
     err = capsys.readouterr().err
     assert all(name in err for name in ("mlp", "vgg_small", "resnet20", "resnet18"))
+
+
+# ---- the exported model's size (refbnn export) ---------------------------------------------------
+
+def _zip_layout(path):
+    """(file size the zip's records account for, the records' bytes, {entry name: bytes stored}) of
+    an uncompressed .npz: per entry a local header (30 bytes, the name, an extra field: NumPy writes
+    a zip64 one) and a central directory entry (46 bytes, the name, its extra field), then the
+    22-byte end record."""
+    import struct
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        infos = z.infolist()
+    assert all(i.compress_type == zipfile.ZIP_STORED for i in infos)
+    records = 22
+    with open(path, "rb") as f:
+        for i in infos:
+            f.seek(i.header_offset)
+            sig, *_, name_len, extra_len = struct.unpack("<IHHHHHIIIHH", f.read(30))
+            assert sig == 0x04034B50
+            records += 30 + name_len + extra_len + 46 + len(i.filename.encode()) + len(i.extra) + len(i.comment)
+    return records + sum(i.compress_size for i in infos), records, {i.filename: i.file_size for i in infos}
+
+
+@pytest.mark.parametrize("model,method,dataset,width", [
+    ("mlp", "bnn", "digits", 1.0), ("resnet20", "bnn", "cifar10", 0.5), ("resnet20", "recu", "cifar10", 0.25),
+    ("vgg_small", "bnnplus", "cifar10", 0.25), ("resnet18", "bireal", "mnist", 0.25)])
+def test_summary_predicts_the_exported_file(tmp_path, model, method, dataset, width):
+    """The summary's per-layer export bytes are, layer by layer, the arrays refbnn export writes
+    (bit-packed inputs with thresholds and flips, batch norm folded into a multiplier and bias,
+    kept beside a residual add, max pools' inverts, layer scales and biases); the file is those
+    arrays plus, per array, its .npy header and the zip's records, plus the JSON graph."""
+    pytest.importorskip("refbnn.kernels._bitpack", reason="refbnn export packs with the compiled kernels")
+    from refbnn.inference import export_model, read_graph
+    m, shape = build_summary_model(model, method, dataset, width)
+    s = summarize(m, shape)
+    assert s.export_error is None
+    predicted = {r.name: r.export_bytes for r in s.layers if r.export_bytes}
+    path = tmp_path / "model.npz"
+    export_model(m, shape, 10).save(path)
+    graph = read_graph(str(path))
+    stored = {}
+    for i, n in enumerate(graph.nodes):          # a max pool's inverts belong to the binary layer before it
+        for key in n.get("arrays", {}).values():
+            layer = n["layer"] if n["op"] != "bmaxpool2d" else graph.nodes[i - 1]["layer"]
+            stored[layer] = stored.get(layer, 0) + graph.arrays[key].nbytes
+    assert predicted == stored
+    total = s.totals["export_bytes"]
+    assert total == sum(stored.values()) == graph.packed_weight_bytes() + graph.float_array_bytes()
+    # packed weights: the float32 weight / 32 where the input channels fill whole 64-bit words
+    for name, layer in m.modules():
+        if isinstance(layer, (BinaryConv2d, BinaryLinear)) and layer.params["weight"].shape[1] % 64 == 0:
+            assert 32 * packed_weight_bytes(layer.params["weight"].shape) == layer.params["weight"].nbytes
+    # the file: the arrays, a .npy header per array (a multiple of 64 bytes, at most 128 here), the JSON
+    size, records, entries = _zip_layout(path)
+    assert os.path.getsize(path) == size
+    json_entry = entries.pop("graph.npy")
+    assert set(entries) == {f"{k}.npy" for k in graph.arrays}
+    headers = {n: e - graph.arrays[n[:-len(".npy")]].nbytes for n, e in entries.items()}
+    assert set(headers.values()) <= {64, 128}
+    assert size == total + sum(headers.values()) + json_entry + records
+    assert records < 200 * (len(entries) + 1)
+
+
+def test_methods_that_do_not_export_say_why(capsys):
+    _, s = _summary("mlp", "xnor", "digits")
+    assert s.totals["export_bytes"] is None and all(r.export_bytes is None for r in s.layers)
+    assert "per-sample scale" in s.export_error and "exported model: none" in s.table()
+    _, s = _summary("mlp", "float", "digits")
+    assert s.export_error == "no binary layers"
+    assert main(["summary", "--model", "mlp", "--dataset", "digits", "--method", "bnn"]) == 0
+    assert "exported model (refbnn export): " in capsys.readouterr().out
