@@ -89,7 +89,7 @@ static void op_gemm(int path, const int64_t *h)
         for (int64_t c = 0; c < chunk; c++)
             bk_gemm_columns(&job, b, s_row, c * npanels / chunk, (c + 1) * npanels / chunk);
     } else {
-        bk_pack_panels(b, n, 1, cw, s_row, 0, job.tailmask, panels);
+        bk_pack_panels(b, n, 1, cw, s_row, 0, job.tailmask, path, panels);
         for (int64_t r = 0; r < m; r += chunk)
             bk_run(&job, r, r + chunk < m ? r + chunk : m, 0, npanels);
     }
@@ -123,7 +123,7 @@ static void op_conv(int path, const int64_t *hd)
 
     uint64_t *panels = xalloc((size_t)(g * pwords) * 8);
     for (int64_t gi = 0; gi < g; gi++)
-        bk_pack_panels(w + gi * og * ntaps * cwg, og, (int)ntaps, (int)cwg, ntaps * cwg, cwg, tail,
+        bk_pack_panels(w + gi * og * ntaps * cwg, og, (int)ntaps, (int)cwg, ntaps * cwg, cwg, tail, path,
                        panels + gi * pwords);
     uint64_t *padbuf = xalloc((size_t)cwg * 8);
     for (int64_t i = 0; i < cwg; i++)
