@@ -322,6 +322,46 @@ static void col2im_plane_c(const fo_geom *g, const float *src, int64_t ld, float
         }
 }
 
+/* dst[e] += s[e], e < n (element-wise, the same result on every path) */
+#if FO_X86
+T512 static void add_span_512(float *dst, const float *s, int64_t n)
+{
+    int64_t e = 0;
+    for (; e + 16 <= n; e += 16)
+        _mm512_storeu_ps(dst + e, _mm512_add_ps(_mm512_loadu_ps(dst + e), _mm512_loadu_ps(s + e)));
+    if (e < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - e)) - 1u);
+        _mm512_mask_storeu_ps(dst + e, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst + e), _mm512_maskz_loadu_ps(m, s + e)));
+    }
+}
+
+T256 static void add_span_256(float *dst, const float *s, int64_t n)
+{
+    int64_t e = 0;
+    for (; e + 8 <= n; e += 8)
+        _mm256_storeu_ps(dst + e, _mm256_add_ps(_mm256_loadu_ps(dst + e), _mm256_loadu_ps(s + e)));
+    for (; e < n; e++)
+        dst[e] += s[e];
+}
+#endif
+
+static void add_span(int path, float *restrict dst, const float *restrict s, int64_t n)
+{
+#if FO_X86
+    if (path == FO_PATH_AVX512) {
+        add_span_512(dst, s, n);
+        return;
+    }
+    if (path == FO_PATH_AVX2) {
+        add_span_256(dst, s, n);
+        return;
+    }
+#endif
+    (void)path;
+    for (int64_t e = 0; e < n; e++)
+        dst[e] += s[e];
+}
+
 /* The common case of "same" convolutions: strides 1 and Wo == W. Then a column row (c, i, j) over
  * its valid output rows p0 <= p < p1 is one contiguous copy of the input, at a constant offset,
  * except the q < qlo and q >= qhi entries of each row (the taps that fall in the horizontal
@@ -376,7 +416,7 @@ static void im2col_plane_span(const fo_geom *g, const float *xc, float *out, int
 /* dxc = col2im of one channel's rows, for the span case: the padding taps of ``src`` are zeroed
  * (src is scratch), then each row (i, j) is added as one contiguous span, in the order (i, j).
  * The same sums as col2im_plane_c but for the sign of zero (a -0.0 sum may come out +0.0). */
-static void col2im_plane_span(const fo_geom *g, float *src, int64_t ld, float *dxc)
+static void col2im_plane_span(int path, const fo_geom *g, float *src, int64_t ld, float *dxc)
 {
     const int64_t wo = g->wo;
     memset(dxc, 0, (size_t)(g->h * g->w) * sizeof(float));
@@ -396,10 +436,7 @@ static void col2im_plane_span(const fo_geom *g, float *src, int64_t ld, float *d
                     row[p * wo + q] = 0.0f;
             }
             const int64_t d0 = p0 * wo + qlo, d1 = (p1 - 1) * wo + qhi;
-            float *restrict dst = dxc + (p0 + i * g->dh - g->pt) * g->w + j * g->dw - g->pl + qlo;
-            const float *restrict s = row + d0;
-            for (int64_t e = 0; e < d1 - d0; e++)
-                dst[e] += s[e];
+            add_span(path, dxc + (p0 + i * g->dh - g->pt) * g->w + j * g->dw - g->pl + qlo, row + d0, d1 - d0);
         }
     }
 }
@@ -477,29 +514,69 @@ T512 static void im2col_plane_512(const fo_geom *g, const float *xc, float *out,
         }
 }
 
-/* col2im of one plane, horizontal stride 1: the same adds in the same order as col2im_plane_c */
+/* col2im of one plane, gathered: each output vector dx[h, w0 .. w0 + 15] is accumulated in a
+ * register from +0, tap by tap in the order (i, j), then stored once: the same adds in the same
+ * order as col2im_plane_c (bit-identical). The lanes of tap (i, j) are the w with
+ * (w + left - j dw) divisible by sw and q = (w + left - j dw) / sw in [0, Wo): consecutive q, so
+ * one masked load (sw = 1) or expanding load (sw > 1) reads them. Needs kw <= 64. */
 T512 static void col2im_plane_512(const fo_geom *g, const float *src, int64_t ld, float *dxc)
 {
-    memset(dxc, 0, (size_t)(g->h * g->w) * sizeof(float));
-    for (int64_t i = 0; i < g->kh; i++)
-        for (int64_t j = 0; j < g->kw; j++) {
-            const float *row = src + (i * g->kw + j) * ld;
-            int64_t qlo, qhi;
-            valid_q(g, j, &qlo, &qhi);
-            const int64_t w0 = j * g->dw - g->pl;
-            for (int64_t p = 0; p < g->ho; p++) {
-                const int64_t h = p * g->sh + i * g->dh - g->pt;
-                if (h < 0 || h >= g->h)
-                    continue;
-                float *dst = dxc + h * g->w + w0;
-                const float *s = row + p * g->wo;
-                for (int64_t q0 = qlo; q0 < qhi; q0 += 16) {
-                    const __mmask16 m = lanes(0, qhi - q0);
-                    const __m512 d = _mm512_maskz_loadu_ps(m, dst + q0);
-                    _mm512_mask_storeu_ps(dst + q0, m, _mm512_add_ps(d, _mm512_maskz_loadu_ps(m, s + q0)));
+    const int64_t W = g->w, wo = g->wo, kw = g->kw;
+    __mmask16 mj[64];
+    int64_t qj[64];
+    for (int64_t w0 = 0; w0 < W; w0 += 16) {
+        const __mmask16 mw = lanes(0, W - w0);
+        for (int64_t j = 0; j < kw; j++) {
+            unsigned m = 0;
+            int64_t first = -1;
+            for (int t = 0; t < 16 && w0 + t < W; t++) {
+                const int64_t u = w0 + t + g->pl - j * g->dw;
+                if (u >= 0 && u % g->sw == 0 && u / g->sw < wo) {
+                    m |= 1u << t;
+                    if (first < 0)
+                        first = u / g->sw;
                 }
             }
+            mj[j] = (__mmask16)m;
+            qj[j] = first;
         }
+        /* four rows at a time: four independent chains of adds (a row outside the image, or whose
+           tap row is padding, gets an empty mask: its lanes are neither loaded nor added) */
+        for (int64_t h0 = 0; h0 < g->h; h0 += 4) {
+            __m512 acc[4];
+            for (int r = 0; r < 4; r++)
+                acc[r] = _mm512_setzero_ps();
+            for (int64_t i = 0; i < g->kh; i++) {
+                const float *rp[4];
+                __mmask16 rv[4];
+                for (int r = 0; r < 4; r++) {
+                    const int64_t t = h0 + r + g->pt - i * g->dh;
+                    const int ok = h0 + r < g->h && t >= 0 && t % g->sh == 0 && t / g->sh < g->ho;
+                    rv[r] = ok ? (__mmask16)0xffff : (__mmask16)0;
+                    rp[r] = src + i * kw * ld + (ok ? (t / g->sh) * wo : 0);
+                }
+                for (int64_t j = 0; j < kw; j++) {
+                    if (!mj[j])
+                        continue;
+                    if (g->sw == 1) {
+                        const int64_t off = j * ld + qj[j] - (int64_t)__builtin_ctz(mj[j]);
+                        for (int r = 0; r < 4; r++) {
+                            const __mmask16 m = mj[j] & rv[r];
+                            acc[r] = _mm512_mask_add_ps(acc[r], m, acc[r], _mm512_maskz_loadu_ps(m, rp[r] + off));
+                        }
+                    } else {
+                        const int64_t off = j * ld + qj[j];
+                        for (int r = 0; r < 4; r++) {
+                            const __mmask16 m = mj[j] & rv[r];
+                            acc[r] = _mm512_mask_add_ps(acc[r], m, acc[r], _mm512_maskz_expandloadu_ps(m, rp[r] + off));
+                        }
+                    }
+                }
+            }
+            for (int r = 0; r < 4 && h0 + r < g->h; r++)
+                _mm512_mask_storeu_ps(dxc + (h0 + r) * W + w0, mw, acc[r]);
+        }
+    }
 }
 
 /* 16 x 16 transposes (unpack, shuffle, 128-bit lane shuffles); rows past og and columns past L
@@ -559,7 +636,7 @@ static void im2col_plane(int path, const fo_geom *g, const float *xc, float *out
 static void col2im_plane(int path, const fo_geom *g, const float *src, int64_t ld, float *dxc)
 {
 #if FO_X86
-    if (path == FO_PATH_AVX512 && g->sw == 1) {
+    if (path == FO_PATH_AVX512 && g->kw <= 64) {
         col2im_plane_512(g, src, ld, dxc);
         return;
     }
@@ -719,8 +796,8 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
                     gemm(kg, Lv / FO_VB, og, w + gi * og * kg, 1, kg, db + gi * og * ldb, ldb, cols + gi * kg * Lp,
                          Lp, 0);
                 for (int64_t c = 0; c < g->c; c++)
-                    if (span_case(g))
-                        col2im_plane_span(g, cols + c * kk * Lp, Lp, dx + (n * g->c + c) * g->h * g->w);
+                    if (span_case(g) && !(path == FO_PATH_AVX512 && g->kw <= 64))
+                        col2im_plane_span(path, g, cols + c * kk * Lp, Lp, dx + (n * g->c + c) * g->h * g->w);
                     else
                         col2im_plane(path, g, cols + c * kk * Lp, Lp, dx + (n * g->c + c) * g->h * g->w);
             }

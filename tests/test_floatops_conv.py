@@ -117,7 +117,8 @@ def test_im2col_col2im_bit_identical(case):
     rng = np.random.default_rng(0)
     gcols = rng.standard_normal(cols.shape).astype(np.float32)  # col2im of general floats: the add order matters
     gback = R.col2im(gcols, x.shape, stride, padding, dilation)
-    for t in THREADS:
+    for path, t in [(p, t) for p in F.conv_paths() for t in THREADS]:
+        F._conv_force_path(path)
         got = F.im2col(x, kh, kw, stride, padding, dilation, pad_value, threads=t)
         assert got.shape == cols.shape and np.array_equal(got, cols)
         for c, b in ((cols, back), (gcols, gback)):
