@@ -226,7 +226,141 @@ T256 static void gemm_avx2(int64_t M, int64_t nv, int64_t P, const float *A, int
     }
 }
 
+/* The table-driven variant: C[m, v] = sum_p A[m sam + aoff[p]] B[boff[p] + v] (p in increasing
+ * order, from 0): B's rows are arbitrary windows of a buffer (the shifted copies of dout of the
+ * implicit input gradient). */
+T512 INL void mk512t(const int MR, const int NR, int64_t P, const float *A, int64_t sam, const int64_t *aoff,
+                     const float *B, const int64_t *boff, float *C, int64_t ldc)
+{
+    __m512 acc[24][4];
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < NR; j++)
+            acc[r][j] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < P; p++) {
+        __m512 b[4];
+        const float *bp = B + boff[p];
+        const float *ap = A + aoff[p];
+        for (int j = 0; j < NR; j++)
+            b[j] = _mm512_loadu_ps(bp + 16 * j);
+        for (int r = 0; r < MR; r++) {
+            const __m512 a = _mm512_set1_ps(ap[r * sam]);
+            for (int j = 0; j < NR; j++)
+                acc[r][j] = _mm512_fmadd_ps(a, b[j], acc[r][j]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < NR; j++)
+            _mm512_storeu_ps(C + r * ldc + 16 * j, acc[r][j]);
+}
+
+#define MK512T(MRV, NRV) mk512t(MRV, NRV, P, A + m0 * sam, sam, aoff, B + v0, boff, C + m0 * ldc + v0, ldc)
+#define CASE512T(MRV, NRV) case MRV: MK512T(MRV, NRV); break;
+
+T512 static void gemmt_avx512(int64_t M, int64_t nv, int64_t P, const float *A, int64_t sam, const int64_t *aoff,
+                              const float *B, const int64_t *boff, float *C, int64_t ldc)
+{
+    for (int64_t j0 = 0; j0 < nv; j0 += 4) {
+        const int nr = nv - j0 >= 4 ? 4 : (int)(nv - j0);
+        const int64_t v0 = 16 * j0;
+        const int mrmax = nr == 4 ? 6 : nr == 3 ? 8 : nr == 2 ? 12 : 16;
+        for (int64_t m0 = 0; m0 < M; m0 += mrmax) {
+            const int mr = M - m0 >= mrmax ? mrmax : (int)(M - m0);
+            switch (nr) {
+            case 4:
+                switch (mr) { CASE512T(1, 4) CASE512T(2, 4) CASE512T(3, 4) CASE512T(4, 4) CASE512T(5, 4)
+                              CASE512T(6, 4) }
+                break;
+            case 3:
+                switch (mr) { CASE512T(1, 3) CASE512T(2, 3) CASE512T(3, 3) CASE512T(4, 3) CASE512T(5, 3)
+                              CASE512T(6, 3) CASE512T(7, 3) CASE512T(8, 3) }
+                break;
+            case 2:
+                switch (mr) { CASE512T(1, 2) CASE512T(2, 2) CASE512T(3, 2) CASE512T(4, 2) CASE512T(5, 2)
+                              CASE512T(6, 2) CASE512T(7, 2) CASE512T(8, 2) CASE512T(9, 2) CASE512T(10, 2)
+                              CASE512T(11, 2) CASE512T(12, 2) }
+                break;
+            default:
+                switch (mr) { CASE512T(1, 1) CASE512T(2, 1) CASE512T(3, 1) CASE512T(4, 1) CASE512T(5, 1)
+                              CASE512T(6, 1) CASE512T(7, 1) CASE512T(8, 1) CASE512T(9, 1) CASE512T(10, 1)
+                              CASE512T(11, 1) CASE512T(12, 1) CASE512T(13, 1) CASE512T(14, 1)
+                              CASE512T(15, 1) CASE512T(16, 1) }
+                break;
+            }
+        }
+    }
+}
+
+T256 INL void mk256t(const int MR, int64_t P, const float *A, int64_t sam, const int64_t *aoff, const float *B,
+                     const int64_t *boff, float *C, int64_t ldc)
+{
+    __m256 acc[6][2];
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < 2; j++)
+            acc[r][j] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < P; p++) {
+        const float *bp = B + boff[p];
+        const float *ap = A + aoff[p];
+        const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+        for (int r = 0; r < MR; r++) {
+            const __m256 a = _mm256_broadcast_ss(ap + r * sam);
+            acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < 2; j++)
+            _mm256_storeu_ps(C + r * ldc + 8 * j, acc[r][j]);
+}
+
+#define CASE256T(MRV) case MRV: mk256t(MRV, P, A + m0 * sam, sam, aoff, B + v0, boff, C + m0 * ldc + v0, ldc); break;
+
+T256 static void gemmt_avx2(int64_t M, int64_t nv, int64_t P, const float *A, int64_t sam, const int64_t *aoff,
+                            const float *B, const int64_t *boff, float *C, int64_t ldc)
+{
+    for (int64_t j0 = 0; j0 < nv; j0++) {
+        const int64_t v0 = 16 * j0;
+        for (int64_t m0 = 0; m0 < M; m0 += 6) {
+            const int mr = M - m0 >= 6 ? 6 : (int)(M - m0);
+            switch (mr) { CASE256T(1) CASE256T(2) CASE256T(3) CASE256T(4) CASE256T(5) CASE256T(6) }
+        }
+    }
+}
+
 #endif /* FO_X86 */
+
+typedef void (*gemmt_fn)(int64_t M, int64_t nv, int64_t P, const float *A, int64_t sam, const int64_t *aoff,
+                         const float *B, const int64_t *boff, float *C, int64_t ldc);
+
+static void gemmt_scalar(int64_t M, int64_t nv, int64_t P, const float *A, int64_t sam, const int64_t *aoff,
+                         const float *B, const int64_t *boff, float *C, int64_t ldc)
+{
+    float acc[FO_VB];
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t v0 = 0; v0 < nv * FO_VB; v0 += FO_VB) {
+            for (int v = 0; v < FO_VB; v++)
+                acc[v] = 0.0f;
+            for (int64_t p = 0; p < P; p++) {
+                const float a = A[m * sam + aoff[p]];
+                const float *b = B + boff[p] + v0;
+                for (int v = 0; v < FO_VB; v++)
+                    acc[v] += a * b[v];
+            }
+            for (int v = 0; v < FO_VB; v++)
+                C[m * ldc + v0 + v] = acc[v];
+        }
+}
+
+static gemmt_fn gemmt_for(int path)
+{
+#if FO_X86
+    if (path == FO_PATH_AVX512)
+        return gemmt_avx512;
+    if (path == FO_PATH_AVX2)
+        return gemmt_avx2;
+#endif
+    (void)path;
+    return gemmt_scalar;
+}
 
 static gemm_fn gemm_for(int path)
 {
@@ -742,8 +876,22 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
     const int64_t nparts = g->n < FO_DW_PARTS ? g->n : FO_DW_PARTS;
     const int64_t part_size = G * kg * op; /* a part's dW^T: [group][k][o padded to op] */
     const int padded_dout = L != Lv;
+    const int64_t cb_fit = (32768 / (int64_t)sizeof(float)) / (kk * Lp);
+    const int64_t cb = cb_fit < 1 ? 1 : cb_fit > cg ? cg : cb_fit; /* channels of dcols per col2im chunk */
     const int path = fo_conv_path();
     const gemm_fn gemm = gemm_for(path);
+    const gemmt_fn gemmt = gemmt_for(path);
+    /* The implicit input gradient (strides 1, Wo == W): dx[n, c] (H W flattened) =
+     * sum over p = (o, i, j) of W[o, c, i, j] times a window of the flattened dout[n, o] shifted by
+     * (top - i dh) Wo + (left - j dw), read from a copy of dout[n, o] per j that has zeros before
+     * and after it (the taps above and below the image) and zeros in the columns that only a
+     * wrapped-around read reaches (the taps left and right of it): no columns, no col2im. */
+    const int implicit_dx = dx != NULL && span_case(g);
+    const int64_t hw = g->h * g->w, Lx = round_up(hw, FO_VB), P = og * kk;
+    const int64_t shift_min = (g->pt - (g->kh - 1) * g->dh) * g->wo + g->pl - (g->kw - 1) * g->dw;
+    const int64_t shift_max = g->pt * g->wo + g->pl;
+    const int64_t front = shift_min < 0 ? -shift_min : 0;
+    const int64_t bs = round_up(front + (L > Lx + shift_max ? L : Lx + shift_max), FO_VB) + FO_VB;
     const int nt = team(threads, nparts);
     int failed = 0;
     (void)nt;
@@ -758,8 +906,21 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
     {
         float *cols = (float *)fo_alloc((size_t)(K * Lp) * sizeof(float));
         float *doutt = (float *)fo_alloc((size_t)(L * op) * sizeof(float));
-        float *doutp = dx != NULL && padded_dout ? (float *)fo_alloc((size_t)(g->o * Lv) * sizeof(float)) : NULL;
-        const int ok = cols != NULL && doutt != NULL && (dx == NULL || !padded_dout || doutp != NULL);
+        float *doutp = dx != NULL && !implicit_dx && padded_dout ? (float *)fo_alloc((size_t)(g->o * Lv) * sizeof(float))
+                                                                 : NULL;
+        float *dsh = implicit_dx ? (float *)fo_alloc((size_t)(og * g->kw * bs) * sizeof(float)) : NULL;
+        float *dxbuf = implicit_dx && hw != Lx ? (float *)fo_alloc((size_t)(cg * Lx) * sizeof(float)) : NULL;
+        int64_t *offs = implicit_dx ? (int64_t *)fo_alloc((size_t)(2 * P) * sizeof(int64_t)) : NULL;
+        const int ok = cols != NULL && doutt != NULL && (dx == NULL || implicit_dx || !padded_dout || doutp != NULL) &&
+                       (!implicit_dx || (dsh != NULL && offs != NULL && (hw == Lx || dxbuf != NULL)));
+        if (ok && implicit_dx)
+            for (int64_t o = 0; o < og; o++)
+                for (int64_t i = 0; i < g->kh; i++)
+                    for (int64_t j = 0; j < g->kw; j++) {
+                        const int64_t pp = (o * g->kh + i) * g->kw + j;
+                        offs[pp] = o * kg + i * g->kw + j;
+                        offs[P + pp] = (o * g->kw + j) * bs + front + (g->pt - i * g->dh) * g->wo + g->pl - j * g->dw;
+                    }
         failed |= !ok;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t pi = 0; pi < nparts; pi++) {
@@ -780,6 +941,35 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
                 }
                 if (dx == NULL)
                     continue;
+                if (implicit_dx) {
+                    for (int64_t gi = 0; gi < G; gi++) {
+                        for (int64_t o = 0; o < og; o++)
+                            for (int64_t j = 0; j < g->kw; j++) {
+                                float *row = dsh + (o * g->kw + j) * bs;
+                                const int64_t sj = g->pl - j * g->dw; /* columns read without wrapping: [sj, W + sj) */
+                                const int64_t c0 = sj < 0 ? 0 : sj > g->wo ? g->wo : sj;
+                                const int64_t c1 = g->w + sj < 0 ? 0 : g->w + sj > g->wo ? g->wo : g->w + sj;
+                                memset(row, 0, (size_t)front * sizeof(float));
+                                memcpy(row + front, dn + (gi * og + o) * L, (size_t)L * sizeof(float));
+                                memset(row + front + L, 0, (size_t)(bs - front - L) * sizeof(float));
+                                if (c0 > 0 || c1 < g->wo)
+                                    for (int64_t pr = 0; pr < g->ho; pr++) {
+                                        float *d = row + front + pr * g->wo;
+                                        for (int64_t q = 0; q < c0; q++)
+                                            d[q] = 0.0f;
+                                        for (int64_t q = c1 < c0 ? c0 : c1; q < g->wo; q++)
+                                            d[q] = 0.0f;
+                                    }
+                            }
+                        float *dxg = dx + (n * g->c + gi * cg) * hw;
+                        gemmt(cg, Lx / FO_VB, P, w + gi * og * kg, kk, offs, dsh, offs + P, hw == Lx ? dxg : dxbuf,
+                              hw == Lx ? hw : Lx);
+                        if (hw != Lx)
+                            for (int64_t c = 0; c < cg; c++)
+                                memcpy(dxg + c * hw, dxbuf + c * Lx, (size_t)hw * sizeof(float));
+                    }
+                    continue;
+                }
                 /* dcols = Wg^T dout[n, g] (into the columns' buffer), then col2im channel by channel */
                 const float *db = dn;
                 int64_t ldb = L;
@@ -792,19 +982,28 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
                     db = doutp;
                     ldb = Lv;
                 }
+                /* a few channels at a time (cb kk rows of dcols, about 32 KiB: they stay in L1 for col2im) */
                 for (int64_t gi = 0; gi < G; gi++)
-                    gemm(kg, Lv / FO_VB, og, w + gi * og * kg, 1, kg, db + gi * og * ldb, ldb, cols + gi * kg * Lp,
-                         Lp, 0);
-                for (int64_t c = 0; c < g->c; c++)
-                    if (span_case(g) && !(path == FO_PATH_AVX512 && g->kw <= 64))
-                        col2im_plane_span(path, g, cols + c * kk * Lp, Lp, dx + (n * g->c + c) * g->h * g->w);
-                    else
-                        col2im_plane(path, g, cols + c * kk * Lp, Lp, dx + (n * g->c + c) * g->h * g->w);
+                    for (int64_t c0 = 0; c0 < cg; c0 += cb) {
+                        const int64_t nc = cg - c0 < cb ? cg - c0 : cb;
+                        gemm(nc * kk, Lv / FO_VB, og, w + gi * og * kg + c0 * kk, 1, kg, db + gi * og * ldb, ldb, cols,
+                             Lp, 0);
+                        for (int64_t c = 0; c < nc; c++) {
+                            float *dxc = dx + (n * g->c + gi * cg + c0 + c) * g->h * g->w;
+                            if (span_case(g) && !(path == FO_PATH_AVX512 && g->kw <= 64))
+                                col2im_plane_span(path, g, cols + c * kk * Lp, Lp, dxc);
+                            else
+                                col2im_plane(path, g, cols + c * kk * Lp, Lp, dxc);
+                        }
+                    }
             }
         }
         fo_free(cols);
         fo_free(doutt);
         fo_free(doutp);
+        fo_free(dsh);
+        fo_free(dxbuf);
+        fo_free(offs);
     }
     if (!failed) {
         /* dW[o, k] = the parts' dW^T[k, o] added in part order */
