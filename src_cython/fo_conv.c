@@ -226,6 +226,74 @@ T256 static void gemm_avx2(int64_t M, int64_t nv, int64_t P, const float *A, int
     }
 }
 
+/* The row-table variant for the implicit weight gradient: C[m, v] += sum_p A[moff[m] + p] B[p ldb + v]
+ * (the sum over p from 0 in increasing order, then added to C): A's rows are arbitrary windows of a
+ * buffer (the shifted copies of x). */
+T512 INL void mk512r(const int MR, const int NR, int64_t P, const float *A, const int64_t *moff, const float *B,
+                     int64_t ldb, float *C, int64_t ldc)
+{
+    __m512 acc[16][4];
+    const float *ar[16];
+    for (int r = 0; r < MR; r++) {
+        ar[r] = A + moff[r];
+        for (int j = 0; j < NR; j++)
+            acc[r][j] = _mm512_setzero_ps();
+    }
+    for (int64_t p = 0; p < P; p++) {
+        __m512 b[4];
+        const float *bp = B + p * ldb;
+        for (int j = 0; j < NR; j++)
+            b[j] = _mm512_loadu_ps(bp + 16 * j);
+        for (int r = 0; r < MR; r++) {
+            const __m512 a = _mm512_set1_ps(ar[r][p]);
+            for (int j = 0; j < NR; j++)
+                acc[r][j] = _mm512_fmadd_ps(a, b[j], acc[r][j]);
+        }
+    }
+    for (int r = 0; r < MR; r++)
+        for (int j = 0; j < NR; j++) {
+            float *c = C + r * ldc + 16 * j;
+            _mm512_storeu_ps(c, _mm512_add_ps(_mm512_loadu_ps(c), acc[r][j]));
+        }
+}
+
+#define MK512R(MRV, NRV) mk512r(MRV, NRV, P, A, moff + m0, B + v0, ldb, C + m0 * ldc + v0, ldc)
+#define CASE512R(MRV, NRV) case MRV: MK512R(MRV, NRV); break;
+
+T512 static void gemmr_avx512(int64_t M, int64_t nv, int64_t P, const float *A, const int64_t *moff, const float *B,
+                              int64_t ldb, float *C, int64_t ldc)
+{
+    for (int64_t j0 = 0; j0 < nv; j0 += 4) {
+        const int nr = nv - j0 >= 4 ? 4 : (int)(nv - j0);
+        const int64_t v0 = 16 * j0;
+        const int mrmax = nr == 4 ? 6 : nr == 3 ? 8 : nr == 2 ? 12 : 16;
+        for (int64_t m0 = 0; m0 < M; m0 += mrmax) {
+            const int mr = M - m0 >= mrmax ? mrmax : (int)(M - m0);
+            switch (nr) {
+            case 4:
+                switch (mr) { CASE512R(1, 4) CASE512R(2, 4) CASE512R(3, 4) CASE512R(4, 4) CASE512R(5, 4)
+                              CASE512R(6, 4) }
+                break;
+            case 3:
+                switch (mr) { CASE512R(1, 3) CASE512R(2, 3) CASE512R(3, 3) CASE512R(4, 3) CASE512R(5, 3)
+                              CASE512R(6, 3) CASE512R(7, 3) CASE512R(8, 3) }
+                break;
+            case 2:
+                switch (mr) { CASE512R(1, 2) CASE512R(2, 2) CASE512R(3, 2) CASE512R(4, 2) CASE512R(5, 2)
+                              CASE512R(6, 2) CASE512R(7, 2) CASE512R(8, 2) CASE512R(9, 2) CASE512R(10, 2)
+                              CASE512R(11, 2) CASE512R(12, 2) }
+                break;
+            default:
+                switch (mr) { CASE512R(1, 1) CASE512R(2, 1) CASE512R(3, 1) CASE512R(4, 1) CASE512R(5, 1)
+                              CASE512R(6, 1) CASE512R(7, 1) CASE512R(8, 1) CASE512R(9, 1) CASE512R(10, 1)
+                              CASE512R(11, 1) CASE512R(12, 1) CASE512R(13, 1) CASE512R(14, 1)
+                              CASE512R(15, 1) CASE512R(16, 1) }
+                break;
+            }
+        }
+    }
+}
+
 /* The table-driven variant: C[m, v] = sum_p A[m sam + aoff[p]] B[boff[p] + v] (p in increasing
  * order, from 0): B's rows are arbitrary windows of a buffer (the shifted copies of dout of the
  * implicit input gradient). */
@@ -892,6 +960,14 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
     const int64_t shift_max = g->pt * g->wo + g->pl;
     const int64_t front = shift_min < 0 ? -shift_min : 0;
     const int64_t bs = round_up(front + (L > Lx + shift_max ? L : Lx + shift_max), FO_VB) + FO_VB;
+    /* The implicit weight gradient (AVX-512, strides 1, Wo == W): row (c, i, j) of the columns is the
+     * window at (i dh - top) W + (j dw - left) of a copy of x[n, c] per j bordered with pad_value,
+     * its columns that only a wrapped-around read reaches set to pad_value: the dW kernel reads
+     * the rows through a table of offsets, no im2col. */
+    const int implicit_dw = FO_X86 && path == FO_PATH_AVX512 && span_case(g);
+    const int64_t xfront = g->pt * g->w + g->pl > 0 ? g->pt * g->w + g->pl : 0;
+    const int64_t xshift_max = ((g->kh - 1) * g->dh - g->pt) * g->w + (g->kw - 1) * g->dw - g->pl;
+    const int64_t xbs = round_up(xfront + (hw > L + xshift_max ? hw : L + xshift_max), FO_VB) + FO_VB;
     const int nt = team(threads, nparts);
     int failed = 0;
     (void)nt;
@@ -904,15 +980,25 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
         return FO_ENOMEM;
 #pragma omp parallel num_threads(nt) reduction(| : failed)
     {
-        float *cols = (float *)fo_alloc((size_t)(K * Lp) * sizeof(float));
+        const int need_cols = !implicit_dw || (dx != NULL && !implicit_dx);
+        float *cols = need_cols ? (float *)fo_alloc((size_t)(K * Lp) * sizeof(float)) : NULL;
+        float *xsh = implicit_dw ? (float *)fo_alloc((size_t)(g->c * g->kw * xbs) * sizeof(float)) : NULL;
+        int64_t *moff = implicit_dw ? (int64_t *)fo_alloc((size_t)kg * sizeof(int64_t)) : NULL;
         float *doutt = (float *)fo_alloc((size_t)(L * op) * sizeof(float));
         float *doutp = dx != NULL && !implicit_dx && padded_dout ? (float *)fo_alloc((size_t)(g->o * Lv) * sizeof(float))
                                                                  : NULL;
         float *dsh = implicit_dx ? (float *)fo_alloc((size_t)(og * g->kw * bs) * sizeof(float)) : NULL;
         float *dxbuf = implicit_dx && hw != Lx ? (float *)fo_alloc((size_t)(cg * Lx) * sizeof(float)) : NULL;
         int64_t *offs = implicit_dx ? (int64_t *)fo_alloc((size_t)(2 * P) * sizeof(int64_t)) : NULL;
-        const int ok = cols != NULL && doutt != NULL && (dx == NULL || implicit_dx || !padded_dout || doutp != NULL) &&
+        const int ok = (!need_cols || cols != NULL) && (!implicit_dw || (xsh != NULL && moff != NULL)) &&
+                       doutt != NULL && (dx == NULL || implicit_dx || !padded_dout || doutp != NULL) &&
                        (!implicit_dx || (dsh != NULL && offs != NULL && (hw == Lx || dxbuf != NULL)));
+        if (ok && implicit_dw)
+            for (int64_t c = 0; c < cg; c++)
+                for (int64_t i = 0; i < g->kh; i++)
+                    for (int64_t j = 0; j < g->kw; j++)
+                        moff[(c * g->kh + i) * g->kw + j] = (c * g->kw + j) * xbs + xfront +
+                                                            (i * g->dh - g->pt) * g->w + j * g->dw - g->pl;
         if (ok && implicit_dx)
             for (int64_t o = 0; o < og; o++)
                 for (int64_t i = 0; i < g->kh; i++)
@@ -931,12 +1017,43 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
             const int64_t n0 = pi * g->n / nparts, n1 = (pi + 1) * g->n / nparts;
             for (int64_t n = n0; n < n1; n++) {
                 const float *dn = dout + n * g->o * L;
-                for (int64_t c = 0; c < g->c; c++)
-                    im2col_plane(path, g, x + (n * g->c + c) * g->h * g->w, cols + c * kk * Lp, Lp);
+                if (implicit_dw) {
+                    const float pv = g->pad_value;
+                    for (int64_t c = 0; c < g->c; c++)
+                        for (int64_t j = 0; j < g->kw; j++) {
+                            float *row = xsh + (c * g->kw + j) * xbs;
+                            const int64_t sj = j * g->dw - g->pl; /* x columns read without wrapping: [sj, Wo + sj) */
+                            const int64_t c0 = sj < 0 ? 0 : sj > g->w ? g->w : sj;
+                            const int64_t c1 = g->wo + sj < 0 ? 0 : g->wo + sj > g->w ? g->w : g->wo + sj;
+                            for (int64_t e = 0; e < xfront; e++)
+                                row[e] = pv;
+                            memcpy(row + xfront, x + (n * g->c + c) * hw, (size_t)hw * sizeof(float));
+                            for (int64_t e = xfront + hw; e < xbs; e++)
+                                row[e] = pv;
+                            if (c0 > 0 || c1 < g->w)
+                                for (int64_t r = 0; r < g->h; r++) {
+                                    float *d = row + xfront + r * g->w;
+                                    for (int64_t q = 0; q < c0; q++)
+                                        d[q] = pv;
+                                    for (int64_t q = c1 < c0 ? c0 : c1; q < g->w; q++)
+                                        d[q] = pv;
+                                }
+                        }
+                } else {
+                    for (int64_t c = 0; c < g->c; c++)
+                        im2col_plane(path, g, x + (n * g->c + c) * g->h * g->w, cols + c * kk * Lp, Lp);
+                }
                 /* dW^T part += cols doutT, group by group */
                 for (int64_t gi = 0; gi < G; gi++) {
                     const float *dg = dn + gi * og * L;
                     transpose(path, dg, og, L, doutt, op);
+#if FO_X86
+                    if (implicit_dw) {
+                        gemmr_avx512(kg, op / FO_VB, L, xsh + gi * cg * g->kw * xbs, moff, doutt, op, part + gi * kg * op,
+                                     op);
+                        continue;
+                    }
+#endif
                     gemm(kg, op / FO_VB, L, cols + gi * kg * Lp, Lp, 1, doutt, op, part + gi * kg * op, op, 1);
                 }
                 if (dx == NULL)
@@ -1002,6 +1119,8 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
         fo_free(doutt);
         fo_free(doutp);
         fo_free(dsh);
+        fo_free(xsh);
+        fo_free(moff);
         fo_free(dxbuf);
         fo_free(offs);
     }
