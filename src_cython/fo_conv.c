@@ -232,8 +232,8 @@ T256 static void gemm_avx2(int64_t M, int64_t nv, int64_t P, const float *A, int
 T512 INL void mk512r(const int MR, const int NR, int64_t P, const float *A, const int64_t *moff, const float *B,
                      int64_t ldb, float *C, int64_t ldc)
 {
-    __m512 acc[16][4];
-    const float *ar[16];
+    __m512 acc[8][4];
+    const float *ar[8];
     for (int r = 0; r < MR; r++) {
         ar[r] = A + moff[r];
         for (int j = 0; j < NR; j++)
@@ -266,7 +266,9 @@ T512 static void gemmr_avx512(int64_t M, int64_t nv, int64_t P, const float *A, 
     for (int64_t j0 = 0; j0 < nv; j0 += 4) {
         const int nr = nv - j0 >= 4 ? 4 : (int)(nv - j0);
         const int64_t v0 = 16 * j0;
-        const int mrmax = nr == 4 ? 6 : nr == 3 ? 8 : nr == 2 ? 12 : 16;
+        /* at most 8 rows when a row of B is one or two vectors: each row is a pointer of its own, and more
+           than about 12 pointers do not fit in the general-purpose registers */
+        const int mrmax = nr == 4 ? 6 : 8;
         for (int64_t m0 = 0; m0 < M; m0 += mrmax) {
             const int mr = M - m0 >= mrmax ? mrmax : (int)(M - m0);
             switch (nr) {
@@ -280,14 +282,11 @@ T512 static void gemmr_avx512(int64_t M, int64_t nv, int64_t P, const float *A, 
                 break;
             case 2:
                 switch (mr) { CASE512R(1, 2) CASE512R(2, 2) CASE512R(3, 2) CASE512R(4, 2) CASE512R(5, 2)
-                              CASE512R(6, 2) CASE512R(7, 2) CASE512R(8, 2) CASE512R(9, 2) CASE512R(10, 2)
-                              CASE512R(11, 2) CASE512R(12, 2) }
+                              CASE512R(6, 2) CASE512R(7, 2) CASE512R(8, 2) }
                 break;
             default:
                 switch (mr) { CASE512R(1, 1) CASE512R(2, 1) CASE512R(3, 1) CASE512R(4, 1) CASE512R(5, 1)
-                              CASE512R(6, 1) CASE512R(7, 1) CASE512R(8, 1) CASE512R(9, 1) CASE512R(10, 1)
-                              CASE512R(11, 1) CASE512R(12, 1) CASE512R(13, 1) CASE512R(14, 1)
-                              CASE512R(15, 1) CASE512R(16, 1) }
+                              CASE512R(6, 1) CASE512R(7, 1) CASE512R(8, 1) }
                 break;
             }
         }
