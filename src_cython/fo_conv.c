@@ -891,6 +891,57 @@ int fo_col2im(const fo_geom *g, const float *cols, float *x, int threads)
     return FO_OK;
 }
 
+/* The shifted copies of x[n] for the implicit forward and weight gradient (strides 1, Wo == W):
+ * copy (c, j) is pad_value for xfront elements, then x[n, c] (H W) with its columns outside
+ * [j dw - left, Wo + j dw - left) set to pad_value (a read of the window of tap (i, j) reaches them
+ * only by wrapping around a row), then pad_value up to xbs. Row (c, i, j) of the columns is the
+ * window of copy (c, j) at xfront + (i dh - top) W + j dw - left. */
+typedef struct {
+    int64_t front, bs;
+} fo_xcopies;
+
+static fo_xcopies x_copies_geometry(const fo_geom *g, int64_t len)
+{
+    /* len: how far past a window's start the kernels read (L for dW, L rounded up to 16 for y) */
+    fo_xcopies r;
+    const int64_t hw = g->h * g->w;
+    const int64_t shift_max = ((g->kh - 1) * g->dh - g->pt) * g->w + (g->kw - 1) * g->dw - g->pl;
+    r.front = g->pt * g->w + g->pl > 0 ? g->pt * g->w + g->pl : 0;
+    r.bs = round_up(r.front + (hw > len + shift_max ? hw : len + shift_max), FO_VB) + FO_VB;
+    return r;
+}
+
+static void build_x_copies(const fo_geom *g, fo_xcopies xc, const float *xn, float *xsh)
+{
+    const float pv = g->pad_value;
+    const int64_t hw = g->h * g->w;
+    for (int64_t c = 0; c < g->c; c++)
+        for (int64_t j = 0; j < g->kw; j++) {
+            float *row = xsh + (c * g->kw + j) * xc.bs;
+            const int64_t sj = j * g->dw - g->pl;
+            const int64_t c0 = sj < 0 ? 0 : sj > g->w ? g->w : sj;
+            const int64_t c1 = g->wo + sj < 0 ? 0 : g->wo + sj > g->w ? g->w : g->wo + sj;
+            for (int64_t e = 0; e < xc.front; e++)
+                row[e] = pv;
+            memcpy(row + xc.front, xn + c * hw, (size_t)hw * sizeof(float));
+            for (int64_t e = xc.front + hw; e < xc.bs; e++)
+                row[e] = pv;
+            if (c0 > 0 || c1 < g->w)
+                for (int64_t r = 0; r < g->h; r++) {
+                    float *d = row + xc.front + r * g->w;
+                    for (int64_t q = 0; q < c0; q++)
+                        d[q] = pv;
+                    for (int64_t q = c1 < c0 ? c0 : c1; q < g->w; q++)
+                        d[q] = pv;
+                }
+        }
+}
+
+static int64_t x_window(const fo_geom *g, fo_xcopies xc, int64_t c, int64_t i, int64_t j)
+{
+    return (c * g->kw + j) * xc.bs + xc.front + (i * g->dh - g->pt) * g->w + j * g->dw - g->pl;
+}
+
 /* ---- forward -------------------------------------------------------------------------------- */
 
 int fo_conv_forward(const fo_geom *g, const float *x, const float *w, float *y, int threads)
@@ -900,6 +951,11 @@ int fo_conv_forward(const fo_geom *g, const float *x, const float *w, float *y, 
     const int direct = L == Lv; /* y rows can take the kernel's full vectors */
     const int path = fo_conv_path();
     const gemm_fn gemm = gemm_for(path);
+    const gemmt_fn gemmt = gemmt_for(path);
+    /* implicit (strides 1, Wo == W): y[n, g] = sum over p = (c, i, j) of W[o, c, i, j] times the
+     * window of x copy (c, j) for tap (i, j); no columns */
+    const int implicit = span_case(g);
+    const fo_xcopies xc = x_copies_geometry(g, Lv);
     const int nt = team(threads, g->n);
     int failed = 0;
     (void)nt;
@@ -907,26 +963,46 @@ int fo_conv_forward(const fo_geom *g, const float *x, const float *w, float *y, 
         return FO_OK;
 #pragma omp parallel num_threads(nt) reduction(| : failed)
     {
-        float *cols = (float *)fo_alloc((size_t)(K * Lp) * sizeof(float));
+        float *cols = implicit ? NULL : (float *)fo_alloc((size_t)(K * Lp) * sizeof(float));
+        float *xsh = implicit ? (float *)fo_alloc((size_t)(g->c * g->kw * xc.bs) * sizeof(float)) : NULL;
+        int64_t *offs = implicit ? (int64_t *)fo_alloc((size_t)(2 * kg) * sizeof(int64_t)) : NULL;
         float *ybuf = direct ? NULL : (float *)fo_alloc((size_t)(og * Lv) * sizeof(float));
-        const int ok = cols != NULL && (direct || ybuf != NULL);
+        const int ok = (implicit ? xsh != NULL && offs != NULL : cols != NULL) && (direct || ybuf != NULL);
         failed |= !ok;
+        if (ok && implicit)
+            for (int64_t c = 0; c < cg; c++)
+                for (int64_t i = 0; i < g->kh; i++)
+                    for (int64_t j = 0; j < g->kw; j++) {
+                        const int64_t pp = (c * g->kh + i) * g->kw + j;
+                        offs[pp] = pp;                          /* W[o, c, i, j] - W[o, 0, 0, 0] */
+                        offs[kg + pp] = x_window(g, xc, c, i, j); /* per group: + the group's copies */
+                    }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t n = 0; n < g->n; n++) {
             if (!ok)
                 continue;
-            for (int64_t c = 0; c < g->c; c++)
-                im2col_plane(path, g, x + (n * g->c + c) * g->h * g->w, cols + c * kk * Lp, Lp);
+            if (implicit)
+                build_x_copies(g, xc, x + n * g->c * g->h * g->w, xsh);
+            else
+                for (int64_t c = 0; c < g->c; c++)
+                    im2col_plane(path, g, x + (n * g->c + c) * g->h * g->w, cols + c * kk * Lp, Lp);
             for (int64_t gi = 0; gi < G; gi++) {
                 float *yg = y + (n * g->o + gi * og) * L;
-                gemm(og, Lv / FO_VB, kg, w + gi * og * kg, kg, 1, cols + gi * kg * Lp, Lp, direct ? yg : ybuf,
-                     direct ? L : Lv, 0);
+                float *dst = direct ? yg : ybuf;
+                const int64_t ldd = direct ? L : Lv;
+                if (implicit)
+                    gemmt(og, Lv / FO_VB, kg, w + gi * og * kg, kg, offs, xsh + gi * cg * g->kw * xc.bs, offs + kg, dst,
+                          ldd);
+                else
+                    gemm(og, Lv / FO_VB, kg, w + gi * og * kg, kg, 1, cols + gi * kg * Lp, Lp, dst, ldd, 0);
                 if (!direct)
                     for (int64_t o = 0; o < og; o++)
                         memcpy(yg + o * L, ybuf + o * Lv, (size_t)L * sizeof(float));
             }
         }
         fo_free(cols);
+        fo_free(xsh);
+        fo_free(offs);
         fo_free(ybuf);
     }
     return failed ? FO_ENOMEM : FO_OK;
@@ -964,9 +1040,8 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
      * its columns that only a wrapped-around read reaches set to pad_value: the dW kernel reads
      * the rows through a table of offsets, no im2col. */
     const int implicit_dw = FO_X86 && path == FO_PATH_AVX512 && span_case(g);
-    const int64_t xfront = g->pt * g->w + g->pl > 0 ? g->pt * g->w + g->pl : 0;
-    const int64_t xshift_max = ((g->kh - 1) * g->dh - g->pt) * g->w + (g->kw - 1) * g->dw - g->pl;
-    const int64_t xbs = round_up(xfront + (hw > L + xshift_max ? hw : L + xshift_max), FO_VB) + FO_VB;
+    const fo_xcopies xc = x_copies_geometry(g, L);
+    const int64_t xbs = xc.bs;
     const int nt = team(threads, nparts);
     int failed = 0;
     (void)nt;
@@ -996,8 +1071,7 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
             for (int64_t c = 0; c < cg; c++)
                 for (int64_t i = 0; i < g->kh; i++)
                     for (int64_t j = 0; j < g->kw; j++)
-                        moff[(c * g->kh + i) * g->kw + j] = (c * g->kw + j) * xbs + xfront +
-                                                            (i * g->dh - g->pt) * g->w + j * g->dw - g->pl;
+                        moff[(c * g->kh + i) * g->kw + j] = x_window(g, xc, c, i, j);
         if (ok && implicit_dx)
             for (int64_t o = 0; o < og; o++)
                 for (int64_t i = 0; i < g->kh; i++)
@@ -1017,27 +1091,7 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
             for (int64_t n = n0; n < n1; n++) {
                 const float *dn = dout + n * g->o * L;
                 if (implicit_dw) {
-                    const float pv = g->pad_value;
-                    for (int64_t c = 0; c < g->c; c++)
-                        for (int64_t j = 0; j < g->kw; j++) {
-                            float *row = xsh + (c * g->kw + j) * xbs;
-                            const int64_t sj = j * g->dw - g->pl; /* x columns read without wrapping: [sj, Wo + sj) */
-                            const int64_t c0 = sj < 0 ? 0 : sj > g->w ? g->w : sj;
-                            const int64_t c1 = g->wo + sj < 0 ? 0 : g->wo + sj > g->w ? g->w : g->wo + sj;
-                            for (int64_t e = 0; e < xfront; e++)
-                                row[e] = pv;
-                            memcpy(row + xfront, x + (n * g->c + c) * hw, (size_t)hw * sizeof(float));
-                            for (int64_t e = xfront + hw; e < xbs; e++)
-                                row[e] = pv;
-                            if (c0 > 0 || c1 < g->w)
-                                for (int64_t r = 0; r < g->h; r++) {
-                                    float *d = row + xfront + r * g->w;
-                                    for (int64_t q = 0; q < c0; q++)
-                                        d[q] = pv;
-                                    for (int64_t q = c1 < c0 ? c0 : c1; q < g->w; q++)
-                                        d[q] = pv;
-                                }
-                        }
+                    build_x_copies(g, xc, x + n * g->c * hw, xsh);
                 } else {
                     for (int64_t c = 0; c < g->c; c++)
                         im2col_plane(path, g, x + (n * g->c + c) * g->h * g->w, cols + c * kk * Lp, Lp);

@@ -89,7 +89,8 @@ def conv_cases(draw):
     kh, kw = draw(st.sampled_from(((1, 1), (3, 3), (2, 3))))
     stride = (draw(st.sampled_from((1, 2))), draw(st.sampled_from((1, 2))))
     dilation = (draw(st.sampled_from((1, 2))), draw(st.sampled_from((1, 2))))
-    padding = draw(st.sampled_from(((0, 0), (1, 1), (0, 1, 2, 0), (2, 1, 0, 1), (1, 0, 1, 2))))
+    padding = draw(st.sampled_from(((0, 0), (1, 1), (2, 2), (0, 1, 2, 0), (2, 1, 0, 1), (1, 0, 1, 2), (1, 2, 0, 0),
+                                    (2, 0, 1, 1))))
     h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
     n = draw(st.integers(0, 3))
     pad_value = draw(st.sampled_from((0.0, 1.0, -1.0)))
