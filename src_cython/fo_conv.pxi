@@ -190,11 +190,13 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, pad_value=0.0, threa
 
         y[n, o, p, q] = sum_{c, i, j} W[o, c, i, j] xpad[n, g(o) C/g + c, p sh + i dh, q sw + j dw]
 
-    (``xpad``: x padded with ``pad_value``). Per sample, the im2col columns (C kh kw, Ho Wo) are built
-    in a per-thread buffer and multiplied by W with a register-tiled kernel (fo_conv.c).
+    (``xpad``: x padded with ``pad_value``). Per sample, in per-thread buffers: for strides 1 with
+    Wo == W ("same" convolutions) the kernel reads the columns as windows of shifted, bordered
+    copies of x[n] (no im2col), otherwise from im2col columns; a register-tiled FMA kernel
+    (src_cython/fo_conv.c, AVX-512, AVX2 or plain C by the CPU).
     Tolerance: each output is a float32 sum of Kg = C/g kh kw products in another order than
     NumPy's, |y - exact| <= Kg eps32 sum |W x| (eps32 = 2**-23: the bound gamma_Kg <= Kg eps32 of an
-    inner product, Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., eq. 3.5); tested
+    inner product, Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., section 3.1); tested
     in tests/test_floatops_conv.py. Bit-identical for any ``threads``.
     """
     cdef fo_geom g
@@ -221,14 +223,17 @@ def conv2d_backward(dout, x, w, stride, padding, dilation, groups, pad_value=0.0
         dW[o, c, i, j] = sum_{n, p, q} dout[n, o, p, q] xpad[n, g(o) C/g + c, p sh + i dh, q sw + j dw]
         dx = col2im(dcols),  dcols[n, (c, i, j), (p, q)] = sum_{o in group} W[o, c, i, j] dout[n, o, p, q]
 
-    (padding taps dropped). ``need_dx=False`` skips dx (a convolution of the data). Per sample, the
-    columns are built in a per-thread buffer; dW^T += cols dout^T and dcols = W^T dout use a
-    register-tiled kernel; col2im writes dx[n] directly. dW is summed in fixed parts of consecutive
-    samples (refbnn.kernels._floatops.CONV_DW_PARTS at most, the split depends on N only), then the
-    parts in order: bit-identical for any ``threads``.
+    (padding taps dropped). ``need_dx=False`` skips dx (a convolution of the data). Per sample, in
+    per-thread buffers: dW^T += cols dout^T with a register-tiled FMA kernel (src_cython/fo_conv.c),
+    the columns read as windows of shifted copies of x[n] for strides 1 with Wo == W on AVX-512,
+    else built by im2col; dx for strides 1 with Wo == W is one GEMM over (o, i, j) on windows of
+    shifted, zero-bordered copies of dout[n] (a transposed convolution, no col2im), else
+    dcols = W^T dout a few channels at a time and col2im into dx[n]. dW is summed in fixed parts of
+    consecutive samples (refbnn.kernels._floatops.CONV_DW_PARTS at most, the split depends on N
+    only), then the parts in order: bit-identical for any ``threads``.
     Tolerance (eps32 = 2**-23; a float32 sum of n products in any order is within gamma_n <= n eps32
     of the exact sum of their absolute values, Higham, Accuracy and Stability of Numerical
-    Algorithms, 2nd ed., eqs. 3.5 and 4.4):
+    Algorithms, 2nd ed., section 3.1: the bound does not depend on the order):
     |dW - exact| <= N Ho Wo eps32 sum |dout xpad|,  |dx - exact| <= (O/g) kh kw eps32 sum |W dout|.
     """
     cdef fo_geom g

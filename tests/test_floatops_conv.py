@@ -6,7 +6,7 @@ gradients sum in another order than NumPy: they are compared with the same compu
 (exact products, sums with a negligible error) within the bound the docstrings state,
 |got - exact| <= K_eff eps32 sum |a_i b_i| (eps32 = 2**-23, K_eff the number of products in the sum),
 which holds for a float32 sum in any order (Higham, Accuracy and Stability of Numerical Algorithms,
-2nd ed., eq. 3.5: gamma_n = n u / (1 - n u) <= n eps32 with u = eps32 / 2). With +-1 inputs every sum
+2nd ed., section 3.1: gamma_n = n u / (1 - n u) <= n eps32 with u = eps32 / 2). With +-1 inputs every sum
 is an integer below 2**24, so those results must be exact. Every result must be bit-identical for
 threads=1, 2 and 3, on every SIMD path this CPU has.
 """
