@@ -7,8 +7,10 @@ of ResNet-20 at batch 128: 3x3 kernels, padding 1, +-1 inputs and weights, float
 Per layer and thread count: the best time of ``--rounds`` calls (a shared machine: the load average
 is printed), and GFLOP/s counting 2 N O K L per GEMM (K = C kh kw, L = Ho Wo): two GEMMs (dW and
 dcols) for a backward with dx, one for dW only. NumPy's BLAS is limited with threadpoolctl, the
-compiled kernels take ``threads=``. The last lines add up the 18 binary convolutions of ResNet-20
-(6 of stage 1, the strided 16->32 and 5 of stage 2, the strided 32->64 and 5 of stage 3).
+compiled kernels take ``threads=``. Then the 18 binary convolutions of ResNet-20 are added up
+(6 of stage 1, the strided 16->32 and 5 of stage 2, the strided 32->64 and 5 of stage 3), and the
+float forward (refbnn.kernels._floatops.conv2d_forward against refbnn.ops.conv2d_forward, general
+float inputs) is timed on the 3->16 stem and the stride-1 shapes.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def main(argv=None):
 
     from refbnn.kernels import _floatops as F
     from refbnn.machine import cpu_model
-    from refbnn.ops.conv import conv2d_backward_from_input
+    from refbnn.ops.conv import conv2d_backward_from_input, conv2d_forward
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=128)
@@ -78,9 +80,21 @@ def main(argv=None):
     for t, (tn, tf) in totals.items():
         print(f"ResNet-20's 18 binary conv backwards, {t} thread(s): numpy {1e3 * tn:.0f} ms, compiled "
               f"{1e3 * tf:.0f} ms ({tn / tf:.1f}x)")
+    fwd_rows = []
+    for c, o, hw in ((3, 16, 32), (16, 16, 32), (32, 32, 16), (64, 64, 8)):
+        x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+        w = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
+        flops = 2.0 * n * o * c * 9 * hw * hw
+        for t in args.threads:
+            with threadpool_limits(t):
+                t_np = best_time(lambda: conv2d_forward(x, w, None, 1, 1, 1, 1), args.rounds)
+            t_fo = best_time(lambda: F.conv2d_forward(x, w, (1, 1), (1, 1), (1, 1), 1, 0.0, threads=t), args.rounds)
+            fwd_rows.append(dict(layer=f"{c}->{o} {hw}x{hw}", threads=t, numpy_ms=1e3 * t_np, fo_ms=1e3 * t_fo))
+            print(f"forward {c}->{o} {hw}x{hw} {t}T: numpy {1e3 * t_np:6.1f} ms ({flops / t_np / 1e9:5.1f} GFLOP/s)  "
+                  f"compiled {1e3 * t_fo:5.1f} ms ({flops / t_fo / 1e9:5.1f} GFLOP/s, {t_np / t_fo:4.1f}x)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(cpu=cpu_model(), load=os.getloadavg(), batch=n, rows=rows,
+            json.dump(dict(cpu=cpu_model(), load=os.getloadavg(), batch=n, rows=rows, forward=fwd_rows,
                            totals_ms={str(t): dict(numpy=1e3 * a, compiled=1e3 * b) for t, (a, b) in totals.items()}),
                       f, indent=1)
 
