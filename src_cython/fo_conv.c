@@ -1016,7 +1016,8 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
     const int64_t L = g->ho * g->wo, Lv = round_up(L, FO_VB), Lp = cols_ld(L), kk = g->kh * g->kw;
     const int64_t G = g->groups, cg = g->c / G, og = g->o / G, kg = cg * kk, K = g->c * kk;
     const int64_t op = round_up(og, FO_VB);
-    const int64_t nparts = g->n < FO_DW_PARTS ? g->n : FO_DW_PARTS;
+    /* parts of at least 4 samples (2 parts from 2 samples), at most FO_DW_PARTS: a function of N only */
+    const int64_t nparts = g->n < 2 ? g->n : g->n / 4 < 2 ? 2 : g->n / 4 > FO_DW_PARTS ? FO_DW_PARTS : g->n / 4;
     const int64_t part_size = G * kg * op; /* a part's dW^T: [group][k][o padded to op] */
     const int padded_dout = L != Lv;
     const int64_t cb_fit = (32768 / (int64_t)sizeof(float)) / (kk * Lp);

@@ -29,8 +29,8 @@
  * dcols, no col2im. The other geometries use explicit columns and col2im.
  *
  * Reproducibility: a sample is handled by one thread from start to end (dx[n] is written by that
- * thread only) and the weight gradient is summed in FO_DW_PARTS fixed parts of consecutive samples
- * (the split depends on N only), each part in sample order, then the parts in order: the result is
+ * thread only) and the weight gradient is summed in fixed parts of consecutive samples (N / 4 of
+ * them, at least 2 and at most FO_DW_PARTS: the split depends on N only), each part in sample order, then the parts in order: the result is
  * bit-identical for any thread count (it does depend on the SIMD path: the AVX-512 and AVX2 kernels
  * use fused multiply-adds, the scalar one separate roundings).
  */

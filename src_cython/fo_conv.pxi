@@ -43,7 +43,8 @@ cdef extern from "fo_conv.h" nogil:
 _CONV_PATHS = {"scalar": FO_PATH_SCALAR, "avx2": FO_PATH_AVX2, "avx512": FO_PATH_AVX512}
 _CONV_PATH_NAMES = {v: k for k, v in _CONV_PATHS.items()}
 
-# The dW sum is split into this many fixed parts of consecutive samples (fewer when N is smaller).
+# The dW sum is split into at most this many fixed parts of consecutive samples (N // 4 of them, at
+# least 2 from N = 2 on): a function of N only, never of the thread count.
 CONV_DW_PARTS = FO_DW_PARTS
 
 
