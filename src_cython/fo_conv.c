@@ -663,22 +663,11 @@ static inline __mmask16 lanes(int64_t a, int64_t b)
     return b <= a ? 0 : (__mmask16)(((1u << b) - 1u) & ~((1u << a) - 1u));
 }
 
-static inline uint32_t lanes32(int64_t a, int64_t b)
-{
-    a = a < 0 ? 0 : a > 32 ? 32 : a;
-    b = b < 0 ? 0 : b > 32 ? 32 : b;
-    if (b <= a)
-        return 0;
-    const uint32_t hi = b == 32 ? 0xffffffffu : (1u << b) - 1u;
-    return hi & ~(a == 32 ? 0xffffffffu : (1u << a) - 1u);
-}
-
-/* im2col of one plane for horizontal strides 1 and 2 (masked loads read only the valid input) */
+/* im2col of one plane for horizontal stride 1 (masked loads read only the valid input) */
 T512 static void im2col_plane_512(const fo_geom *g, const float *xc, float *out, int64_t ld)
 {
-    const int64_t L = g->ho * g->wo, wo = g->wo, sw = g->sw;
+    const int64_t L = g->ho * g->wo, wo = g->wo;
     const __m512 pv = _mm512_set1_ps(g->pad_value);
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     for (int64_t i = 0; i < g->kh; i++)
         for (int64_t j = 0; j < g->kw; j++) {
             float *row = out + (i * g->kw + j) * ld;
@@ -693,16 +682,11 @@ T512 static void im2col_plane_512(const fo_geom *g, const float *xc, float *out,
                 for (int64_t q0 = 0; q0 < wo; q0 += 16) {
                     const __mmask16 ms = lanes(0, wo - q0);
                     __m512 v = pv;
-                    if (inside && sw == 1) {
+                    if (inside) {
                         if (q0 >= qlo && q0 + 16 <= qhi)
                             v = _mm512_loadu_ps(src + q0);
                         else
                             v = _mm512_mask_loadu_ps(pv, lanes(qlo - q0, qhi - q0), src + q0);
-                    } else if (inside) { /* sw == 2: the even elements of 32 consecutive inputs */
-                        const uint32_t m = lanes32(2 * (qlo - q0), 2 * (qhi - q0) - 1);
-                        const __m512 a = _mm512_mask_loadu_ps(pv, (__mmask16)(m & 0xffff), src + 2 * q0);
-                        const __m512 b = _mm512_mask_loadu_ps(pv, (__mmask16)(m >> 16), src + 2 * q0 + 16);
-                        v = _mm512_permutex2var_ps(a, even, b);
                     }
                     if (q0 + 16 <= wo)
                         _mm512_storeu_ps(dst + q0, v);
@@ -825,7 +809,7 @@ static void im2col_plane(int path, const fo_geom *g, const float *xc, float *out
         return;
     }
 #if FO_X86
-    if (path == FO_PATH_AVX512 && (g->sw == 1 || g->sw == 2)) {
+    if (path == FO_PATH_AVX512 && g->sw == 1) { /* (for sw = 2 the plain C loop measured faster) */
         im2col_plane_512(g, xc, out, ld);
         return;
     }
