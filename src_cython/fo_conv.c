@@ -523,46 +523,6 @@ static void col2im_plane_c(const fo_geom *g, const float *src, int64_t ld, float
         }
 }
 
-/* dst[e] += s[e], e < n (element-wise, the same result on every path) */
-#if FO_X86
-T512 static void add_span_512(float *dst, const float *s, int64_t n)
-{
-    int64_t e = 0;
-    for (; e + 16 <= n; e += 16)
-        _mm512_storeu_ps(dst + e, _mm512_add_ps(_mm512_loadu_ps(dst + e), _mm512_loadu_ps(s + e)));
-    if (e < n) {
-        const __mmask16 m = (__mmask16)((1u << (n - e)) - 1u);
-        _mm512_mask_storeu_ps(dst + e, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst + e), _mm512_maskz_loadu_ps(m, s + e)));
-    }
-}
-
-T256 static void add_span_256(float *dst, const float *s, int64_t n)
-{
-    int64_t e = 0;
-    for (; e + 8 <= n; e += 8)
-        _mm256_storeu_ps(dst + e, _mm256_add_ps(_mm256_loadu_ps(dst + e), _mm256_loadu_ps(s + e)));
-    for (; e < n; e++)
-        dst[e] += s[e];
-}
-#endif
-
-static void add_span(int path, float *restrict dst, const float *restrict s, int64_t n)
-{
-#if FO_X86
-    if (path == FO_PATH_AVX512) {
-        add_span_512(dst, s, n);
-        return;
-    }
-    if (path == FO_PATH_AVX2) {
-        add_span_256(dst, s, n);
-        return;
-    }
-#endif
-    (void)path;
-    for (int64_t e = 0; e < n; e++)
-        dst[e] += s[e];
-}
-
 /* The common case of "same" convolutions: strides 1 and Wo == W. Then a column row (c, i, j) over
  * its valid output rows p0 <= p < p1 is one contiguous copy of the input, at a constant offset,
  * except the q < qlo and q >= qhi entries of each row (the taps that fall in the horizontal
@@ -610,34 +570,6 @@ static void im2col_plane_span(const fo_geom *g, const float *xc, float *out, int
                 row[l] = pv;
             for (int64_t l = L; l < ld; l++)
                 row[l] = 0.0f;
-        }
-    }
-}
-
-/* dxc = col2im of one channel's rows, for the span case: the padding taps of ``src`` are zeroed
- * (src is scratch), then each row (i, j) is added as one contiguous span, in the order (i, j).
- * The same sums as col2im_plane_c but for the sign of zero (a -0.0 sum may come out +0.0). */
-static void col2im_plane_span(int path, const fo_geom *g, float *src, int64_t ld, float *dxc)
-{
-    const int64_t wo = g->wo;
-    memset(dxc, 0, (size_t)(g->h * g->w) * sizeof(float));
-    for (int64_t i = 0; i < g->kh; i++) {
-        int64_t p0, p1;
-        valid_p(g, i, &p0, &p1);
-        for (int64_t j = 0; j < g->kw; j++) {
-            float *row = src + (i * g->kw + j) * ld;
-            int64_t qlo, qhi;
-            valid_q(g, j, &qlo, &qhi);
-            if (p1 <= p0 || qhi <= qlo)
-                continue;
-            for (int64_t p = p0; p < p1; p++) {
-                for (int64_t q = 0; q < qlo; q++)
-                    row[p * wo + q] = 0.0f;
-                for (int64_t q = qhi; q < wo; q++)
-                    row[p * wo + q] = 0.0f;
-            }
-            const int64_t d0 = p0 * wo + qlo, d1 = (p1 - 1) * wo + qhi;
-            add_span(path, dxc + (p0 + i * g->dh - g->pt) * g->w + j * g->dw - g->pl + qlo, row + d0, d1 - d0);
         }
     }
 }
@@ -1145,10 +1077,7 @@ int fo_conv_backward(const fo_geom *g, const float *dout, const float *x, const 
                              Lp, 0);
                         for (int64_t c = 0; c < nc; c++) {
                             float *dxc = dx + (n * g->c + gi * cg + c0 + c) * g->h * g->w;
-                            if (span_case(g) && !(path == FO_PATH_AVX512 && g->kw <= 64))
-                                col2im_plane_span(path, g, cols + c * kk * Lp, Lp, dxc);
-                            else
-                                col2im_plane(path, g, cols + c * kk * Lp, Lp, dxc);
+                            col2im_plane(path, g, cols + c * kk * Lp, Lp, dxc);
                         }
                     }
             }
