@@ -97,6 +97,12 @@ cdef int _fill_geom(fo_geom *g, x_shape, kh, kw, stride, padding, dilation, grou
     if max(h + top + bottom, w + left + right, (c // groups) * kh * kw, ho * wo) > _MAX_INT:
         raise ValueError(f"conv2d: sizes above {_MAX_INT} are not supported (input {h}x{w}, padding "
                          f"{(top, bottom, left, right)}, kernel {kh}x{kw})")
+    # every scratch buffer of the kernels (columns, shifted copies, partial sums) holds fewer elements
+    # than this bound, so no size computed in C (int64) can overflow
+    scratch = (c + o + 16) * kh * kw * (2 * (h + top + bottom) * (w + left + right) + 2 * ho * wo + 64)
+    if scratch > 2 ** 40:
+        raise ValueError(f"conv2d: the per-thread scratch for input {h}x{w} with {c} channels, {o} outputs, kernel "
+                         f"{kh}x{kw} and padding {(top, bottom, left, right)} would exceed 2**40 floats")
     g.n, g.c, g.h, g.w = n, c, h, w
     g.o, g.kh, g.kw = o, kh, kw
     g.ho, g.wo = ho, wo

@@ -270,3 +270,21 @@ def test_bad_input_im2col_col2im():
         F.col2im(cols, (2, 3, 5), (1, 1), (1, 1), (1, 1))
     with pytest.raises(ValueError, match="C-contiguous"):
         F.col2im(cols[:, :, ::-1], x.shape, (1, 1), (1, 1), (1, 1))
+
+
+def test_huge_geometry_refused():
+    """Paddings and dilations whose scratch sizes could overflow in C are refused first: a padded
+    input of 2**30 x 2**30 with a dilation that brings the output back to 2x2."""
+    x = np.ones((1, 1, 1, 1), np.float32)
+    w = np.ones((1, 1, 3, 3), np.float32)
+    pad, dil = (2 ** 29, 2 ** 29 - 1, 2 ** 29, 2 ** 29 - 1), (2 ** 29 - 1, 2 ** 29 - 1)
+    assert R.conv_output_size(1, 3, 1, pad[:2], dil[0]) == 2
+    geo = ((1, 1), pad, dil)
+    with pytest.raises(ValueError, match=r"2\*\*40"):
+        F.conv2d_forward(x, w, *geo, 1, 0.0)
+    with pytest.raises(ValueError, match=r"2\*\*40"):
+        F.conv2d_backward(np.ones((1, 1, 2, 2), np.float32), x, w, *geo, 1, 0.0)
+    with pytest.raises(ValueError, match=r"2\*\*40"):
+        F.im2col(x, 3, 3, *geo, 0.0)
+    with pytest.raises(ValueError, match="sizes above"):
+        F.conv2d_forward(x, w, (1, 1), (2 ** 30, 2 ** 30), (1, 1), 1, 0.0)
