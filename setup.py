@@ -18,7 +18,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 SOURCES = ["src_cython/_bitpack.pyx", "src_cython/bk_common.c", "src_cython/bk_scalar.c", "src_cython/bk_avx2.c",
-           "src_cython/bk_avx512.c"]
+           "src_cython/bk_avx512.c", "src_cython/bk_neon.c"]
 
 
 def _compiles(compiler, flags):

@@ -3,6 +3,11 @@ the same network in PyTorch CPU eager, in one run.
 
     python benchmarks/bench_train_step.py [--json PATH] [--batch 128] [--steps 5] [--threads 2]
 
+It also prints where refbnn's step spends its time (``profile``): the forward and backward of each
+kind of leaf layer (binary conv products, their quantizers, batch norm, hardtanh, ...), the loss,
+the optimizer and the block glue (residual adds, shortcuts: the rest of the step), as a share of
+the step, from a separate instrumented step (each timed call costs about a microsecond).
+
 refbnn: ``build_model("resnet20", LayerFactory(get_method("bnn")), (3, 32, 32), 10)`` with the
 packed kernels (backend "auto") and with the NumPy reference (backend "numpy"); a step is
 zero_grad, forward, softmax cross-entropy, backward, Adam step, latent weight clip. PyTorch: the
@@ -34,7 +39,57 @@ def best_step_time(step, steps):
     return best
 
 
-def refbnn_step_time(batch, steps, backend, seed=0):
+class OpTimer:
+    """Wall time per (op kind, forward | backward), measured by wrapping the forward and backward of
+    every leaf layer and of every quantizer of a model (instance attributes: the model's classes are
+    untouched). A binary layer's time excludes its quantizers' time (listed on their own)."""
+
+    def __init__(self):
+        self.seconds = {}
+        self._stack = []
+
+    def _wrap(self, obj, attr, key):
+        inner = getattr(obj, attr)
+
+        def timed(*args, **kwargs):
+            self._stack.append(0.0)
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            total = time.perf_counter() - t0
+            nested = self._stack.pop()
+            self.seconds[key] = self.seconds.get(key, 0.0) + total - nested
+            if self._stack:
+                self._stack[-1] += total
+            return out
+
+        setattr(obj, attr, timed)
+
+    def instrument(self, model):
+        wrapped = set()  # a quantizer instance shared by layers is wrapped once
+        for _, m in model.modules():
+            if m.children:
+                continue
+            kind = type(m).__name__
+            self._wrap(m, "forward", (kind, "forward"))
+            self._wrap(m, "backward", (kind, "backward"))
+            for qname in ("input_quantizer", "weight_quantizer"):
+                q = getattr(m, qname, None)
+                if q is not None and id(q) not in wrapped:
+                    wrapped.add(id(q))
+                    label = f"{qname} ({type(q).__name__})"
+                    self._wrap(q, "forward", (label, "forward"))
+                    self._wrap(q, "backward", (label, "backward"))
+
+    def time(self, key, f, *args):
+        t0 = time.perf_counter()
+        out = f(*args)
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+        return out
+
+
+def refbnn_step_time(batch, steps, backend, seed=0, profile=False):
+    """(best step time, parameters[, profile]): ``profile`` adds one more, instrumented step and
+    returns its shares: ``{"op forward|backward": fraction of that step}`` with the glue as "other"."""
     from refbnn import ops
     from refbnn.methods import LayerFactory, get_method
     from refbnn.models import build_model
@@ -57,7 +112,26 @@ def refbnn_step_time(batch, steps, backend, seed=0):
         clip.apply(model)
         return loss
 
-    return best_step_time(step, steps), model.num_parameters()
+    best = best_step_time(step, steps)
+    if not profile:
+        return best, model.num_parameters()
+    timer = OpTimer()
+    timer.instrument(model)
+
+    def timed_step():
+        timer.time(("zero_grad", ""), model.zero_grad)
+        logits, cache = model.forward(x)
+        loss, lcache = timer.time(("loss", "forward"), ops.softmax_cross_entropy_forward, logits, y)
+        dlogits = timer.time(("loss", "backward"), ops.softmax_cross_entropy_backward, lcache)
+        model.backward(dlogits, cache)
+        timer.time(("optimizer (Adam + clip)", ""), lambda: (opt.step(), clip.apply(model)))
+
+    t0 = time.perf_counter()
+    timed_step()
+    total = time.perf_counter() - t0
+    shares = {" ".join(k).strip(): v / total for k, v in sorted(timer.seconds.items(), key=lambda kv: -kv[1])}
+    shares["other (block glue: residual adds, shortcuts, Python)"] = max(0.0, 1.0 - sum(shares.values()))
+    return best, model.num_parameters(), {"step_s": total, "shares": shares}
 
 
 def torch_step_time(batch, steps, threads, seed=0):
@@ -153,7 +227,8 @@ def main(argv=None):
     from refbnn.kernels import kernel_paths
 
     res["kernels"] = kernel_paths()
-    res["refbnn_s"], res["parameters"] = refbnn_step_time(args.batch, args.steps, "auto")
+    res["refbnn_s"], res["parameters"], res["profile"] = refbnn_step_time(args.batch, args.steps, "auto",
+                                                                          profile=True)
     res["refbnn_numpy_backend_s"], _ = refbnn_step_time(args.batch, args.steps, "numpy")
     try:
         res["torch_s"], torch_params, res["torch"] = torch_step_time(args.batch, args.steps, args.threads)
@@ -175,6 +250,11 @@ def main(argv=None):
               f"({'no slower' if res['refbnn_vs_torch'] <= 1 else 'slower'} than PyTorch)")
     else:
         print(f"  PyTorch: skipped ({res['note']})")
+    prof = res["profile"]
+    print(f"  where refbnn's step goes (packed kernels; one instrumented step, {1e3 * prof['step_s']:.1f} ms):")
+    for name, share in prof["shares"].items():
+        if share >= 0.005:
+            print(f"    {100 * share:5.1f} %  {1e3 * share * prof['step_s']:7.1f} ms  {name}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

@@ -59,7 +59,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .conventions import Convention, get_convention
-from .layers import BinaryConv2d, BinaryLinear, Conv2d, Hardtanh, Linear, ReLU
+from .layers import BatchNorm1d, BatchNorm2d, BinaryConv2d, BinaryLinear, Conv2d, Hardtanh, Linear, ReLU
 from .quantizers import QUANTIZERS
 from .schedules import BETA_SCHEDULE, EDE_SCHEDULE, MU_SCHEDULE, RECU_SCHEDULE, QuantizerSchedule
 
@@ -222,7 +222,15 @@ class LayerFactory:
     def conv(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False, dilation=1, groups=1):
         """A full-precision conv layer (stems, downsampling shortcuts)."""
         return Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias,
-                      rng=self.rng, dtype=self.dtype, init="kaiming_normal")
+                      rng=self.rng, dtype=self.dtype, init="kaiming_normal", backend=self.backend)
+
+    def batchnorm1d(self, num_features):
+        """Batch norm over (N, C) (after linear layers), on the factory's backend."""
+        return BatchNorm1d(num_features, dtype=self.dtype, backend=self.backend)
+
+    def batchnorm2d(self, num_features):
+        """Batch norm over (N, C, H, W) (after conv layers), on the factory's backend."""
+        return BatchNorm2d(num_features, dtype=self.dtype, backend=self.backend)
 
     def binary_linear(self, in_features, out_features):
         if not self.method.is_binary:
@@ -246,7 +254,7 @@ class LayerFactory:
 
     def act(self):
         if self.method.activation == "hardtanh":
-            return Hardtanh()
+            return Hardtanh(backend=self.backend)
         if self.method.activation == "relu":
             return ReLU()
         raise ValueError(f"unknown activation {self.method.activation!r}; expected 'hardtanh' or 'relu'")

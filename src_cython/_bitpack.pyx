@@ -17,10 +17,10 @@ x > 0) and ``"bitorch"`` (bit 1 = x >= 0) produce and read the other engines' la
 Every kernel equals the NumPy float reference on the unpacked signs exactly (see
 refbnn.kernels.reference). Bad input raises TypeError/ValueError before any C code runs.
 
-SIMD path: AVX-512 VPOPCNTDQ, AVX2 or portable scalar: the one named by ``path=`` or the
-environment variable ``REFBNN_KERNEL_PATH`` (``avx512``, ``avx2``, ``scalar``), else (``auto``) the
-one refbnn.kernels.dispatch measured fastest on this machine (once, cached per machine and kernel
-version). ``threads=None`` uses OpenMP's default (``OMP_NUM_THREADS`` or all cores).
+SIMD path: AVX-512 VPOPCNTDQ, AVX2, NEON (AArch64) or portable scalar: the one named by ``path=``
+or the environment variable ``REFBNN_KERNEL_PATH`` (``avx512``, ``avx2``, ``neon``, ``scalar``),
+else (``auto``) the one refbnn.kernels.dispatch measured fastest on this machine (once, cached per
+machine and kernel version). ``threads=None`` uses OpenMP's default (``OMP_NUM_THREADS`` or all cores).
 """
 import os
 import threading
@@ -35,6 +35,7 @@ from libc.stdlib cimport getenv
 
 cdef extern from "bitkernels.h" nogil:
     enum:
+        BK_PATH_NEON
         BK_PATH_SCALAR
         BK_PATH_AVX2
         BK_PATH_AVX512
@@ -110,6 +111,11 @@ PATHS = ("avx512", "avx2", "scalar")          # fastest first
 _PATH_ID = {"scalar": BK_PATH_SCALAR, "avx2": BK_PATH_AVX2, "avx512": BK_PATH_AVX512}
 _PATH_NEEDS = {"avx512": "AVX-512F and AVX-512 VPOPCNTDQ", "avx2": "AVX2", "scalar": "nothing"}
 POLARITIES = {"lce": 0, "dabnn": 1, "bitorch": 2}
+# the AArch64 path (compiled there only), before the portable one
+PATHS = PATHS[:-1] + ("neon",) + PATHS[-1:]
+_PATH_ID["neon"] = BK_PATH_NEON
+_PATH_NEEDS["neon"] = "AArch64 (Advanced SIMD)"
+_PATH_TARGET = {"neon": "AArch64"}            # where a path is compiled (the others: x86-64)
 ENV_PATH = "REFBNN_KERNEL_PATH"
 PANEL_COLUMNS = BK_NC
 TILE_ROWS = BK_MR
@@ -123,7 +129,7 @@ _INT32_MIN, _INT32_MAX = -2 ** 31, 2 ** 31 - 1
 # ---- paths, threads -------------------------------------------------------------------------
 
 def compiled_paths():
-    """The SIMD paths this build contains (AVX-512 and AVX2 on x86-64 only)."""
+    """The SIMD paths this build contains (AVX-512 and AVX2 on x86-64 only, NEON on AArch64 only)."""
     return [p for p in PATHS if bk_path_compiled(_PATH_ID[p])]
 
 
@@ -164,8 +170,8 @@ def requested_path(path=None):
         raise KernelPathError(f"{src}={name!r}: unknown kernel path; expected 'auto' or one of {list(PATHS)} "
                               f"(this CPU supports {supported})")
     if not bk_path_compiled(_PATH_ID[name]):
-        raise KernelPathError(f"{src}={name!r}: kernel path {name!r} is not compiled into this build (x86-64 "
-                              f"only); this CPU supports {supported}")
+        raise KernelPathError(f"{src}={name!r}: kernel path {name!r} is not compiled into this build "
+                              f"({_PATH_TARGET.get(name, 'x86-64')} only); this CPU supports {supported}")
     raise KernelPathError(f"{src}={name!r}: kernel path {name!r} needs {_PATH_NEEDS[name]}, which this CPU does "
                           f"not support; this CPU supports {supported} (unset {ENV_PATH} or use 'auto')")
 

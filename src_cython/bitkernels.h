@@ -17,13 +17,21 @@
  * Three tile kernels compute the same integers: AVX-512 VPOPCNTDQ, AVX2 (nibble-table popcount)
  * and portable scalar C. They are compiled with per-function target attributes from one set of
  * compiler flags and chosen at run time (bk_path_supported); see bk_avx512.c, bk_avx2.c,
- * bk_scalar.c.
+ * bk_scalar.c. On AArch64 the NEON path (bk_neon.c, byte popcount CNT) takes the place of the x86
+ * ones; NEON is part of the base architecture there, so it needs no run-time check.
  */
 #ifndef REFBNN_BITKERNELS_H
 #define REFBNN_BITKERNELS_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+#define BK_ARM64 1
+#else
+#define BK_ARM64 0
+#endif
+enum { BK_PATH_NEON = 4 };   /* AArch64 only: an id of its own, past those of the x86 paths */
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define BK_X86 1
@@ -147,6 +155,13 @@ void bk_tile_scalar(int, int, int, uint64_t, const uint64_t *const *, const int6
 void bk_float_scalar(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
 void bk_bits_scalar(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
 double bk_peak_scalar(int64_t iters);
+#if BK_ARM64
+void bk_tile_neon(int, int, int, uint64_t, const uint64_t *const *, const int64_t *, const uint64_t *, int32_t,
+                  int32_t *, int64_t);
+void bk_float_neon(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
+void bk_bits_neon(const bk_job *, const int32_t *, int, const int64_t *, int64_t);
+double bk_peak_neon(int64_t iters);
+#endif
 #if BK_X86
 void bk_tile_avx2(int, int, int, uint64_t, const uint64_t *const *, const int64_t *, const uint64_t *, int32_t,
                     int32_t *, int64_t);

@@ -1,6 +1,7 @@
 /* Portable parts of the bit-packed kernels: CPU feature detection, the GEMM/convolution driver,
  * packing (signs -> words, B -> panels), the zero-padding correction table, binary max pool and the
- * int32 output copy. The per-path tile kernels live in bk_scalar.c, bk_avx2.c and bk_avx512.c.
+ * int32 output copy. The per-path tile kernels live in bk_scalar.c, bk_avx2.c, bk_avx512.c and
+ * (AArch64) bk_neon.c.
  */
 #include "bitkernels.h"
 
@@ -12,6 +13,8 @@
 
 int bk_path_compiled(int path)
 {
+    if (path == BK_PATH_NEON)
+        return BK_ARM64;
     if (path == BK_PATH_SCALAR)
         return 1;
     return BK_X86 && (path == BK_PATH_AVX2 || path == BK_PATH_AVX512);
@@ -34,7 +37,7 @@ int bk_path_supported(int path)
         return 0;
     }
 #else
-    return path == BK_PATH_SCALAR;
+    return path == BK_PATH_SCALAR || (BK_ARM64 && path == BK_PATH_NEON);   /* NEON: baseline on AArch64 */
 #endif
 }
 
@@ -63,6 +66,10 @@ static bk_path_fns path_fns(int path)
         return (bk_path_fns){bk_tile_avx512, bk_float_avx512, bk_bits_avx512, bk_peak_avx512};
     if (path == BK_PATH_AVX2)
         return (bk_path_fns){bk_tile_avx2, bk_float_avx2, bk_bits_avx2, bk_peak_avx2};
+#endif
+#if BK_ARM64
+    if (path == BK_PATH_NEON)
+        return (bk_path_fns){bk_tile_neon, bk_float_neon, bk_bits_neon, bk_peak_neon};
 #endif
     (void)path;
     return (bk_path_fns){bk_tile_scalar, bk_float_scalar, bk_bits_scalar, bk_peak_scalar};

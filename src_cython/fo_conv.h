@@ -1,7 +1,7 @@
 /* Float convolution kernels of the training step: the C side of the conv functions of
  * refbnn.kernels._floatops (src_cython/fo_conv.pxi validates every argument before calling here).
  *
- * Layout and notation (as refbnn.ops.conv / refbnn.kernels.reference): x (N, C, H, W), weight
+ * Layout and notation (as refbnn.ops.conv / refbnn.ops.im2col): x (N, C, H, W), weight
  * (O, C/g, kh, kw) seen as the matrix Wg (O/g, Kg) per group with Kg = C/g kh kw, dout and y
  * (N, O, Ho, Wo), L = Ho Wo. cols[n] is the im2col matrix (C kh kw, L) of one sample, row
  * (c, i, j), column (p, q): cols[(c, i, j), (p, q)] = xpad[c, p sh + i dh, q sw + j dw].

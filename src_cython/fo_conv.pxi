@@ -1,7 +1,7 @@
 # fo_conv: included by _floatops.pyx (which defines _f32, imports _threads, np and cnp).
 #
 # The float convolution of the training step, compiled (src_cython/fo_conv.c): implementations of
-# refbnn.kernels.reference.im2col / col2im (bit-identical) and of refbnn.ops.conv2d_forward /
+# refbnn.ops.im2col.im2col / col2im (bit-identical) and of refbnn.ops.conv2d_forward /
 # conv2d_backward (float sums in another order, within the bound stated in each docstring).
 
 from refbnn.checks import MAX_INT as _MAX_INT
@@ -9,7 +9,7 @@ from refbnn.checks import check_int as _check_int
 from refbnn.checks import check_real as _check_real
 from refbnn.checks import padding4 as _padding4
 from refbnn.checks import pair as _pair
-from refbnn.kernels.reference import conv_output_size as _conv_output_size
+from refbnn.kernels.geometry import conv_output_size as _conv_output_size
 
 cdef extern from "fo_conv.h" nogil:
     enum:
@@ -74,7 +74,7 @@ def _conv_force_path(name):
 
 
 cdef int _fill_geom(fo_geom *g, x_shape, kh, kw, stride, padding, dilation, groups, pad_value, o) except -1:
-    """Check the geometry (as refbnn.kernels.reference.conv2d_geometry) and fill ``g``."""
+    """Check the geometry (as refbnn.kernels.geometry.conv2d_geometry) and fill ``g``."""
     kh = _check_int("kh", kh, 1)
     kw = _check_int("kw", kw, 1)
     sh, sw = _pair(stride, "stride", 1)
@@ -143,7 +143,7 @@ def _weight_geom(x, w, stride, padding, dilation, groups, pad_value):
 
 def im2col(x, kh, kw, stride, padding, dilation, pad_value=0.0, threads=None):
     """x (N, C, H, W) -> cols (N, C, kh, kw, Ho, Wo): bit-identical to
-    :func:`refbnn.kernels.reference.im2col` (a copy; border taps are ``pad_value``).
+    :func:`refbnn.ops.im2col.im2col` (a copy; border taps are ``pad_value``).
 
     cols[n, c, i, j, p, q] = xpad[n, c, p sh + i dh, q sw + j dw]. ``stride``/``dilation``: pairs
     (or ints), ``padding``: an int, (ph, pw) or (top, bottom, left, right). float32 C-contiguous x.
@@ -166,7 +166,7 @@ def im2col(x, kh, kw, stride, padding, dilation, pad_value=0.0, threads=None):
 def col2im(cols, x_shape, stride, padding, dilation, threads=None):
     """Adjoint of :func:`im2col`: cols (N, C, kh, kw, Ho, Wo) -> (N, C, H, W), the taps of each pixel
     added in the order (i, j) to zero (padding taps dropped): bit-identical to
-    :func:`refbnn.kernels.reference.col2im` (returned C-contiguous)."""
+    :func:`refbnn.ops.im2col.col2im` (returned C-contiguous)."""
     cdef fo_geom g
     _f32(cols, "cols", 6)
     try:

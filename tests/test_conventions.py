@@ -266,14 +266,16 @@ def test_bias_order_from_the_convention():
 @pytest.mark.parametrize("training", [True, False])
 def test_bias_order_on_the_packed_kernel_path(training):
     """With +-1 quantizers and backend "cython" the product runs in the packed kernels; the scale and the bias
-    come after it in the bias order: bit-identical to the NumPy path and equal to alpha (y + b)."""
+    come after it in the bias order: bit-identical to the NumPy path and equal to alpha (y + b). In float64,
+    so that the gradients too come from the reference on both paths (float32 gradients run the compiled
+    float ops on the "cython" backend, compared within tolerance in tests/test_kernels_backend.py)."""
     try:
         kernels.compiled()
     except ImportError as exc:
         pytest.skip(f"the packed-kernel path needs the built extension: {exc}")
     for order in ("after_scale", "before_scale"):
-        fast = _bias_layers(order, "learned", np.random.default_rng(8), "cython", dtype=np.float32)
-        ref = _bias_layers(order, "learned", np.random.default_rng(8), "numpy", dtype=np.float32)
+        fast = _bias_layers(order, "learned", np.random.default_rng(8), "cython", dtype=np.float64)
+        ref = _bias_layers(order, "learned", np.random.default_rng(8), "numpy", dtype=np.float64)
         for (lf, x, bshape), (lr, _, _) in zip(fast, ref):
             lf.train(training), lr.train(training)
             assert lf._use_kernel(x) and (training is False or not lr._use_kernel(x))
@@ -281,7 +283,7 @@ def test_bias_order_on_the_packed_kernel_path(training):
             assert np.array_equal(o1, o2)
             y, alpha, b = _unscaled_product(lr, x), lr.params["alpha"].reshape(bshape), lr.params["bias"].reshape(bshape)
             np.testing.assert_allclose(o1, alpha * (y + b) if order == "before_scale" else alpha * y + b, rtol=1e-6)
-            g = np.random.default_rng(9).standard_normal(o1.shape).astype(np.float32)
+            g = np.random.default_rng(9).standard_normal(o1.shape)
             assert np.array_equal(lf.backward(g, c1), lr.backward(g, c2))
             for key in lr.grads:
                 assert np.array_equal(lf.grads[key], lr.grads[key]), (order, key)

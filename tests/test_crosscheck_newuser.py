@@ -72,7 +72,8 @@ def test_binary_conv_asymmetric_padding_against_surrogate(seed, pads, stride, pa
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_packed_kernel_and_numpy_agree_for_asymmetric_padding(pad_value, pads, stride, groups, dtype):
     """The packed kernels pad symmetrically: asymmetric padding must give the reference's values bit for bit
-    (the kernel interface and a binary layer, forward in both modes and the training backward)."""
+    (the kernel interface and a binary layer, forward in both modes and the training backward; in float32
+    the backward runs the compiled float ops on the "cython" backend: within float tolerance)."""
     pytest.importorskip("refbnn.kernels._bitpack", reason="the bit-packed kernels are not built "
                         "(python setup.py build_ext --inplace)")
     rng = np.random.default_rng(3)
@@ -93,8 +94,11 @@ def test_packed_kernel_and_numpy_agree_for_asymmetric_padding(pad_value, pads, s
         out, cache = layer.forward(xr)
         dx = layer.backward(np.ones_like(out), cache)
         results[backend] = (out_eval, out, dx, layer.grads["weight"], layer.grads["bias"])
-    for a, b in zip(results["numpy"], results["cython"]):
-        assert np.array_equal(a, b)
+    for i, (a, b) in enumerate(zip(results["numpy"], results["cython"])):
+        if i < 2 or dtype == np.float64:
+            assert np.array_equal(a, b)
+        else:
+            assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
 
 
 def test_the_layer_check_builds_the_layer_with_the_bundles_geometry(tmp_path, monkeypatch):

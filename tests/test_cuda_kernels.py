@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from refbnn.kernels import cuda
 from refbnn.kernels import reference as ref
+from refbnn.kernels.geometry import conv2d_geometry, conv_output_size
 
 SOURCE_ITEMS = sorted(cuda.SOURCES.items())
 
@@ -218,7 +219,7 @@ def conv_inputs(case):
     x, w = signs(rng, (case["n"], c, case["h"], case["w"])), signs(rng, (o, cg, case["kh"], case["kw"]))
     geo = (case["stride"], case["padding"], case["dilation"])
     try:
-        ref.conv2d_geometry(x.shape, w.shape, *geo, g)
+        conv2d_geometry(x.shape, w.shape, *geo, g)
     except ValueError:
         return None
     n, h, wd = case["n"], case["h"], case["w"]
@@ -337,7 +338,7 @@ def test_binary_conv2d_equals_reference(emulated, case, dtype):
 def maxpool_reference(x, kh, kw, sh, sw, ph, pw):
     """Float max pool of (N, C, H, W) skipping taps outside the image."""
     n, c, h, wd = x.shape
-    ho, wo = ref.conv_output_size(h, kh, sh, ph, 1), ref.conv_output_size(wd, kw, sw, pw, 1)
+    ho, wo = conv_output_size(h, kh, sh, ph, 1), conv_output_size(wd, kw, sw, pw, 1)
     out = np.full((n, c, ho, wo), -np.inf, x.dtype)
     for i in range(ho):
         for j in range(wo):

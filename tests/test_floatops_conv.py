@@ -1,7 +1,7 @@
 """The compiled float convolution (refbnn.kernels._floatops: im2col, col2im, conv2d_forward,
 conv2d_backward) against the NumPy reference.
 
-im2col and col2im must be bit-identical to refbnn.kernels.reference. The forward and the two
+im2col and col2im must be bit-identical to refbnn.ops.im2col. The forward and the two
 gradients sum in another order than NumPy: they are compared with the same computation in float64
 (exact products, sums with a negligible error) within the bound the docstrings state,
 |got - exact| <= K_eff eps32 sum |a_i b_i| (eps32 = 2**-23, K_eff the number of products in the sum),
@@ -22,8 +22,9 @@ F = pytest.importorskip("refbnn.kernels._floatops", reason="the compiled float o
 if not hasattr(F, "conv2d_backward"):
     pytest.skip("this build of refbnn.kernels._floatops has no conv kernels", allow_module_level=True)
 
-from refbnn.kernels import reference as R  # noqa: E402
+from refbnn.kernels import geometry as R  # noqa: E402
 from refbnn.ops import conv as C  # noqa: E402
+from refbnn.ops.im2col import col2im, im2col  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
 THREADS = (1, 2, 3)
@@ -113,11 +114,11 @@ def conv_cases(draw):
 def test_im2col_col2im_bit_identical(case):
     x, wt, stride, padding, dilation, groups, pad_value, _, _ = case
     kh, kw = wt.shape[2:]
-    cols = R.im2col(x, kh, kw, stride, padding, dilation, pad_value)
-    back = R.col2im(cols, x.shape, stride, padding, dilation)
+    cols = im2col(x, kh, kw, stride, padding, dilation, pad_value)
+    back = col2im(cols, x.shape, stride, padding, dilation)
     rng = np.random.default_rng(0)
     gcols = rng.standard_normal(cols.shape).astype(np.float32)  # col2im of general floats: the add order matters
-    gback = R.col2im(gcols, x.shape, stride, padding, dilation)
+    gback = col2im(gcols, x.shape, stride, padding, dilation)
     for path, t in [(p, t) for p in F.conv_paths() for t in THREADS]:
         F._conv_force_path(path)
         got = F.im2col(x, kh, kw, stride, padding, dilation, pad_value, threads=t)

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from refbnn import kernels
 from refbnn.kernels import compiled, reference, threshold_fold
+from refbnn.ops.im2col import im2col
 
 K = compiled()   # ImportError with the build command when the extension is not built
 EXAMPLES = int(os.environ.get("REFBNN_HOSTILE_EXAMPLES", "30"))
@@ -680,7 +681,7 @@ def test_hostile_bmaxpool2d(data):
     assert bad is None and not out_bad and threads_ok(threads) and valid
     assert h >= 1 and w >= 1 and pp[0] <= kp[0] // 2 and pp[1] <= kp[1] // 2
     x = unpack(clean_x, 64 * cw).transpose(0, 3, 1, 2)                  # (N, C, H, W), every bit
-    cols = reference.im2col(x, kp[0], kp[1], sp, pp, (1, 1), pad_value=-np.inf)
+    cols = im2col(x, kp[0], kp[1], sp, pp, (1, 1), pad_value=-np.inf)
     pooled = cols.max(axis=(2, 3)) if cols.size else np.zeros(cols.shape[:2] + cols.shape[4:])
     expect = reference.pack_bits(pooled, axis=1) if cw else np.zeros((n, ho, wo, 0), np.uint64)
     assert_same(got.view(np.uint64), expect)

@@ -96,7 +96,9 @@ def check_exact(model, graph, x, float_tol=0.0):
 
 
 def _factory(method, seed, convention="paper"):
-    return LayerFactory(get_method(method), rng=np.random.default_rng(seed), convention=convention)
+    """The training model on the NumPy reference backend: its eval forward is the oracle (the compiled
+    float ops of the "auto" backend add the float convolutions' sums in another order)."""
+    return LayerFactory(get_method(method), rng=np.random.default_rng(seed), convention=convention, backend="numpy")
 
 
 # ---- exactness on random small networks ---------------------------------------------------------

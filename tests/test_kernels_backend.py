@@ -63,43 +63,63 @@ def test_backend_auto_uses_the_compiled_kernels():
     assert "cython" in kernels.available_backends()
 
 
+def close(got, ref, rtol=1e-5):
+    """float32 gradients of the compiled float ops against the reference's: the sums add in another
+    order (each op's docstring states its bound); relative to the largest magnitude."""
+    scale = max(float(np.abs(ref).max(initial=0.0)), 1e-30)
+    return got.shape == ref.shape and float(np.abs(got - ref).max(initial=0.0)) <= rtol * scale
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("training", [False, True])
 @given(seed=seeds)
-def test_binary_layers_same_with_either_backend(kernel_path, training, seed):
-    """Forward (eval and training) and backward through the packed kernels equal the reference."""
+def test_binary_layers_same_with_either_backend(kernel_path, training, dtype, seed):
+    """Forward (eval and training) through the packed kernels equals the reference bit for bit. The
+    backward too in float64 (the packed forward's cache, the reference's gradients); in float32 the
+    compiled float ops compute the gradients, within float tolerance of the reference."""
     rng = np.random.default_rng(seed)
     pv = float(rng.choice([0.0, 1.0, -1.0]))
     for make, x in [
         (lambda b: BinaryConv2d(6, 5, 3, stride=2, padding=1, pad_value=pv, scale="mean_abs", bias=True,
-                                backend=b, rng=1), rng.standard_normal((2, 6, 7, 7)).astype(np.float32)),
-        (lambda b: BinaryConv2d(4, 6, 2, padding=1, groups=2, pad_value=pv, backend=b, rng=2),
-         rng.standard_normal((3, 4, 5, 5)).astype(np.float32)),
-        (lambda b: BinaryLinear(70, 9, scale="learned", backend=b, rng=3),
-         rng.standard_normal((5, 70)).astype(np.float32)),
+                                backend=b, rng=1, dtype=dtype), rng.standard_normal((2, 6, 7, 7)).astype(dtype)),
+        (lambda b: BinaryConv2d(4, 6, 2, padding=1, groups=2, pad_value=pv, backend=b, rng=2, dtype=dtype),
+         rng.standard_normal((3, 4, 5, 5)).astype(dtype)),
+        (lambda b: BinaryLinear(70, 9, scale="learned", backend=b, rng=3, dtype=dtype),
+         rng.standard_normal((5, 70)).astype(dtype)),
     ]:
         fast, ref = make("cython").train(training), make("numpy").train(training)
         y1, c1 = fast.forward(x)
         y2, c2 = ref.forward(x)
         assert np.array_equal(y1, y2)
-        g = rng.standard_normal(y1.shape).astype(np.float32)
-        assert np.array_equal(fast.backward(g, c1), ref.backward(g, c2))
+        g = rng.standard_normal(y1.shape).astype(dtype)
+        same = np.array_equal if dtype == np.float64 else close
+        assert same(fast.backward(g, c1), ref.backward(g, c2))
         for key in ref.grads:
-            assert np.array_equal(fast.grads[key], ref.grads[key]), key
+            assert same(fast.grads[key], ref.grads[key]), key
 
 
-def test_resnet20_training_step_same_with_either_backend():
-    """One forward/backward of the ResNet-20 BNN: identical logits and gradients."""
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_resnet20_training_step_same_with_either_backend(dtype):
+    """One forward/backward of the ResNet-20 BNN: identical logits (the binary products are exact; in
+    float32 the compiled batch norm's statistics may differ in the last bits, so the logits are
+    close) and gradients identical in float64, close in float32 (the compiled float ops)."""
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
-    nets = [build_model("resnet20", LayerFactory(get_method("bnn"), rng=0, backend=b), (3, 16, 16), 10, 0.5)
-            for b in ("cython", "numpy")]
+    x = rng.standard_normal((4, 3, 16, 16)).astype(dtype)
+    nets = [build_model("resnet20", LayerFactory(get_method("bnn"), rng=0, backend=b, dtype=dtype), (3, 16, 16),
+                        10, 0.5) for b in ("cython", "numpy")]
     outs = [net.forward(x) for net in nets]
-    assert np.array_equal(outs[0][0], outs[1][0])
-    g = rng.standard_normal(outs[0][0].shape).astype(np.float32)
+    same = np.array_equal if dtype == np.float64 else (lambda a, b: close(a, b, 1e-4))
+    assert same(outs[0][0], outs[1][0])
+    g = rng.standard_normal(outs[0][0].shape).astype(dtype)
     for net, (_, cache) in zip(nets, outs):
         net.backward(g, cache)
     for (name, m1, key), (_, m2, _) in zip(nets[0].named_parameters(), nets[1].named_parameters()):
-        assert np.array_equal(m1.grads[key], m2.grads[key]), name
+        if dtype == np.float64:
+            assert np.array_equal(m1.grads[key], m2.grads[key]), name
+        else:  # a sign flip of an activation near 0 changes a gradient entry: compare the bulk
+            d = np.abs(m1.grads[key] - m2.grads[key])
+            scale = max(float(np.abs(m2.grads[key]).max()), 1e-30)
+            assert np.mean(d <= 1e-3 * scale) >= 0.99, name
 
 
 def test_without_the_extension(monkeypatch):

@@ -32,11 +32,12 @@ import numpy as np
 from ..checks import array_module, check_float_array, padding4, pair
 from . import reference
 from .fold import threshold_fold
+from .geometry import conv2d_geometry
 from .reference import unpack_bits
 
 BACKENDS = ("numpy", "cython", "cupy")
 __all__ = ["BACKENDS", "available_backends", "backend_errors", "binary_conv2d", "binary_matmul", "compiled",
-           "kernel_paths", "reference", "resolve_backend", "threshold_fold", "unpack_bits"]
+           "float_ops", "kernel_paths", "reference", "resolve_backend", "threshold_fold", "unpack_bits"]
 
 # name -> module path of an optional compiled backend; each exposes binary_matmul / binary_conv2d
 # with the reference's signatures.
@@ -121,6 +122,40 @@ def resolve_backend(backend: str, x):
     return mod
 
 
+# what refbnn.ops calls on the compiled float ops module
+FLOAT_OPS = ("conv2d_forward", "conv2d_backward", "batchnorm_train_forward", "batchnorm_train_backward",
+             "hardtanh_forward", "mask_multiply")
+
+
+def float_ops(backend: str, *arrays):
+    """The compiled float ops of the training step (``refbnn.kernels._floatops``: convolution
+    forward and gradients, batch norm, element-wise ops) for these arrays, or ``None``: run the
+    NumPy reference (refbnn.ops). ``None`` for ``backend="numpy"``, CuPy arrays and anything but
+    float32 NumPy arrays (the compiled ops are float32 only); ``"auto"`` also gives ``None`` when
+    the extension is not built (or was built from older sources, without :data:`FLOAT_OPS`),
+    ``"cython"`` raises ImportError saying how to build it. The
+    compiled ops agree with the reference within the float tolerance their docstrings state
+    (float sums may add in another order) and give the same bits for any thread count."""
+    if resolve_backend(backend, arrays[0]) is reference or array_module(arrays[0]).__name__ == "cupy":
+        return None
+    if not all(type(a) is np.ndarray and a.dtype == np.float32 for a in arrays):
+        return None
+    try:
+        from . import _floatops  # noqa: PLC0415 - optional extension
+    except ImportError as exc:
+        if backend == "cython":
+            raise ImportError(f"the compiled float ops (refbnn.kernels._floatops) are not built ({exc}); "
+                              f"{BUILD_HINT}") from exc
+        return None
+    missing = [f for f in FLOAT_OPS if not hasattr(_floatops, f)]
+    if missing:  # built from older sources than these
+        if backend == "cython":
+            raise ImportError(f"the compiled float ops (refbnn.kernels._floatops) lack {', '.join(missing)}: they were "
+                              f"built from older sources; rebuild them: {BUILD_HINT}")
+        return None
+    return _floatops
+
+
 _INT32_MAX = 2 ** 31 - 1
 
 
@@ -175,7 +210,7 @@ def binary_conv2d(x, w, stride=1, padding=0, dilation=1, groups=1, pad_value=0.0
     top, bottom, left, right = padding4(padding)
     if max(top, bottom, left, right) > _INT32_MAX:
         raise ValueError(f"padding: expected ints >= 0 and <= {_INT32_MAX}, got {padding!r}")
-    reference.conv2d_geometry(x.shape, w.shape, stride, (top, bottom, left, right), dilation, groups)
+    conv2d_geometry(x.shape, w.shape, stride, (top, bottom, left, right), dilation, groups)
     mod = resolve_backend(backend, x)
     if x.size == 0 or w.size == 0:
         mod = reference

@@ -1,10 +1,13 @@
-"""The packed kernels' argument checks, word geometry and limits, one copy for every packed backend: the
-Cython kernels (src_cython/_bitpack.pyx) and the CUDA kernels (refbnn/kernels/cuda) both call
-:func:`check_int`, :func:`check_pair`, :func:`check_clamp` on their arguments and :func:`bconv2d_shapes`
-on the validated ints. Ints and shapes only, no arrays."""
+"""Convolution geometry and the packed kernels' argument checks, word geometry and limits, one copy for
+every user: :func:`conv_output_size` and :func:`conv2d_geometry` for the float ops (refbnn.ops), the NumPy
+reference and every backend; the Cython kernels (src_cython/_bitpack.pyx) and the CUDA kernels
+(refbnn/kernels/cuda) both call :func:`check_int`, :func:`check_pair`, :func:`check_clamp` on their
+arguments and :func:`bconv2d_shapes` on the validated ints. Ints and shapes only, no arrays."""
 from __future__ import annotations
 
 import numpy as np
+
+from ..checks import padding4
 
 INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
 
@@ -13,7 +16,33 @@ MAX_K = 2 ** 30        # bits per dot product: dot products and popcounts stay i
 
 
 def conv_output_size(size, k, stride, padding, dilation):
-    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    """Output length along one axis: floor((size + before + after - dilation (k - 1) - 1) / stride) + 1;
+    ``padding`` an int (both sides) or a (before, after) pair."""
+    before, after = (padding, padding) if isinstance(padding, (int, np.integer)) else padding
+    return (size + before + after - dilation * (k - 1) - 1) // stride + 1
+
+
+def conv2d_geometry(x_shape, w_shape, stride, padding, dilation, groups):
+    """Check a convolution's shapes (x (N, C, H, W), w (O, C/groups, kh, kw); stride, dilation pairs;
+    padding a pair or (top, bottom, left, right)); return the output size (Ho, Wo). Errors name what was expected."""
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
+        raise TypeError(f"groups: expected a positive int, got {type(groups).__name__} {groups!r}")
+    if groups < 1:
+        raise ValueError(f"groups: expected a positive int, got {groups!r}")
+    n, c, h, wd = x_shape
+    o, cg, kh, kw = w_shape
+    if c != cg * groups:
+        raise ValueError(f"conv2d: input has {c} channels, weight {tuple(w_shape)} with groups={groups} "
+                         f"expects {cg * groups}")
+    if o % groups:
+        raise ValueError(f"conv2d: {o} output channels are not divisible by groups={groups}")
+    t, b, left, r = padding4(padding)
+    ho = conv_output_size(h, kh, stride[0], (t, b), dilation[0])
+    wo = conv_output_size(wd, kw, stride[1], (left, r), dilation[1])
+    if ho < 1 or wo < 1:
+        raise ValueError(f"conv2d: input {h}x{wd} is smaller than the (dilated) kernel {kh}x{kw} "
+                         f"with padding {padding}; expected an output of at least 1x1")
+    return ho, wo
 
 
 def bconv2d_shapes(x_shape, w_shape, channels, groups, stride, padding, dilation):

@@ -11,90 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks import array_module, padding4
-
-
-def conv_output_size(size: int, k: int, stride: int, padding, dilation: int) -> int:
-    """Output length along one axis; ``padding`` is an int (both sides) or a (before, after) pair."""
-    before, after = (padding, padding) if isinstance(padding, (int, np.integer)) else padding
-    return (size + before + after - dilation * (k - 1) - 1) // stride + 1
-
-
-def conv2d_geometry(x_shape, w_shape, stride, padding, dilation, groups):
-    """Check a convolution's shapes; return the output size (Ho, Wo). Errors name what was expected."""
-    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
-        raise TypeError(f"groups: expected a positive int, got {type(groups).__name__} {groups!r}")
-    if groups < 1:
-        raise ValueError(f"groups: expected a positive int, got {groups!r}")
-    n, c, h, wd = x_shape
-    o, cg, kh, kw = w_shape
-    if c != cg * groups:
-        raise ValueError(f"conv2d: input has {c} channels, weight {tuple(w_shape)} with groups={groups} "
-                         f"expects {cg * groups}")
-    if o % groups:
-        raise ValueError(f"conv2d: {o} output channels are not divisible by groups={groups}")
-    t, b, left, r = padding4(padding)
-    ho = conv_output_size(h, kh, stride[0], (t, b), dilation[0])
-    wo = conv_output_size(wd, kw, stride[1], (left, r), dilation[1])
-    if ho < 1 or wo < 1:
-        raise ValueError(f"conv2d: input {h}x{wd} is smaller than the (dilated) kernel {kh}x{kw} "
-                         f"with padding {padding}; expected an output of at least 1x1")
-    return ho, wo
-
-
-def im2col(x, kh, kw, stride, padding, dilation, pad_value=0.0):
-    """x (N, C, H, W) -> cols (N, C, kh, kw, Ho, Wo), padded with ``pad_value``.
-
-    cols[n, c, i, j, p, q] = xpad[n, c, p*sh + i*dh, q*sw + j*dw], where xpad is x with ``top``
-    rows above, ``bottom`` below, ``left`` columns before and ``right`` after (``padding``: a pair
-    (ph, pw) for symmetric padding, or (top, bottom, left, right)).
-    """
-    xp = array_module(x)
-    n, c, h, w = x.shape
-    (sh, sw), (dh, dw) = stride, dilation
-    top, bottom, left, right = padding4(padding)
-    ho = conv_output_size(h, kh, sh, (top, bottom), dh)
-    wo = conv_output_size(w, kw, sw, (left, right), dw)
-    if top or bottom or left or right:
-        xpad = xp.full((n, c, h + top + bottom, w + left + right), pad_value, dtype=x.dtype)
-        xpad[:, :, top:top + h, left:left + w] = x
-    else:
-        xpad = x
-    cols = xp.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, i, j] = xpad[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
-                                    j * dw:j * dw + sw * (wo - 1) + 1:sw]
-    return cols
-
-
-def col2im(cols, x_shape, stride, padding, dilation):
-    """Adjoint of :func:`im2col` (padding taps are dropped): sums cols back into (N, C, H, W)."""
-    xp = array_module(cols)
-    n, c, h, w = x_shape
-    _, _, kh, kw, ho, wo = cols.shape
-    (sh, sw), (dh, dw) = stride, dilation
-    top, bottom, left, right = padding4(padding)
-    dxpad = xp.zeros((n, c, h + top + bottom, w + left + right), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            dxpad[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh,
-                  j * dw:j * dw + sw * (wo - 1) + 1:sw] += cols[:, :, i, j]
-    return dxpad[:, :, top:top + h, left:left + w]
-
-
-def conv2d_cols_matmul(cols, w, groups):
-    """Grouped product of im2col columns (N, C, kh, kw, Ho, Wo) and weights (O, C/g, kh, kw).
-
-    Returns (N, O, Ho, Wo). One batched GEMM per (sample, group).
-    """
-    xp = array_module(cols)
-    n, c, kh, kw, ho, wo = cols.shape
-    o = w.shape[0]
-    g = groups
-    colsg = cols.reshape(n, g, (c // g) * kh * kw, ho * wo)
-    wg = w.reshape(1, g, o // g, (c // g) * kh * kw)
-    out = xp.matmul(wg, colsg)  # (N, g, O/g, Ho*Wo)
-    return out.reshape(n, o, ho, wo)
+from .geometry import conv_output_size
 
 
 def binary_matmul(a, b):
@@ -106,10 +23,31 @@ def binary_conv2d(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1
     """Convolution of +-1 activations (N, C, H, W) with +-1 weights (O, C/groups, kh, kw).
 
     ``pad_value`` 0.0 is true zero padding (border taps contribute nothing); +1.0 or -1.0 pads
-    with that sign. Output (N, O, Ho, Wo) in the input's dtype, integer-valued.
+    with that sign. Output (N, O, Ho, Wo) in the inputs' promoted dtype, integer-valued:
+
+        y[n, o, p, q] = sum_{c, i, j} w[o, c, i, j] xpad[n, g(o) C/g + c, p sh + i dh, q sw + j dw]
+
+    (xpad: x padded with ``pad_value``; ``padding`` a pair or (top, bottom, left, right)), added up
+    tap by tap: for each (i, j), the window of xpad that tap reads times w[:, :, i, j].
     """
-    cols = im2col(x, w.shape[2], w.shape[3], stride, padding, dilation, pad_value)
-    return conv2d_cols_matmul(cols, w, groups)
+    xp = array_module(x)
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    g = groups
+    (sh, sw), (dh, dw) = stride, dilation
+    top, bottom, left, right = padding4(padding)
+    ho = conv_output_size(h, kh, sh, (top, bottom), dh)
+    wo = conv_output_size(wd, kw, sw, (left, right), dw)
+    xpad = xp.full((n, c, h + top + bottom, wd + left + right), pad_value, dtype=x.dtype)
+    xpad[:, :, top:top + h, left:left + wd] = x
+    xpad = xpad.reshape(n, g, cg, h + top + bottom, wd + left + right)
+    wg = w.reshape(1, g, o // g, cg, kh, kw)
+    y = xp.zeros((n, g, o // g, ho * wo), dtype=xp.result_type(x, w))
+    for i in range(kh):
+        for j in range(kw):
+            window = xpad[:, :, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+            y += xp.matmul(wg[:, :, :, :, i, j], window.reshape(n, g, cg, ho * wo))
+    return y.reshape(n, o, ho, wo)
 
 
 # ---- the bit layout of the packed kernels -------------------------------------------------------

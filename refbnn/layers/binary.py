@@ -156,7 +156,7 @@ class BinaryLinear(_BinaryLayer):
         xq, cx, wq, cw = self._quantize(x)
         if self._use_kernel(xq):
             check_linear_operands(xq, wq)
-            y, op_cache = kernels.binary_matmul(xq, wq, self.backend), (xq, wq, False)
+            y, op_cache = kernels.binary_matmul(xq, wq, self.backend), ops.linear_cache(xq, wq)
         else:
             y, op_cache = ops.linear_forward(xq, wq)
         out, alpha, scaled = self._finish(y, (1, -1))
@@ -214,17 +214,12 @@ class BinaryConv2d(_BinaryLayer):
         s, p, d, g, pv = self._conv_args()
         if self._use_kernel(xq):
             y = kernels.binary_conv2d(xq, wq, s, p, d, g, pv, self.backend)
-            op_cache = {"xq": xq, "wq": wq}  # no im2col columns kept; backward builds them
+            op_cache = ops.conv2d_cache(xq, wq, s, p, d, g, pv, backend=self.backend)  # the input, no columns
         else:
-            y, op_cache = ops.conv2d_forward(xq, wq, None, s, p, d, g, pv)
+            y, op_cache = ops.conv2d_forward(xq, wq, None, s, p, d, g, pv, backend=self.backend)
         out, alpha, scaled = self._finish(y, (1, -1, 1, 1))
         return out, (scaled, alpha, cx, cw, op_cache)
 
-    def _op_backward(self, dy, op_cache):
-        if isinstance(op_cache, dict):  # kernel forward: build the im2col columns now, a few samples at a time
-            return ops.conv2d_backward_from_input(dy, op_cache["xq"], op_cache["wq"], *self._conv_args())
-        return ops.conv2d_backward(dy, op_cache)
-
     def backward(self, dout, cache):
         scaled, alpha, cx, cw, op_cache = cache
-        return self._backward_common(dout, scaled, alpha, cx, cw, self._op_backward, op_cache, (0, 2, 3))
+        return self._backward_common(dout, scaled, alpha, cx, cw, ops.conv2d_backward, op_cache, (0, 2, 3))

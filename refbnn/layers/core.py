@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .. import ops
+from .. import kernels, ops
 from ..checks import (MAX_INT, check_bool_arg, check_choice_arg, check_float_dtype, check_int, check_real,
                       conv_padding, pair)
 from .base import Module
@@ -82,8 +82,10 @@ class Linear(Module):
 
 class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, rng=None, dtype=np.float32, init="uniform"):
+                 bias=True, rng=None, dtype=np.float32, init="uniform", backend="auto"):
         super().__init__()
+        check_choice_arg("backend", backend, kernels.BACKENDS + ("auto",))
+        self.backend = backend
         rng = _rng(rng)
         in_channels, out_channels, (kh, kw), stride, padding, dilation, groups = check_conv_args(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
@@ -111,7 +113,7 @@ class Conv2d(Module):
 
     def forward(self, x):
         return ops.conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
-                                  self.dilation, self.groups)
+                                  self.dilation, self.groups, backend=self.backend)
 
     def backward(self, dout, cache):
         dx, grads = ops.conv2d_backward(dout, cache)
@@ -124,8 +126,10 @@ class BatchNorm(Module):
 
     ndim = (2, 4)
 
-    def __init__(self, num_features, momentum=0.1, eps=1e-5, dtype=np.float32, gamma_init=1.0):
+    def __init__(self, num_features, momentum=0.1, eps=1e-5, dtype=np.float32, gamma_init=1.0, backend="auto"):
         super().__init__()
+        check_choice_arg("backend", backend, kernels.BACKENDS + ("auto",))
+        self.backend = backend
         num_features = check_int("num_features", num_features, 1)
         momentum = check_real("momentum", momentum, 0.0, 1.0)
         eps = check_real("eps", eps, 0.0, open_min=True)
@@ -145,7 +149,8 @@ class BatchNorm(Module):
             raise ValueError(f"{type(self).__name__}: expected a {' or '.join(map(str, self.ndim))}-D input, "
                              f"got shape {tuple(x.shape)}")
         return ops.batchnorm_forward(x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
-                                     self.buffers["running_var"], self.training, self.momentum, self.eps)
+                                     self.buffers["running_var"], self.training, self.momentum, self.eps,
+                                     backend=self.backend)
 
     def backward(self, dout, cache):
         dx, grads = ops.batchnorm_backward(dout, cache)
@@ -169,16 +174,19 @@ class _Stateless(Module):
 
 
 class Hardtanh(_Stateless):
-    def __init__(self, min_val=-1.0, max_val=1.0):
+    def __init__(self, min_val=-1.0, max_val=1.0, backend="auto"):
         super().__init__()
+        check_choice_arg("backend", backend, kernels.BACKENDS + ("auto",))
+        self.backend = backend
         self.min_val, self.max_val = check_real("min_val", min_val), check_real("max_val", max_val)
         if not self.min_val < self.max_val:
             raise ValueError(f"min_val, max_val: expected min_val < max_val, got {min_val!r}, {max_val!r}")
 
     def forward(self, x):
-        return ops.hardtanh_forward(x, self.min_val, self.max_val)
+        return ops.hardtanh_forward(x, self.min_val, self.max_val, self.backend)
 
-    _backward = staticmethod(ops.hardtanh_backward)
+    def _backward(self, dout, cache):
+        return ops.hardtanh_backward(dout, cache, self.backend)
 
 
 class ReLU(_Stateless):

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import math
 
-from ..layers import BatchNorm1d, Flatten, Sequential
+from ..layers import Flatten, Sequential
 
 
 def mlp(factory, input_shape, num_classes, width=1.0, hidden=512, depth=2):
     h = max(1, int(round(hidden * width)))
-    dt = factory.dtype
     layers = [("flatten", Flatten()), ("input.fc", factory.linear(math.prod(input_shape), h, bias=False)),
-              ("input.bn", BatchNorm1d(h, dtype=dt)), ("input.act", factory.act())]
+              ("input.bn", factory.batchnorm1d(h)), ("input.act", factory.act())]
     for i in range(1, depth + 1):
-        layers += [(f"hidden{i}.fc", factory.binary_linear(h, h)), (f"hidden{i}.bn", BatchNorm1d(h, dtype=dt)),
+        layers += [(f"hidden{i}.fc", factory.binary_linear(h, h)), (f"hidden{i}.bn", factory.batchnorm1d(h)),
                    (f"hidden{i}.act", factory.act())]
     layers.append(("classifier", factory.linear(h, num_classes)))
     return Sequential(*layers)

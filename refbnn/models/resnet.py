@@ -26,19 +26,18 @@ then ``head.pool``, ``head.bn``, ``head.fc``. The binary layers are ``stage<s>.b
 from __future__ import annotations
 
 from .. import ops
-from ..layers import BatchNorm1d, BatchNorm2d, GlobalAvgPool, Identity, Module, Sequential, ShortcutA
+from ..layers import GlobalAvgPool, Identity, Module, Sequential, ShortcutA
 from .vgg import _image_shape
 
 
 class BiRealBlock(Module):
     def __init__(self, factory, in_ch, out_ch, stride, shortcut_mode="subsample"):
         super().__init__()
-        dt = factory.dtype
         self.add("conv1", factory.binary_conv(in_ch, out_ch, 3, stride, 1))
-        self.add("bn1", BatchNorm2d(out_ch, dtype=dt))
+        self.add("bn1", factory.batchnorm2d(out_ch))
         self.add("act1", factory.act())
         self.add("conv2", factory.binary_conv(out_ch, out_ch, 3, 1, 1))
-        self.add("bn2", BatchNorm2d(out_ch, dtype=dt))
+        self.add("bn2", factory.batchnorm2d(out_ch))
         self.add("act2", factory.act())
         needs = stride != 1 or in_ch != out_ch
         self.add("shortcut", ShortcutA(in_ch, out_ch, stride, shortcut_mode) if needs else Identity())
@@ -66,17 +65,16 @@ class BiRealBlock(Module):
 class BasicBlock(Module):
     def __init__(self, factory, in_ch, out_ch, stride, shortcut="conv"):
         super().__init__()
-        dt = factory.dtype
         self.add("conv1", factory.binary_conv(in_ch, out_ch, 3, stride, 1))
-        self.add("bn1", BatchNorm2d(out_ch, dtype=dt))
+        self.add("bn1", factory.batchnorm2d(out_ch))
         self.add("act1", factory.act())
         self.add("conv2", factory.binary_conv(out_ch, out_ch, 3, 1, 1))
-        self.add("bn2", BatchNorm2d(out_ch, dtype=dt))
+        self.add("bn2", factory.batchnorm2d(out_ch))
         self.add("act2", factory.act())
         if stride == 1 and in_ch == out_ch:
             sc = Identity()
         elif shortcut == "conv":
-            sc = Sequential(("conv", factory.conv(in_ch, out_ch, 1, stride, 0)), ("bn", BatchNorm2d(out_ch, dtype=dt)))
+            sc = Sequential(("conv", factory.conv(in_ch, out_ch, 1, stride, 0)), ("bn", factory.batchnorm2d(out_ch)))
         elif shortcut == "A":
             sc = ShortcutA(in_ch, out_ch, stride, "avgpool")
         else:
@@ -105,14 +103,14 @@ class BasicBlock(Module):
 
 
 def _head(factory, channels, num_classes):
-    return [("head.pool", GlobalAvgPool()), ("head.bn", BatchNorm1d(channels, dtype=factory.dtype)),
+    return [("head.pool", GlobalAvgPool()), ("head.bn", factory.batchnorm1d(channels)),
             ("head.fc", factory.linear(channels, num_classes))]
 
 
 def resnet20(factory, input_shape, num_classes, width=1.0, shortcut_mode="subsample"):
     c_in, h, w = _image_shape(input_shape, "resnet20")
     ch = [max(1, int(round(c * width))) for c in (16, 32, 64)]
-    layers = [("stem.conv", factory.conv(c_in, ch[0], 3, 1, 1)), ("stem.bn", BatchNorm2d(ch[0], dtype=factory.dtype)),
+    layers = [("stem.conv", factory.conv(c_in, ch[0], 3, 1, 1)), ("stem.bn", factory.batchnorm2d(ch[0])),
               ("stem.act", factory.act())]
     prev = ch[0]
     for stage, c in enumerate(ch):
@@ -126,7 +124,7 @@ def resnet20(factory, input_shape, num_classes, width=1.0, shortcut_mode="subsam
 def resnet18(factory, input_shape, num_classes, width=1.0, shortcut="conv"):
     c_in, h, w = _image_shape(input_shape, "resnet18")
     ch = [max(1, int(round(c * width))) for c in (64, 128, 256, 512)]
-    layers = [("stem.conv", factory.conv(c_in, ch[0], 3, 1, 1)), ("stem.bn", BatchNorm2d(ch[0], dtype=factory.dtype))]
+    layers = [("stem.conv", factory.conv(c_in, ch[0], 3, 1, 1)), ("stem.bn", factory.batchnorm2d(ch[0]))]
     prev = ch[0]
     for stage, c in enumerate(ch):
         for b in range(2):

@@ -9,7 +9,7 @@ Layer names: ``stem.conv``, ``stem.bn``, ``stem.act``, then for i = 1..5 ``conv<
 """
 from __future__ import annotations
 
-from ..layers import BatchNorm2d, Flatten, MaxPool2d, Sequential
+from ..layers import Flatten, MaxPool2d, Sequential
 
 
 def vgg_small(factory, input_shape, num_classes, width=1.0):
@@ -17,14 +17,13 @@ def vgg_small(factory, input_shape, num_classes, width=1.0):
     if h % 8 or w % 8:
         raise ValueError(f"vgg_small: expected input height and width divisible by 8, got {h}x{w}")
     ch = [max(1, int(round(c * width))) for c in (128, 128, 256, 256, 512, 512)]
-    dt = factory.dtype
-    layers = [("stem.conv", factory.conv(c_in, ch[0], 3, 1, 1)), ("stem.bn", BatchNorm2d(ch[0], dtype=dt)),
+    layers = [("stem.conv", factory.conv(c_in, ch[0], 3, 1, 1)), ("stem.bn", factory.batchnorm2d(ch[0])),
               ("stem.act", factory.act())]
     for i in range(1, 6):
         layers.append((f"conv{i}", factory.binary_conv(ch[i - 1], ch[i], 3, 1, 1)))
         if i in (1, 3, 5):
             layers.append((f"pool{i}", MaxPool2d(2)))
-        layers += [(f"bn{i}", BatchNorm2d(ch[i], dtype=dt)), (f"act{i}", factory.act())]
+        layers += [(f"bn{i}", factory.batchnorm2d(ch[i])), (f"act{i}", factory.act())]
     layers += [("flatten", Flatten()), ("classifier", factory.linear(ch[5] * (h // 8) * (w // 8), num_classes))]
     return Sequential(*layers)
 

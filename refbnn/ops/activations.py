@@ -9,6 +9,7 @@ bias:      y = x + b_c                                    (ReActNet's LearnableB
 from __future__ import annotations
 
 from ..checks import check_float_array, check_real, check_same_dtype, check_shape
+from ..kernels import float_ops
 
 
 def _channel(p, x, name):
@@ -24,18 +25,27 @@ def _reduce_to_channel(g):
     return g.sum(axis=tuple(i for i in range(g.ndim) if i != 1))
 
 
-def hardtanh_forward(x, min_val=-1.0, max_val=1.0):
+def hardtanh_forward(x, min_val=-1.0, max_val=1.0, backend="numpy"):
+    """y = clip(x, min_val, max_val); the cache is the pass-through mask min_val < x < max_val.
+    ``backend``: as refbnn.kernels.float_ops takes it (the compiled op gives the same bits)."""
     x = check_float_array(x, "x")
     min_val, max_val = check_real("min_val", min_val), check_real("max_val", max_val)
     if not min_val < max_val:
         raise ValueError(f"hardtanh: expected min_val < max_val, got {min_val}, {max_val}")
+    fast = float_ops(backend, x)
+    if fast is not None:
+        return fast.hardtanh_forward(x, min_val, max_val)
     mask = (x > min_val) & (x < max_val)
     return x.clip(min_val, max_val), mask
 
 
-def hardtanh_backward(dout, cache):
+def hardtanh_backward(dout, cache, backend="numpy"):
+    """dx = dout * mask (the gradient passes where the forward was not clipped)."""
     mask = cache
     check_shape(dout, "dout", mask.shape)
+    fast = float_ops(backend, dout)
+    if fast is not None and dout.flags.c_contiguous:
+        return fast.mask_multiply(dout, mask), {}
     return dout * mask, {}
 
 

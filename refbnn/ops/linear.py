@@ -2,10 +2,22 @@
 
 Shapes: x (N, in), W (out, in) (PyTorch's layout), b (out,).
 Backward of L(y): dL/dx = dy W, dL/dW = dy^T x, dL/db = sum_n dy.
+
+One cache contract, :class:`LinearCache`, for the float forward here and a product computed
+elsewhere (a packed binary kernel: :func:`linear_cache`).
 """
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from ..checks import check_float_array, check_same_dtype, check_shape
+
+
+class LinearCache(NamedTuple):
+    """What :func:`linear_backward` needs, whichever path computed the forward."""
+    x: Any          # the input (N, in) (a binary layer's quantized input)
+    w: Any          # the weight (out, in) (a binary layer's quantized weight)
+    has_bias: bool
 
 
 def check_linear_operands(x, w):
@@ -25,7 +37,12 @@ def linear_forward(x, w, b=None):
     out = x @ w.T
     if b is not None:
         out += b
-    return out, (x, w, b is not None)
+    return out, LinearCache(x, w, b is not None)
+
+
+def linear_cache(x, w, has_bias=False):
+    """The :class:`LinearCache` of a product ``x w^T`` computed elsewhere (a packed binary kernel)."""
+    return LinearCache(x, w, has_bias)
 
 
 def linear_backward(dout, cache):

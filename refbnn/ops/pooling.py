@@ -9,7 +9,8 @@ global average pool: (N, C, H, W) -> (N, C), y = mean over H, W.
 from __future__ import annotations
 
 from ..checks import array_module, check_float_array, check_shape, pair
-from ..kernels import reference
+from ..kernels.geometry import conv_output_size
+from .im2col import col2im, im2col
 
 
 def _geometry(x, kernel_size, stride, padding):
@@ -19,8 +20,8 @@ def _geometry(x, kernel_size, stride, padding):
     p = pair(padding, "padding")
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"pool: padding {p} must be at most half the kernel size {k}")
-    ho = reference.conv_output_size(x.shape[2], k[0], s[0], p[0], 1)
-    wo = reference.conv_output_size(x.shape[3], k[1], s[1], p[1], 1)
+    ho = conv_output_size(x.shape[2], k[0], s[0], p[0], 1)
+    wo = conv_output_size(x.shape[3], k[1], s[1], p[1], 1)
     if ho < 1 or wo < 1:
         raise ValueError(f"pool: input {x.shape[2]}x{x.shape[3]} is smaller than the window {k}")
     return k, s, p
@@ -29,7 +30,7 @@ def _geometry(x, kernel_size, stride, padding):
 def maxpool2d_forward(x, kernel_size=2, stride=None, padding=0):
     xp = array_module(x)
     k, s, p = _geometry(x, kernel_size, stride, padding)
-    cols = reference.im2col(x, k[0], k[1], s, p, (1, 1), pad_value=-xp.inf)
+    cols = im2col(x, k[0], k[1], s, p, (1, 1), pad_value=-xp.inf)
     n, c, kh, kw, ho, wo = cols.shape
     flat = cols.reshape(n, c, kh * kw, ho, wo)
     idx = flat.argmax(axis=2)
@@ -44,12 +45,12 @@ def maxpool2d_backward(dout, cache):
     check_shape(dout, "dout", (n, c, ho, wo))
     dflat = xp.zeros((n, c, kh * kw, ho, wo), dtype=dout.dtype)
     xp.put_along_axis(dflat, idx[:, :, None], dout[:, :, None], axis=2)
-    return reference.col2im(dflat.reshape(cols_shape), x_shape, s, p, (1, 1)), {}
+    return col2im(dflat.reshape(cols_shape), x_shape, s, p, (1, 1)), {}
 
 
 def avgpool2d_forward(x, kernel_size=2, stride=None, padding=0):
     k, s, p = _geometry(x, kernel_size, stride, padding)
-    cols = reference.im2col(x, k[0], k[1], s, p, (1, 1), pad_value=0.0)
+    cols = im2col(x, k[0], k[1], s, p, (1, 1), pad_value=0.0)
     out = cols.mean(axis=(2, 3))
     return out, (x.shape, cols.shape, s, p)
 
@@ -60,7 +61,7 @@ def avgpool2d_backward(dout, cache):
     n, c, kh, kw, ho, wo = cols_shape
     check_shape(dout, "dout", (n, c, ho, wo))
     dcols = xp.broadcast_to((dout / (kh * kw))[:, :, None, None], cols_shape)
-    return reference.col2im(dcols, x_shape, s, p, (1, 1)), {}
+    return col2im(dcols, x_shape, s, p, (1, 1)), {}
 
 
 def global_avgpool_forward(x):
