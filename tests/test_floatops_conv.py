@@ -129,6 +129,24 @@ def test_im2col_col2im_bit_identical(case):
             assert np.array_equal(got.view(np.uint32), np.ascontiguousarray(b).view(np.uint32))  # -0.0 too
 
 
+@pytest.mark.parametrize("stride", [(1, 1), (2, 2), (1, 2), (2, 1)])
+@pytest.mark.parametrize("padding,dilation", [((1, 1), (1, 1)), ((0, 2, 1, 0), (1, 2)), ((3, 0, 0, 3), (2, 1))])
+def test_im2col_col2im_wide_rows(stride, padding, dilation):
+    """Rows of 8 to 37 outputs: the vector loops of the compiled im2col/col2im (16 and 8 outputs at a
+    time, then the edges one by one) on every path, bit-identical to the reference."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 35, 74)).astype(np.float32)
+    for kh, kw in ((3, 3), (2, 5)):
+        cols = im2col(x, kh, kw, stride, padding, dilation, -1.0)
+        gcols = rng.standard_normal(cols.shape).astype(np.float32)
+        back = np.ascontiguousarray(col2im(gcols, x.shape, stride, padding, dilation))
+        for path in F.conv_paths():
+            F._conv_force_path(path)
+            assert np.array_equal(F.im2col(x, kh, kw, stride, padding, dilation, -1.0), cols), path
+            got = F.col2im(gcols, x.shape, stride, padding, dilation)
+            assert np.array_equal(got.view(np.uint32), back.view(np.uint32)), path
+
+
 @MANY
 @given(conv_cases())
 def test_conv_within_bound_and_thread_independent(case):
@@ -141,6 +159,7 @@ def test_conv_within_bound_and_thread_independent(case):
     (19, 16, 32, 16, (2, 2), (1, 1), 1, False),     # ResNet's strided layer, uneven parts
     (5, 32, 32, 15, (1, 1), (1, 1), 2, False),      # L = 225: tails of the 16-float blocks, groups
     (3, 3, 16, 32, (1, 1), (1, 1), 1, False),       # a stem: 3 input channels
+    (3, 8, 16, 34, (2, 2), (1, 1), 1, False),       # stride 2 with rows of 17 outputs (16 + 1)
     (4, 64, 24, 7, (1, 1), (0, 2, 1, 0), 1, False),  # 24 outputs: a 16 + 8 tile of the weight gradient
 ])
 def test_conv_resnet_like(n, c, o, hw, stride, padding, groups, binary):
