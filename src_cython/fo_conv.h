@@ -1,7 +1,7 @@
 /* Float convolution kernels of the training step: the C side of the conv functions of
  * refbnn.kernels._floatops (src_cython/fo_conv.pxi validates every argument before calling here).
  *
- * Layout and notation (as refbnn.ops.conv / refbnn.kernels.reference): x (N, C, H, W), weight
+ * Layout and notation (as refbnn.ops.conv / refbnn.ops.im2col): x (N, C, H, W), weight
  * (O, C/g, kh, kw) seen as the matrix Wg (O/g, Kg) per group with Kg = C/g kh kw, dout and y
  * (N, O, Ho, Wo), L = Ho Wo. cols[n] is the im2col matrix (C kh kw, L) of one sample, row
  * (c, i, j), column (p, q): cols[(c, i, j), (p, q)] = xpad[c, p sh + i dh, q sw + j dw].
@@ -14,12 +14,23 @@
  * a register tile of MR rows x NR vectors of C, broadcasts one A value per row and loads NR
  * vectors of a B row per step p, so it vectorizes along v and never sums across a vector's lanes.
  * dW is computed transposed, dWg^T (Kg x O/g) = cols doutT with doutT (L x O/g) the transposed
- * dout of the sample, vectorized along the output channels. Each sample's columns live in a
- * per-thread buffer (they fit in L2 for ResNet-sized layers), never for the whole batch.
+ * dout of the sample, vectorized along the output channels. Everything is per sample, in
+ * per-thread buffers (they fit in L2 for ResNet-sized layers), never for the whole batch.
+ *
+ * Implicit columns (strides 1 and Wo == W, e.g. every "same" 3x3 convolution): then the flattened
+ * index l = p Wo + q of row (c, i, j) of cols is x's flattened index shifted by a constant,
+ * (i dh - top) W + j dw - left, except where q + j dw - left falls outside [0, W) (the read wraps
+ * to the neighbouring row) or the row outside [0, H). A copy of x[n, c] per j, bordered with
+ * pad_value and with the columns only a wrapped read reaches set to pad_value, makes every row of
+ * cols a window of a copy: the forward (B = windows, table-driven kernel) and, on the AVX-512
+ * path, dW (A = windows, row-offset table) read the windows directly. The input gradient is the
+ * same construction on dout (zero borders): dx[n, c] = sum over (o, i, j) of W[o, c, i, j] times the
+ * window of dout copy (o, j) at (top - i dh) Wo + left - j dw, one GEMM per sample and group, no
+ * dcols, no col2im. The other geometries use explicit columns and col2im.
  *
  * Reproducibility: a sample is handled by one thread from start to end (dx[n] is written by that
- * thread only) and the weight gradient is summed in FO_DW_PARTS fixed parts of consecutive samples
- * (the split depends on N only), each part in sample order, then the parts in order: the result is
+ * thread only) and the weight gradient is summed in fixed parts of consecutive samples (N / 4 of
+ * them, at least 2 and at most FO_DW_PARTS: the split depends on N only), each part in sample order, then the parts in order: the result is
  * bit-identical for any thread count (it does depend on the SIMD path: the AVX-512 and AVX2 kernels
  * use fused multiply-adds, the scalar one separate roundings).
  */

@@ -1,7 +1,7 @@
 # fo_conv: included by _floatops.pyx (which defines _f32, imports _threads, np and cnp).
 #
 # The float convolution of the training step, compiled (src_cython/fo_conv.c): implementations of
-# refbnn.kernels.reference.im2col / col2im (bit-identical) and of refbnn.ops.conv2d_forward /
+# refbnn.ops.im2col.im2col / col2im (bit-identical) and of refbnn.ops.conv2d_forward /
 # conv2d_backward (float sums in another order, within the bound stated in each docstring).
 
 from refbnn.checks import MAX_INT as _MAX_INT
@@ -9,7 +9,7 @@ from refbnn.checks import check_int as _check_int
 from refbnn.checks import check_real as _check_real
 from refbnn.checks import padding4 as _padding4
 from refbnn.checks import pair as _pair
-from refbnn.kernels.reference import conv_output_size as _conv_output_size
+from refbnn.kernels.geometry import conv_output_size as _conv_output_size
 
 cdef extern from "fo_conv.h" nogil:
     enum:
@@ -43,7 +43,8 @@ cdef extern from "fo_conv.h" nogil:
 _CONV_PATHS = {"scalar": FO_PATH_SCALAR, "avx2": FO_PATH_AVX2, "avx512": FO_PATH_AVX512}
 _CONV_PATH_NAMES = {v: k for k, v in _CONV_PATHS.items()}
 
-# The dW sum is split into this many fixed parts of consecutive samples (fewer when N is smaller).
+# The dW sum is split into at most this many fixed parts of consecutive samples (N // 4 of them, at
+# least 2 from N = 2 on): a function of N only, never of the thread count.
 CONV_DW_PARTS = FO_DW_PARTS
 
 
@@ -73,7 +74,7 @@ def _conv_force_path(name):
 
 
 cdef int _fill_geom(fo_geom *g, x_shape, kh, kw, stride, padding, dilation, groups, pad_value, o) except -1:
-    """Check the geometry (as refbnn.kernels.reference.conv2d_geometry) and fill ``g``."""
+    """Check the geometry (as refbnn.kernels.geometry.conv2d_geometry) and fill ``g``."""
     kh = _check_int("kh", kh, 1)
     kw = _check_int("kw", kw, 1)
     sh, sw = _pair(stride, "stride", 1)
@@ -96,6 +97,12 @@ cdef int _fill_geom(fo_geom *g, x_shape, kh, kw, stride, padding, dilation, grou
     if max(h + top + bottom, w + left + right, (c // groups) * kh * kw, ho * wo) > _MAX_INT:
         raise ValueError(f"conv2d: sizes above {_MAX_INT} are not supported (input {h}x{w}, padding "
                          f"{(top, bottom, left, right)}, kernel {kh}x{kw})")
+    # every scratch buffer of the kernels (columns, shifted copies, partial sums) holds fewer elements
+    # than this bound, so no size computed in C (int64) can overflow
+    scratch = (c + o + 16) * kh * kw * (2 * (h + top + bottom) * (w + left + right) + 2 * ho * wo + 64)
+    if scratch > 2 ** 40:
+        raise ValueError(f"conv2d: the per-thread scratch for input {h}x{w} with {c} channels, {o} outputs, kernel "
+                         f"{kh}x{kw} and padding {(top, bottom, left, right)} would exceed 2**40 floats")
     g.n, g.c, g.h, g.w = n, c, h, w
     g.o, g.kh, g.kw = o, kh, kw
     g.ho, g.wo = ho, wo
@@ -136,7 +143,7 @@ def _weight_geom(x, w, stride, padding, dilation, groups, pad_value):
 
 def im2col(x, kh, kw, stride, padding, dilation, pad_value=0.0, threads=None):
     """x (N, C, H, W) -> cols (N, C, kh, kw, Ho, Wo): bit-identical to
-    :func:`refbnn.kernels.reference.im2col` (a copy; border taps are ``pad_value``).
+    :func:`refbnn.ops.im2col.im2col` (a copy; border taps are ``pad_value``).
 
     cols[n, c, i, j, p, q] = xpad[n, c, p sh + i dh, q sw + j dw]. ``stride``/``dilation``: pairs
     (or ints), ``padding``: an int, (ph, pw) or (top, bottom, left, right). float32 C-contiguous x.
@@ -159,7 +166,7 @@ def im2col(x, kh, kw, stride, padding, dilation, pad_value=0.0, threads=None):
 def col2im(cols, x_shape, stride, padding, dilation, threads=None):
     """Adjoint of :func:`im2col`: cols (N, C, kh, kw, Ho, Wo) -> (N, C, H, W), the taps of each pixel
     added in the order (i, j) to zero (padding taps dropped): bit-identical to
-    :func:`refbnn.kernels.reference.col2im` (returned C-contiguous)."""
+    :func:`refbnn.ops.im2col.col2im` (returned C-contiguous)."""
     cdef fo_geom g
     _f32(cols, "cols", 6)
     try:
@@ -190,11 +197,13 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, pad_value=0.0, threa
 
         y[n, o, p, q] = sum_{c, i, j} W[o, c, i, j] xpad[n, g(o) C/g + c, p sh + i dh, q sw + j dw]
 
-    (``xpad``: x padded with ``pad_value``). Per sample, the im2col columns (C kh kw, Ho Wo) are built
-    in a per-thread buffer and multiplied by W with a register-tiled kernel (fo_conv.c).
+    (``xpad``: x padded with ``pad_value``). Per sample, in per-thread buffers: for strides 1 with
+    Wo == W ("same" convolutions) the kernel reads the columns as windows of shifted, bordered
+    copies of x[n] (no im2col), otherwise from im2col columns; a register-tiled FMA kernel
+    (src_cython/fo_conv.c, AVX-512, AVX2 or plain C by the CPU).
     Tolerance: each output is a float32 sum of Kg = C/g kh kw products in another order than
     NumPy's, |y - exact| <= Kg eps32 sum |W x| (eps32 = 2**-23: the bound gamma_Kg <= Kg eps32 of an
-    inner product, Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., eq. 3.5); tested
+    inner product, Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., section 3.1); tested
     in tests/test_floatops_conv.py. Bit-identical for any ``threads``.
     """
     cdef fo_geom g
@@ -221,14 +230,17 @@ def conv2d_backward(dout, x, w, stride, padding, dilation, groups, pad_value=0.0
         dW[o, c, i, j] = sum_{n, p, q} dout[n, o, p, q] xpad[n, g(o) C/g + c, p sh + i dh, q sw + j dw]
         dx = col2im(dcols),  dcols[n, (c, i, j), (p, q)] = sum_{o in group} W[o, c, i, j] dout[n, o, p, q]
 
-    (padding taps dropped). ``need_dx=False`` skips dx (a convolution of the data). Per sample, the
-    columns are built in a per-thread buffer; dW^T += cols dout^T and dcols = W^T dout use a
-    register-tiled kernel; col2im writes dx[n] directly. dW is summed in fixed parts of consecutive
-    samples (refbnn.kernels._floatops.CONV_DW_PARTS at most, the split depends on N only), then the
-    parts in order: bit-identical for any ``threads``.
+    (padding taps dropped). ``need_dx=False`` skips dx (a convolution of the data). Per sample, in
+    per-thread buffers: dW^T += cols dout^T with a register-tiled FMA kernel (src_cython/fo_conv.c),
+    the columns read as windows of shifted copies of x[n] for strides 1 with Wo == W on AVX-512,
+    else built by im2col; dx for strides 1 with Wo == W is one GEMM over (o, i, j) on windows of
+    shifted, zero-bordered copies of dout[n] (a transposed convolution, no col2im), else
+    dcols = W^T dout a few channels at a time and col2im into dx[n]. dW is summed in fixed parts of
+    consecutive samples (refbnn.kernels._floatops.CONV_DW_PARTS at most, the split depends on N
+    only), then the parts in order: bit-identical for any ``threads``.
     Tolerance (eps32 = 2**-23; a float32 sum of n products in any order is within gamma_n <= n eps32
     of the exact sum of their absolute values, Higham, Accuracy and Stability of Numerical
-    Algorithms, 2nd ed., eqs. 3.5 and 4.4):
+    Algorithms, 2nd ed., section 3.1: the bound does not depend on the order):
     |dW - exact| <= N Ho Wo eps32 sum |dout xpad|,  |dx - exact| <= (O/g) kh kw eps32 sum |W dout|.
     """
     cdef fo_geom g

@@ -6,7 +6,7 @@ gradients sum in another order than NumPy: they are compared with the same compu
 (exact products, sums with a negligible error) within the bound the docstrings state,
 |got - exact| <= K_eff eps32 sum |a_i b_i| (eps32 = 2**-23, K_eff the number of products in the sum),
 which holds for a float32 sum in any order (Higham, Accuracy and Stability of Numerical Algorithms,
-2nd ed., eq. 3.5: gamma_n = n u / (1 - n u) <= n eps32 with u = eps32 / 2). With +-1 inputs every sum
+2nd ed., section 3.1: gamma_n = n u / (1 - n u) <= n eps32 with u = eps32 / 2). With +-1 inputs every sum
 is an integer below 2**24, so those results must be exact. Every result must be bit-identical for
 threads=1, 2 and 3, on every SIMD path this CPU has.
 """
@@ -90,7 +90,8 @@ def conv_cases(draw):
     kh, kw = draw(st.sampled_from(((1, 1), (3, 3), (2, 3))))
     stride = (draw(st.sampled_from((1, 2))), draw(st.sampled_from((1, 2))))
     dilation = (draw(st.sampled_from((1, 2))), draw(st.sampled_from((1, 2))))
-    padding = draw(st.sampled_from(((0, 0), (1, 1), (0, 1, 2, 0), (2, 1, 0, 1), (1, 0, 1, 2))))
+    padding = draw(st.sampled_from(((0, 0), (1, 1), (2, 2), (0, 1, 2, 0), (2, 1, 0, 1), (1, 0, 1, 2), (1, 2, 0, 0),
+                                    (2, 0, 1, 1))))
     h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
     n = draw(st.integers(0, 3))
     pad_value = draw(st.sampled_from((0.0, 1.0, -1.0)))
@@ -118,13 +119,32 @@ def test_im2col_col2im_bit_identical(case):
     rng = np.random.default_rng(0)
     gcols = rng.standard_normal(cols.shape).astype(np.float32)  # col2im of general floats: the add order matters
     gback = col2im(gcols, x.shape, stride, padding, dilation)
-    for t in THREADS:
+    for path, t in [(p, t) for p in F.conv_paths() for t in THREADS]:
+        F._conv_force_path(path)
         got = F.im2col(x, kh, kw, stride, padding, dilation, pad_value, threads=t)
         assert got.shape == cols.shape and np.array_equal(got, cols)
         for c, b in ((cols, back), (gcols, gback)):
             got = F.col2im(c, x.shape, stride, padding, dilation, threads=t)
             assert got.shape == b.shape and got.flags.c_contiguous
             assert np.array_equal(got.view(np.uint32), np.ascontiguousarray(b).view(np.uint32))  # -0.0 too
+
+
+@pytest.mark.parametrize("stride", [(1, 1), (2, 2), (1, 2), (2, 1)])
+@pytest.mark.parametrize("padding,dilation", [((1, 1), (1, 1)), ((0, 2, 1, 0), (1, 2)), ((3, 0, 0, 3), (2, 1))])
+def test_im2col_col2im_wide_rows(stride, padding, dilation):
+    """Rows of 8 to 37 outputs: the vector loops of the compiled im2col/col2im (16 and 8 outputs at a
+    time, then the edges one by one) on every path, bit-identical to the reference."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 35, 74)).astype(np.float32)
+    for kh, kw in ((3, 3), (2, 5)):
+        cols = im2col(x, kh, kw, stride, padding, dilation, -1.0)
+        gcols = rng.standard_normal(cols.shape).astype(np.float32)
+        back = np.ascontiguousarray(col2im(gcols, x.shape, stride, padding, dilation))
+        for path in F.conv_paths():
+            F._conv_force_path(path)
+            assert np.array_equal(F.im2col(x, kh, kw, stride, padding, dilation, -1.0), cols), path
+            got = F.col2im(gcols, x.shape, stride, padding, dilation)
+            assert np.array_equal(got.view(np.uint32), back.view(np.uint32)), path
 
 
 @MANY
@@ -139,6 +159,7 @@ def test_conv_within_bound_and_thread_independent(case):
     (19, 16, 32, 16, (2, 2), (1, 1), 1, False),     # ResNet's strided layer, uneven parts
     (5, 32, 32, 15, (1, 1), (1, 1), 2, False),      # L = 225: tails of the 16-float blocks, groups
     (3, 3, 16, 32, (1, 1), (1, 1), 1, False),       # a stem: 3 input channels
+    (3, 8, 16, 34, (2, 2), (1, 1), 1, False),       # stride 2 with rows of 17 outputs (16 + 1)
     (4, 64, 24, 7, (1, 1), (0, 2, 1, 0), 1, False),  # 24 outputs: a 16 + 8 tile of the weight gradient
 ])
 def test_conv_resnet_like(n, c, o, hw, stride, padding, groups, binary):
@@ -269,3 +290,21 @@ def test_bad_input_im2col_col2im():
         F.col2im(cols, (2, 3, 5), (1, 1), (1, 1), (1, 1))
     with pytest.raises(ValueError, match="C-contiguous"):
         F.col2im(cols[:, :, ::-1], x.shape, (1, 1), (1, 1), (1, 1))
+
+
+def test_huge_geometry_refused():
+    """Paddings and dilations whose scratch sizes could overflow in C are refused first: a padded
+    input of 2**30 x 2**30 with a dilation that brings the output back to 2x2."""
+    x = np.ones((1, 1, 1, 1), np.float32)
+    w = np.ones((1, 1, 3, 3), np.float32)
+    pad, dil = (2 ** 29, 2 ** 29 - 1, 2 ** 29, 2 ** 29 - 1), (2 ** 29 - 1, 2 ** 29 - 1)
+    assert R.conv_output_size(1, 3, 1, pad[:2], dil[0]) == 2
+    geo = ((1, 1), pad, dil)
+    with pytest.raises(ValueError, match=r"2\*\*40"):
+        F.conv2d_forward(x, w, *geo, 1, 0.0)
+    with pytest.raises(ValueError, match=r"2\*\*40"):
+        F.conv2d_backward(np.ones((1, 1, 2, 2), np.float32), x, w, *geo, 1, 0.0)
+    with pytest.raises(ValueError, match=r"2\*\*40"):
+        F.im2col(x, 3, 3, *geo, 0.0)
+    with pytest.raises(ValueError, match="sizes above"):
+        F.conv2d_forward(x, w, (1, 1), (2 ** 30, 2 ** 30), (1, 1), 1, 0.0)
