@@ -10,10 +10,10 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from refbnn.checks import check_real as _check_real
 
 cdef extern from "fo_norm.h" nogil:
-    void fon_bn_train_forward(const float *x, int64_t n, int64_t c, int64_t hw, const float *gamma,
+    int fon_bn_train_forward(const float *x, int64_t n, int64_t c, int64_t hw, const float *gamma,
                               const float *beta, double eps, float *y, float *xhat, float *mean, float *var,
                               float *inv_std, int threads)
-    void fon_bn_train_backward(const float *dout, const float *xhat, int64_t n, int64_t c, int64_t hw,
+    int fon_bn_train_backward(const float *dout, const float *xhat, int64_t n, int64_t c, int64_t hw,
                                const float *gamma, const float *inv_std, float *dx, float *dgamma, float *dbeta,
                                int threads)
     void fon_hardtanh_forward(const float *x, int64_t size, float lo, float hi, float *y, uint8_t *mask,
@@ -96,8 +96,11 @@ def batchnorm_train_forward(x, gamma, beta, eps, threads=None):
     cdef float *pv = _fp(var)
     cdef float *pi = _fp(inv_std)
     cdef int64_t cn = n, cc = c, chw = hw
+    cdef int rc
     with nogil:
-        fon_bn_train_forward(px, cn, cc, chw, pg, pb, e, py, pxh, pm, pv, pi, nt)
+        rc = fon_bn_train_forward(px, cn, cc, chw, pg, pb, e, py, pxh, pm, pv, pi, nt)
+    if rc:
+        raise MemoryError("batchnorm_train_forward: could not allocate its scratch memory")
     return y, xhat, mean, var, inv_std
 
 
@@ -137,8 +140,11 @@ def batchnorm_train_backward(dout, xhat, gamma, inv_std, threads=None):
     cdef float *pdg = _fp(dgamma)
     cdef float *pdb = _fp(dbeta)
     cdef int64_t cn = n, cc = c, chw = hw
+    cdef int rc
     with nogil:
-        fon_bn_train_backward(pd, pxh, cn, cc, chw, pg, pi, pdx, pdg, pdb, nt)
+        rc = fon_bn_train_backward(pd, pxh, cn, cc, chw, pg, pi, pdx, pdg, pdb, nt)
+    if rc:
+        raise MemoryError("batchnorm_train_backward: could not allocate its scratch memory")
     return dx, dgamma, dbeta
 
 

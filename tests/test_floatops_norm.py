@@ -4,8 +4,8 @@ NumPy reference (refbnn.ops, refbnn.conventions, refbnn.quantizers, refbnn.check
 - batch norm statistics and gradients within the bounds their docstrings state, against the exact
   float64 formulas of the same float32 inputs (the bounds are shown to catch wrong formulas: the
   unbiased variance, a dropped term), and bit for bit against a NumPy emulation of the kernel
-  (double sums in its order: 16 lanes per channel, added pairwise; emulating the order exactly
-  keeps the test from failing in the rare cases where another order would round differently);
+  (double sums in its order: 16 lanes, added pairwise; emulating the order exactly keeps the
+  test from failing in the rare cases where another order would round differently);
 - xhat, y and dx: the reference's float32 operations, bit for bit, given the statistics;
 - the element-wise ops bit for bit against the reference, NaN, +-Inf, +-0 and the bounds included;
 - first_nonfinite_index against refbnn.checks.first_nonfinite;
@@ -70,33 +70,63 @@ def bshape(a):
     return (1, a.shape[1]) + (1,) * (a.ndim - 2)
 
 
-def lane_sums(v):
-    """The per-channel sums of v (C, N, HW) in fo_norm.c's order, exactly: HW == 1, one running
-    sum over n; else 16 double lanes (lane j adds each strip's elements at positions j mod 16, the
-    tail of a strip going to lanes 0..r-1), strip after strip, then the lanes added pairwise
-    (s[j] += s[j + w] for w = 8, 4, 2, 1). np.cumsum adds strictly in sequence."""
+def _lane_rows(v):
+    """(C, N, HW) -> (C, N, R, 16): each strip's elements in blocks of 16 (lane j = position
+    mod 16), the last block zero-padded, as fo_norm.c's lanes take them."""
     c, n, hw = v.shape
-    if hw == 1:
-        rows = np.concatenate([np.zeros((c, 1)), v[:, :, 0]], axis=1)
-        return np.cumsum(rows, axis=1)[:, -1]
     full, r = divmod(hw, 16)
     body = v[:, :, :full * 16].reshape(c, n, full, 16)
     tail = np.zeros((c, n, 1 if r else 0, 16))
     if r:
         tail[:, :, 0, :r] = v[:, :, full * 16:]
-    rows = np.concatenate([np.zeros((c, 1, 16)), np.concatenate([body, tail], axis=2).reshape(c, -1, 16)], axis=1)
-    s = np.cumsum(rows, axis=1)[:, -1]
+    return np.concatenate([body, tail], axis=2)
+
+
+def _combine(s):
+    """The 16 lanes (last axis) added pairwise: s[j] += s[j + w] for w = 8, 4, 2, 1."""
     for w in (8, 4, 2, 1):
-        s = s[:, :w] + s[:, w:2 * w]
-    return s[:, 0]
+        s = s[..., :w] + s[..., w:2 * w]
+    return s[..., 0]
+
+
+def _running_sum(rows, axis):
+    """+0.0 + rows[0] + rows[1] + ... along ``axis``, strictly in sequence (np.cumsum)."""
+    zero = np.zeros_like(np.take(rows, [0], axis=axis))
+    return np.take(np.cumsum(np.concatenate([zero, rows], axis=axis), axis=axis), -1, axis=axis)
+
+
+def lane_sums(v):
+    """The backward's per-channel sums of v (C, N, HW) in fo_norm.c's order, exactly: HW == 1,
+    one running sum over n; else 16 double lanes running over all strips of the channel in turn,
+    then combined."""
+    c, n, hw = v.shape
+    if hw == 1:
+        return _running_sum(v[:, :, 0], axis=1)
+    return _combine(_running_sum(_lane_rows(v).reshape(c, -1, 16), axis=1))
+
+
+def strip_sums(v):
+    """Each strip's own sum (C, N): 16 lanes from zero over the strip, combined."""
+    return _combine(_running_sum(_lane_rows(v), axis=2))
 
 
 def emulate_forward(x, eps):
-    """mean, var, inv_std as fo_norm.c computes them (two passes in double, rounded once)."""
+    """mean, var, inv_std as fo_norm.c computes them, in its order: HW == 1, the two-pass running
+    sums; else per strip k its sum S_k, mean m_k = S_k / HW and squared deviations Q_k, then
+    mean = (S_0 + S_1 + ...) / m and var = ((Q_0 + HW (m_0 - mean)^2) + ...) / m."""
     v = per_channel(x)
-    m = v.shape[1] * v.shape[2]
-    mu = lane_sums(v) / m
-    var = lane_sums((v - mu[:, None, None]) ** 2) / m
+    n, hw = v.shape[1], v.shape[2]
+    m = n * hw
+    if hw == 1:
+        mu = lane_sums(v) / m
+        var = lane_sums((v - mu[:, None, None]) ** 2) / m
+    else:
+        sk = strip_sums(v)
+        mk = sk / hw
+        qk = strip_sums((v - mk[:, :, None]) ** 2)
+        mu = _running_sum(sk, axis=1) / m
+        dm = mk - mu[:, None]
+        var = _running_sum(qk + hw * (dm * dm), axis=1) / m
     return mu.astype(np.float32), var.astype(np.float32), (1.0 / np.sqrt(var + eps)).astype(np.float32)
 
 
