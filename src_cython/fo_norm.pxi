@@ -62,17 +62,23 @@ def batchnorm_train_forward(x, gamma, beta, eps, threads=None):
         xhat = (x - mean) inv_std,   y = gamma xhat + beta
     Returns (y, xhat, mean, var, inv_std), float32; y and xhat have x's shape, the others (C,).
 
-    The sums are accumulated in double (16 lanes per channel, added in a fixed order, two passes:
-    the mean, then the squared deviations from the double mean) and rounded to float32 once, so
-    against the exact float64 statistics of the same float32 input (m <= 2^24)
+    The statistics are computed in double and rounded to float32 once. For (N, C, H, W) input,
+    per H*W strip k of a channel (one sample): its sum S_k, mean m_k = S_k / HW and squared
+    deviations Q_k = sum (x - m_k)^2 (the strip still in L1), then
+        mean = (sum_k S_k) / m,   var = (sum_k [Q_k + HW (m_k - mean)^2]) / m
+    (the within- plus between-strip decomposition of Chan, Golub and LeVeque 1979, "Updating
+    formulae and a pairwise algorithm for computing sample variances": every term >= 0, so no
+    cancellation, and a constant channel gets var = 0 exactly); for (N, C) input, two passes
+    (the mean, then the squared deviations from it). Sums run in 16 double lanes in a fixed order
+    (fo_norm.c). Against the exact float64 statistics of the same float32 input (m <= 2^24,
+    e = m 2^-51 mean|x|):
         |mean - mean64| <= 2^-24 |mean64| + m 2^-52 mean|x|
-        |var - var64|   <= 2^-24 var64 + (m + 3) 2^-52 var64 + (m 2^-52 mean|x|)^2
+        |var - var64|   <= 2^-24 var64 + dvar,  dvar = (m + 3) 2^-52 var64 + 2 e sqrt(var64) + 3 e^2
         |inv_std - inv_std64| <= inv_std64 (2^-23 + dvar / (var64 + eps))
-    where dvar is the var bound without its 2^-24 var64 term (inv_std is computed from the double
-    variance, not from the rounded float32 one).
-    (NumPy's float32 pairwise sums in the reference err by up to about 2^-24 per level of its
-    summation tree). xhat and y are then the reference's float32 operations, in its order, on
-    these mean and inv_std: bit-identical to (x - mean) * inv_std and xhat * gamma + beta in NumPy.
+    (inv_std = 1 / sqrt(var + eps) from the double var, rounded once). NumPy's float32 pairwise
+    sums in the reference err by up to about 2^-24 per level of its summation tree. xhat and y
+    are then the reference's float32 operations, in its order, on these mean and inv_std:
+    bit-identical to (x - mean) * inv_std and xhat * gamma + beta in NumPy.
 
     x: (N, C) or (N, C, H, W); gamma, beta: (C,); all float32, C-contiguous. eps: a finite
     number > 0. Needs m >= 2. The result does not depend on ``threads``.

@@ -139,7 +139,8 @@ def exact_stats(x, eps):
     inv64 = 1.0 / np.sqrt(var64 + eps)
     mean_abs = np.abs(v).mean(axis=(1, 2))
     tol_mean = U32 * np.abs(mean64) + m * 2.0 ** -52 * mean_abs
-    dvar = (m + 3) * 2.0 ** -52 * var64 + (m * 2.0 ** -52 * mean_abs) ** 2
+    e = m * 2.0 ** -51 * mean_abs
+    dvar = (m + 3) * 2.0 ** -52 * var64 + 2 * e * np.sqrt(var64) + 3 * e * e
     tol_var = U32 * var64 + dvar
     tol_inv = inv64 * (2.0 ** -23 + dvar / (var64 + eps))
     return (mean64, var64, inv64), (tol_mean, tol_var, tol_inv)
