@@ -31,8 +31,9 @@
 #endif
 
 /* one build for every x86-64: the hot loops are compiled for AVX-512F, AVX2 and the baseline and
- * picked at load time (glibc ifunc); the three clones compute the same bits (see above). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+ * picked at load time (glibc ifunc); the three clones compute the same bits (see above; a build
+ * with -DFON_NO_CLONES has the baseline only). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(FON_NO_CLONES)
 #define FON_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define FON_CLONES
@@ -59,8 +60,9 @@ FON_INLINE double fon_combine(double *s)
 
 /* ---- 16 double lanes as two vectors of 8 (lanes 0..7 and 8..15) -------------------------------
  * GCC's vector extension (element-wise IEEE operations, lowered to whatever vectors the clone's
- * target has; the auto-vectorizer scalarized these loops); a plain struct elsewhere. */
-#if defined(__GNUC__)
+ * target has; the auto-vectorizer scalarized these loops); a plain struct elsewhere (and with
+ * -DFON_NO_VECTOR_EXT; the bit-exact tests pass with either, and with -DFON_NO_CLONES). */
+#if defined(__GNUC__) && !defined(FON_NO_VECTOR_EXT)
 #pragma GCC diagnostic ignored "-Wpsabi"   /* 64-byte vectors by value, static inline only */
 typedef double fon_d8 __attribute__((vector_size(64)));
 typedef float fon_f8 __attribute__((vector_size(32)));
