@@ -81,7 +81,9 @@ def batchnorm_train_forward(x, gamma, beta, eps, threads=None):
     bit-identical to (x - mean) * inv_std and xhat * gamma + beta in NumPy.
 
     x: (N, C) or (N, C, H, W); gamma, beta: (C,); all float32, C-contiguous. eps: a finite
-    number > 0. Needs m >= 2. The result does not depend on ``threads``.
+    number > 0. Needs m >= 2. Values are not checked for NaN/Inf (the reference refuses them:
+    check x with first_nonfinite_index first); they give NaN/Inf results, never a crash. The
+    result does not depend on ``threads``.
     """
     n, c, hw = _bn_geometry(x, "x")
     _per_channel(gamma, "gamma", c)
@@ -126,7 +128,8 @@ def batchnorm_train_backward(dout, xhat, gamma, inv_std, threads=None):
     Two passes over dout and xhat per channel (the sums, then dx).
 
     dout, xhat: the same (N, C) or (N, C, H, W) shape; gamma, inv_std: (C,); all float32,
-    C-contiguous. Needs m >= 2. The result does not depend on ``threads``.
+    C-contiguous. Needs m >= 2. Values are not checked for NaN/Inf. The result does not depend
+    on ``threads``.
     """
     n, c, hw = _bn_geometry(xhat, "xhat")
     _f32(dout, "dout")

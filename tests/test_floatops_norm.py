@@ -341,6 +341,22 @@ def test_batchnorm_bad_input():
             call()
 
 
+def test_batchnorm_nonfinite_input_stays_in_its_channel():
+    """NaN/Inf are not checked (the reference refuses them first): they reach their own channel's
+    outputs only, and nothing crashes."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
+    x[2, 1, 3, 4] = np.nan
+    g, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    y, xhat, mean, var, inv_std = F.batchnorm_train_forward(x, g, b, 1e-5)
+    assert np.isnan(mean[1]) and np.isnan(y[:, 1]).all()
+    assert np.isfinite(y[:, [0, 2]]).all() and np.isfinite(mean[[0, 2]]).all()
+    dout = np.ones_like(x)
+    dout[0, 2, 0, 0] = np.inf
+    dx, dgamma, dbeta = F.batchnorm_train_backward(dout, xhat, g, inv_std)
+    assert np.isfinite(dx[:, 0]).all() and np.isinf(dbeta[2])
+
+
 # ---- element-wise ops -------------------------------------------------------------------------------
 
 SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 1e-45, -1e-45,
@@ -422,6 +438,16 @@ def test_clip_threshold_numpy_scalars(seed, inclusive):
         assert same_bits(F.clip_mask(x, c, inclusive), clip_mask(x, c, inclusive)), c
         dout = np.ones_like(x)
         assert same_bits(F.ste_clip_backward(dout, x, c, inclusive), dout * clip_mask(x, c, inclusive)), c
+
+
+def test_elementwise_zero_dimensional():
+    x, d = np.array(1.5, np.float32), np.array(-2.0, np.float32)
+    y, m = F.hardtanh_forward(x)
+    assert y.shape == () and y == 1.0 and not m
+    assert F.mask_multiply(d, np.array(True)) == -2.0
+    assert F.ste_clip_backward(d, x, 2.0) == -2.0 and same_bits(F.ste_clip_backward(d, x, 1.0), np.array(-0.0, np.float32))
+    assert F.clip_mask(x, 1.0) == 0.0
+    assert F.first_nonfinite_index(np.array(np.nan, np.float32)) == 0 and F.first_nonfinite_index(x) == -1
 
 
 def test_elementwise_bad_input():
