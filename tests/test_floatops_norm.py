@@ -162,7 +162,8 @@ def exact_backward(dout, xhat, gamma, inv_std):
     b3 = lambda t: t[:, None, None]  # noqa: E731
     dx = (d * b3(g) - b3(a64) - xh * b3(b64)) * b3(inv)
     terms = np.abs(d * b3(g)) + np.abs(b3(a64)) + np.abs(xh * b3(b64))
-    sums_err = b3(np.abs(g)) * m * U64 * (b3(np.abs(d).mean(axis=(1, 2))) + np.abs(xh) * b3(np.abs(d * xh).mean(axis=(1, 2))))
+    mean_d, mean_dx = np.abs(d).mean(axis=(1, 2)), np.abs(d * xh).mean(axis=(1, 2))
+    sums_err = b3(np.abs(g)) * m * U64 * (b3(mean_d) + np.abs(xh) * b3(mean_dx))
     tol_dx = b3(inv) * (5 * U32 * terms + sums_err)
     tol_db = U32 * np.abs(dbeta) + m * U64 * np.abs(d).sum(axis=(1, 2))
     tol_dg = U32 * np.abs(dgamma) + m * U64 * np.abs(d * xh).sum(axis=(1, 2))
