@@ -45,7 +45,7 @@
 #define FON_INLINE static inline
 #endif
 
-#define FON_L 16           /* double lanes of a per-channel sum */
+#define FON_L 16           /* double lanes of a per-channel sum (backward; a strip's sums: FON_LS) */
 #define FON_CB 64          /* channels per block of the (N, C) path */
 #define FON_CHUNK 32768    /* elements per task of the element-wise ops */
 
@@ -58,7 +58,7 @@ FON_INLINE double fon_combine(double *s)
     return s[0];
 }
 
-/* ---- 16 double lanes as two vectors of 8 (lanes 0..7 and 8..15) -------------------------------
+/* ---- double lanes in vectors of 8 ---------------------------------------------------------------
  * GCC's vector extension (element-wise IEEE operations, lowered to whatever vectors the clone's
  * target has; the auto-vectorizer scalarized these loops); a plain struct elsewhere (and with
  * -DFON_NO_VECTOR_EXT; the bit-exact tests pass with either, and with -DFON_NO_CLONES). */
@@ -116,53 +116,87 @@ FON_INLINE void fon_tail16(float *t, const float *p, int64_t r)
 
 /* ---- per-strip kernels (a strip: H * W contiguous floats of one channel and one sample) ------- */
 
-/* sum of a strip: lane j adds the elements i = j mod 16 in turn, the tail zero-padded (+ 0.0
- * leaves a lane as it is: lanes start at +0.0 and never become -0.0), lanes combined */
+/* A strip's sums use 32 lanes (4 vectors of 8: four independent add chains, the loop being
+ * bound by the add latency otherwise); lane j adds the elements i = j mod 32 in turn, the tail
+ * zero-padded (+ 0.0 leaves a lane as it is: lanes start at +0.0 and never become -0.0), and
+ * the lanes are combined as s[j] += s[j + w] for w = 16, 8, 4, 2, 1. */
+#define FON_LS 32
+
+FON_INLINE double fon_combine32(fon_d8 v0, fon_d8 v1, fon_d8 v2, fon_d8 v3)
+{
+    return fon_combine8(fon_add8(v0, v2), fon_add8(v1, v3));   /* w = 16, then 8, 4, 2, 1 */
+}
+
+/* 32 floats from p, the first r of them (r < 32), zero-padded */
+FON_INLINE void fon_tail32(float *t, const float *p, int64_t r)
+{
+    memset(t, 0, sizeof(float) * FON_LS);
+    memcpy(t, p, sizeof(float) * (size_t)r);
+}
+
+/* sum of a strip */
 FON_INLINE double fon_strip_sum(const float *p, int64_t len)
 {
-    fon_d8 lo = fon_zero8(), hi = fon_zero8();
+    fon_d8 v0 = fon_zero8(), v1 = fon_zero8(), v2 = fon_zero8(), v3 = fon_zero8();
     int64_t i = 0;
-    for (; i + FON_L <= len; i += FON_L) {
-        lo = fon_add8(lo, fon_load8(p + i));
-        hi = fon_add8(hi, fon_load8(p + i + 8));
+    for (; i + FON_LS <= len; i += FON_LS) {
+        v0 = fon_add8(v0, fon_load8(p + i));
+        v1 = fon_add8(v1, fon_load8(p + i + 8));
+        v2 = fon_add8(v2, fon_load8(p + i + 16));
+        v3 = fon_add8(v3, fon_load8(p + i + 24));
     }
     if (i < len) {
-        float t[FON_L];
-        fon_tail16(t, p + i, len - i);
-        lo = fon_add8(lo, fon_load8(t));
-        hi = fon_add8(hi, fon_load8(t + 8));
+        float t[FON_LS];
+        fon_tail32(t, p + i, len - i);
+        v0 = fon_add8(v0, fon_load8(t));
+        v1 = fon_add8(v1, fon_load8(t + 8));
+        v2 = fon_add8(v2, fon_load8(t + 16));
+        v3 = fon_add8(v3, fon_load8(t + 24));
     }
-    return fon_combine8(lo, hi);
+    return fon_combine32(v0, v1, v2, v3);
 }
 
 /* sum of (p - mu)^2 over a strip, the same lanes; the tail's padding multiplied by 0 */
+FON_INLINE fon_d8 fon_sq_dev8(const float *p, fon_d8 m)
+{
+    const fon_d8 a = fon_sub8(fon_load8(p), m);
+    return fon_mul8(a, a);
+}
+
+FON_INLINE fon_d8 fon_sq_dev8_masked(const float *p, fon_d8 m, const float *w)
+{
+    const fon_d8 a = fon_mul8(fon_sub8(fon_load8(p), m), fon_load8(w));
+    return fon_mul8(a, a);
+}
+
 FON_INLINE double fon_strip_sumsq(const float *p, int64_t len, double mu)
 {
     const fon_d8 m = fon_set8(mu);
-    fon_d8 lo = fon_zero8(), hi = fon_zero8();
+    fon_d8 v0 = fon_zero8(), v1 = fon_zero8(), v2 = fon_zero8(), v3 = fon_zero8();
     int64_t i = 0;
-    for (; i + FON_L <= len; i += FON_L) {
-        const fon_d8 a = fon_sub8(fon_load8(p + i), m), b = fon_sub8(fon_load8(p + i + 8), m);
-        lo = fon_add8(lo, fon_mul8(a, a));
-        hi = fon_add8(hi, fon_mul8(b, b));
+    for (; i + FON_LS <= len; i += FON_LS) {
+        v0 = fon_add8(v0, fon_sq_dev8(p + i, m));
+        v1 = fon_add8(v1, fon_sq_dev8(p + i + 8, m));
+        v2 = fon_add8(v2, fon_sq_dev8(p + i + 16, m));
+        v3 = fon_add8(v3, fon_sq_dev8(p + i + 24, m));
     }
     if (i < len) {
-        float t[FON_L], w[FON_L];
-        fon_tail16(t, p + i, len - i);
-        for (int j = 0; j < FON_L; j++)
+        float t[FON_LS], w[FON_LS];
+        fon_tail32(t, p + i, len - i);
+        for (int j = 0; j < FON_LS; j++)
             w[j] = j < len - i ? 1.0f : 0.0f;
-        const fon_d8 a = fon_mul8(fon_sub8(fon_load8(t), m), fon_load8(w));
-        const fon_d8 b = fon_mul8(fon_sub8(fon_load8(t + 8), m), fon_load8(w + 8));
-        lo = fon_add8(lo, fon_mul8(a, a));
-        hi = fon_add8(hi, fon_mul8(b, b));
+        v0 = fon_add8(v0, fon_sq_dev8_masked(t, m, w));
+        v1 = fon_add8(v1, fon_sq_dev8_masked(t + 8, m, w + 8));
+        v2 = fon_add8(v2, fon_sq_dev8_masked(t + 16, m, w + 16));
+        v3 = fon_add8(v3, fon_sq_dev8_masked(t + 24, m, w + 24));
     }
-    return fon_combine8(lo, hi);
+    return fon_combine32(v0, v1, v2, v3);
 }
 
 /* forward statistics of channels [c0, c1), in memory order. Per strip k of channel ch: its sum
  * S_k and, from the strip's own mean m_k = S_k / hw (the strip is still in L1), the sum of
  * squared deviations Q_k; tot[ch] += S_k (k = 0, 1, ...); m_k and Q_k kept for the combination
- * in fon_bn_forward_range. */
+ * in fon_bn_forward_strips. */
 FON_CLONES static void fon_fwd_stats(const float *x, int64_t n, int64_t c, int64_t hw, int64_t c0, int64_t c1,
                                      double *tot, double *mk, double *qk)
 {

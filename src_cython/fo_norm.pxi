@@ -69,7 +69,7 @@ def batchnorm_train_forward(x, gamma, beta, eps, threads=None):
     (the within- plus between-strip decomposition of Chan, Golub and LeVeque 1979, "Updating
     formulae and a pairwise algorithm for computing sample variances": every term >= 0, so no
     cancellation, and a constant channel gets var = 0 exactly); for (N, C) input, two passes
-    (the mean, then the squared deviations from it). Sums run in 16 double lanes in a fixed order
+    (the mean, then the squared deviations from it). Sums run in 32 or 16 double lanes in a fixed order
     (fo_norm.c). Against the exact float64 statistics of the same float32 input (m <= 2^24,
     e = m 2^-51 mean|x|):
         |mean - mean64| <= 2^-24 |mean64| + m 2^-52 mean|x|

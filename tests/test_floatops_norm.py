@@ -4,8 +4,8 @@ NumPy reference (refbnn.ops, refbnn.conventions, refbnn.quantizers, refbnn.check
 - batch norm statistics and gradients within the bounds their docstrings state, against the exact
   float64 formulas of the same float32 inputs (the bounds are shown to catch wrong formulas: the
   unbiased variance, a dropped term), and bit for bit against a NumPy emulation of the kernel
-  (double sums in its order: 16 lanes, added pairwise; emulating the order exactly keeps the
-  test from failing in the rare cases where another order would round differently);
+  (double sums in its order: 16 or 32 lanes, added pairwise; emulating the order exactly keeps
+  the test from failing in the rare cases where another order would round differently);
 - xhat, y and dx: the reference's float32 operations, bit for bit, given the statistics;
 - the element-wise ops bit for bit against the reference, NaN, +-Inf, +-0 and the bounds included;
 - first_nonfinite_index against refbnn.checks.first_nonfinite;
@@ -70,22 +70,25 @@ def bshape(a):
     return (1, a.shape[1]) + (1,) * (a.ndim - 2)
 
 
-def _lane_rows(v):
-    """(C, N, HW) -> (C, N, R, 16): each strip's elements in blocks of 16 (lane j = position
-    mod 16), the last block zero-padded, as fo_norm.c's lanes take them."""
+def _lane_rows(v, lanes=16):
+    """(C, N, HW) -> (C, N, R, lanes): each strip's elements in blocks of ``lanes`` (lane j =
+    position mod lanes), the last block zero-padded, as fo_norm.c's lanes take them."""
     c, n, hw = v.shape
-    full, r = divmod(hw, 16)
-    body = v[:, :, :full * 16].reshape(c, n, full, 16)
-    tail = np.zeros((c, n, 1 if r else 0, 16))
+    full, r = divmod(hw, lanes)
+    body = v[:, :, :full * lanes].reshape(c, n, full, lanes)
+    tail = np.zeros((c, n, 1 if r else 0, lanes))
     if r:
-        tail[:, :, 0, :r] = v[:, :, full * 16:]
+        tail[:, :, 0, :r] = v[:, :, full * lanes:]
     return np.concatenate([body, tail], axis=2)
 
 
 def _combine(s):
-    """The 16 lanes (last axis) added pairwise: s[j] += s[j + w] for w = 8, 4, 2, 1."""
-    for w in (8, 4, 2, 1):
+    """The lanes (last axis, 16 or 32) added pairwise: s[j] += s[j + w] for w = 16 (32 lanes),
+    8, 4, 2, 1."""
+    w = s.shape[-1] // 2
+    while w:
         s = s[..., :w] + s[..., w:2 * w]
+        w //= 2
     return s[..., 0]
 
 
@@ -106,8 +109,8 @@ def lane_sums(v):
 
 
 def strip_sums(v):
-    """Each strip's own sum (C, N): 16 lanes from zero over the strip, combined."""
-    return _combine(_running_sum(_lane_rows(v), axis=2))
+    """Each strip's own sum (C, N): 32 lanes from zero over the strip, combined."""
+    return _combine(_running_sum(_lane_rows(v, 32), axis=2))
 
 
 def emulate_forward(x, eps):
