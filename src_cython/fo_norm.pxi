@@ -78,7 +78,8 @@ def batchnorm_train_forward(x, gamma, beta, eps, threads=None):
     (inv_std = 1 / sqrt(var + eps) from the double var, rounded once). NumPy's float32 pairwise
     sums in the reference err by up to about 2^-24 per level of its summation tree. xhat and y
     are then the reference's float32 operations, in its order, on these mean and inv_std:
-    bit-identical to (x - mean) * inv_std and xhat * gamma + beta in NumPy.
+    bit-identical to (x - mean) * inv_std and xhat * gamma + beta in NumPy. Two passes over x,
+    each in memory order (the statistics, then xhat and y).
 
     x: (N, C) or (N, C, H, W); gamma, beta: (C,); all float32, C-contiguous. eps: a finite
     number > 0. Needs m >= 2. Values are not checked for NaN/Inf (the reference refuses them:
@@ -125,7 +126,8 @@ def batchnorm_train_backward(dout, xhat, gamma, inv_std, threads=None):
         |dbeta - dbeta64| <= u |dbeta64| + m 2^-53 sum|dout|   (dgamma likewise with dout xhat)
         |dx - dx64| <= inv_std (5 u (|dout gamma| + |a64| + |xhat b64|)
                                 + |gamma| m 2^-53 (mean|dout| + |xhat| mean|dout xhat|))
-    Two passes over dout and xhat per channel (the sums, then dx).
+    (a64, b64: a and b in exact arithmetic). Two passes over dout and xhat, each in memory order
+    (the sums, then dx).
 
     dout, xhat: the same (N, C) or (N, C, H, W) shape; gamma, inv_std: (C,); all float32,
     C-contiguous. Needs m >= 2. Values are not checked for NaN/Inf. The result does not depend
