@@ -28,6 +28,8 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#elif defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wunknown-pragmas"   /* a build without OpenMP: one thread */
 #endif
 
 /* one build for every x86-64: the hot loops are compiled for AVX-512F, AVX2 and the baseline and
