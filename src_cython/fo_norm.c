@@ -65,7 +65,9 @@ FON_INLINE double fon_combine(double *s)
  * target has; the auto-vectorizer scalarized these loops); a plain struct elsewhere (and with
  * -DFON_NO_VECTOR_EXT; the bit-exact tests pass with either, and with -DFON_NO_CLONES). */
 #if defined(__GNUC__) && !defined(FON_NO_VECTOR_EXT)
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"   /* 64-byte vectors by value, static inline only */
+#endif
 typedef double fon_d8 __attribute__((vector_size(64)));
 typedef float fon_f8 __attribute__((vector_size(32)));
 FON_INLINE fon_d8 fon_zero8(void) { return (fon_d8){0, 0, 0, 0, 0, 0, 0, 0}; }
