@@ -9,7 +9,8 @@ NumPy reference (refbnn.ops, refbnn.conventions, refbnn.quantizers, refbnn.check
 - xhat, y and dx: the reference's float32 operations, bit for bit, given the statistics;
 - the element-wise ops bit for bit against the reference, NaN, +-Inf, +-0 and the bounds included;
 - first_nonfinite_index against refbnn.checks.first_nonfinite;
-- every result bit-identical for 1, 2 and 3 threads; bad input refused before any C code runs.
+- every result bit-identical for 1, 2 and 3 threads (capped at the usable CPUs: on a 2-CPU machine
+  3 runs as 2); bad input refused before any C code runs.
 """
 import numpy as np
 import pytest
