@@ -6,13 +6,14 @@
 #pragma once
 #include <stdint.h>
 
-/* mean/var/inv_std: c floats each; y, xhat: n * c * hw floats. */
-void fon_bn_train_forward(const float *x, int64_t n, int64_t c, int64_t hw, const float *gamma,
-                          const float *beta, double eps, float *y, float *xhat, float *mean, float *var,
-                          float *inv_std, int threads);
-void fon_bn_train_backward(const float *dout, const float *xhat, int64_t n, int64_t c, int64_t hw,
-                           const float *gamma, const float *inv_std, float *dx, float *dgamma, float *dbeta,
-                           int threads);
+/* mean/var/inv_std: c floats each; y, xhat: n * c * hw floats. Both return 0, or -1 when their
+ * scratch memory (about 16 (n + 2) c bytes) cannot be allocated (nothing is written then). */
+int fon_bn_train_forward(const float *x, int64_t n, int64_t c, int64_t hw, const float *gamma,
+                         const float *beta, double eps, float *y, float *xhat, float *mean, float *var,
+                         float *inv_std, int threads);
+int fon_bn_train_backward(const float *dout, const float *xhat, int64_t n, int64_t c, int64_t hw,
+                          const float *gamma, const float *inv_std, float *dx, float *dgamma, float *dbeta,
+                          int threads);
 
 void fon_hardtanh_forward(const float *x, int64_t size, float lo, float hi, float *y, uint8_t *mask, int threads);
 void fon_mask_multiply(const float *d, const uint8_t *mask, int64_t size, float *out, int threads);

@@ -10,10 +10,10 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from refbnn.checks import check_real as _check_real
 
 cdef extern from "fo_norm.h" nogil:
-    void fon_bn_train_forward(const float *x, int64_t n, int64_t c, int64_t hw, const float *gamma,
+    int fon_bn_train_forward(const float *x, int64_t n, int64_t c, int64_t hw, const float *gamma,
                               const float *beta, double eps, float *y, float *xhat, float *mean, float *var,
                               float *inv_std, int threads)
-    void fon_bn_train_backward(const float *dout, const float *xhat, int64_t n, int64_t c, int64_t hw,
+    int fon_bn_train_backward(const float *dout, const float *xhat, int64_t n, int64_t c, int64_t hw,
                                const float *gamma, const float *inv_std, float *dx, float *dgamma, float *dbeta,
                                int threads)
     void fon_hardtanh_forward(const float *x, int64_t size, float lo, float hi, float *y, uint8_t *mask,
@@ -62,20 +62,29 @@ def batchnorm_train_forward(x, gamma, beta, eps, threads=None):
         xhat = (x - mean) inv_std,   y = gamma xhat + beta
     Returns (y, xhat, mean, var, inv_std), float32; y and xhat have x's shape, the others (C,).
 
-    The sums are accumulated in double (16 lanes per channel, added in a fixed order, two passes:
-    the mean, then the squared deviations from the double mean) and rounded to float32 once, so
-    against the exact float64 statistics of the same float32 input (m <= 2^24)
+    The statistics are computed in double and rounded to float32 once. For (N, C, H, W) input,
+    per H*W strip k of a channel (one sample): its sum S_k, mean m_k = S_k / HW and squared
+    deviations Q_k = sum (x - m_k)^2 (the strip still in L1), then
+        mean = (sum_k S_k) / m,   var = (sum_k [Q_k + HW (m_k - mean)^2]) / m
+    (the within- plus between-strip decomposition of Chan, Golub and LeVeque 1979, "Updating
+    formulae and a pairwise algorithm for computing sample variances": every term >= 0, so no
+    cancellation, and a constant channel gets var = 0 exactly); for (N, C) input, two passes
+    (the mean, then the squared deviations from it). Sums run in 32 or 16 double lanes in a fixed order
+    (fo_norm.c). Against the exact float64 statistics of the same float32 input (m <= 2^24,
+    e = m 2^-51 mean|x|):
         |mean - mean64| <= 2^-24 |mean64| + m 2^-52 mean|x|
-        |var - var64|   <= 2^-24 var64 + (m + 3) 2^-52 var64 + (m 2^-52 mean|x|)^2
+        |var - var64|   <= 2^-24 var64 + dvar,  dvar = (m + 3) 2^-52 var64 + 2 e sqrt(var64) + 3 e^2
         |inv_std - inv_std64| <= inv_std64 (2^-23 + dvar / (var64 + eps))
-    where dvar is the var bound without its 2^-24 var64 term (inv_std is computed from the double
-    variance, not from the rounded float32 one).
-    (NumPy's float32 pairwise sums in the reference err by up to about 2^-24 per level of its
-    summation tree). xhat and y are then the reference's float32 operations, in its order, on
-    these mean and inv_std: bit-identical to (x - mean) * inv_std and xhat * gamma + beta in NumPy.
+    (inv_std = 1 / sqrt(var + eps) from the double var, rounded once). NumPy's float32 pairwise
+    sums in the reference err by up to about 2^-24 per level of its summation tree. xhat and y
+    are then the reference's float32 operations, in its order, on these mean and inv_std:
+    bit-identical to (x - mean) * inv_std and xhat * gamma + beta in NumPy. Two passes over x,
+    each in memory order (the statistics, then xhat and y).
 
     x: (N, C) or (N, C, H, W); gamma, beta: (C,); all float32, C-contiguous. eps: a finite
-    number > 0. Needs m >= 2. The result does not depend on ``threads``.
+    number > 0. Needs m >= 2. Values are not checked for NaN/Inf (the reference refuses them:
+    check x with first_nonfinite_index first); they give NaN/Inf results, never a crash. The
+    result does not depend on ``threads``.
     """
     n, c, hw = _bn_geometry(x, "x")
     _per_channel(gamma, "gamma", c)
@@ -96,8 +105,11 @@ def batchnorm_train_forward(x, gamma, beta, eps, threads=None):
     cdef float *pv = _fp(var)
     cdef float *pi = _fp(inv_std)
     cdef int64_t cn = n, cc = c, chw = hw
+    cdef int rc
     with nogil:
-        fon_bn_train_forward(px, cn, cc, chw, pg, pb, e, py, pxh, pm, pv, pi, nt)
+        rc = fon_bn_train_forward(px, cn, cc, chw, pg, pb, e, py, pxh, pm, pv, pi, nt)
+    if rc:
+        raise MemoryError("batchnorm_train_forward: could not allocate its scratch memory")
     return y, xhat, mean, var, inv_std
 
 
@@ -114,10 +126,12 @@ def batchnorm_train_backward(dout, xhat, gamma, inv_std, threads=None):
         |dbeta - dbeta64| <= u |dbeta64| + m 2^-53 sum|dout|   (dgamma likewise with dout xhat)
         |dx - dx64| <= inv_std (5 u (|dout gamma| + |a64| + |xhat b64|)
                                 + |gamma| m 2^-53 (mean|dout| + |xhat| mean|dout xhat|))
-    Two passes over dout and xhat per channel (the sums, then dx).
+    (a64, b64: a and b in exact arithmetic). Two passes over dout and xhat, each in memory order
+    (the sums, then dx).
 
     dout, xhat: the same (N, C) or (N, C, H, W) shape; gamma, inv_std: (C,); all float32,
-    C-contiguous. Needs m >= 2. The result does not depend on ``threads``.
+    C-contiguous. Needs m >= 2. Values are not checked for NaN/Inf. The result does not depend
+    on ``threads``.
     """
     n, c, hw = _bn_geometry(xhat, "xhat")
     _f32(dout, "dout")
@@ -137,8 +151,11 @@ def batchnorm_train_backward(dout, xhat, gamma, inv_std, threads=None):
     cdef float *pdg = _fp(dgamma)
     cdef float *pdb = _fp(dbeta)
     cdef int64_t cn = n, cc = c, chw = hw
+    cdef int rc
     with nogil:
-        fon_bn_train_backward(pd, pxh, cn, cc, chw, pg, pi, pdx, pdg, pdb, nt)
+        rc = fon_bn_train_backward(pd, pxh, cn, cc, chw, pg, pi, pdx, pdg, pdb, nt)
+    if rc:
+        raise MemoryError("batchnorm_train_backward: could not allocate its scratch memory")
     return dx, dgamma, dbeta
 
 

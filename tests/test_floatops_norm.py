@@ -4,12 +4,13 @@ NumPy reference (refbnn.ops, refbnn.conventions, refbnn.quantizers, refbnn.check
 - batch norm statistics and gradients within the bounds their docstrings state, against the exact
   float64 formulas of the same float32 inputs (the bounds are shown to catch wrong formulas: the
   unbiased variance, a dropped term), and bit for bit against a NumPy emulation of the kernel
-  (double sums in its order: 16 lanes per channel, added pairwise; emulating the order exactly
-  keeps the test from failing in the rare cases where another order would round differently);
+  (double sums in its order: 16 or 32 lanes, added pairwise; emulating the order exactly keeps
+  the test from failing in the rare cases where another order would round differently);
 - xhat, y and dx: the reference's float32 operations, bit for bit, given the statistics;
 - the element-wise ops bit for bit against the reference, NaN, +-Inf, +-0 and the bounds included;
 - first_nonfinite_index against refbnn.checks.first_nonfinite;
-- every result bit-identical for 1, 2 and 3 threads; bad input refused before any C code runs.
+- every result bit-identical for 1, 2 and 3 threads (capped at the usable CPUs: on a 2-CPU machine
+  3 runs as 2); bad input refused before any C code runs.
 """
 import numpy as np
 import pytest
@@ -70,33 +71,66 @@ def bshape(a):
     return (1, a.shape[1]) + (1,) * (a.ndim - 2)
 
 
+def _lane_rows(v, lanes=16):
+    """(C, N, HW) -> (C, N, R, lanes): each strip's elements in blocks of ``lanes`` (lane j =
+    position mod lanes), the last block zero-padded, as fo_norm.c's lanes take them."""
+    c, n, hw = v.shape
+    full, r = divmod(hw, lanes)
+    body = v[:, :, :full * lanes].reshape(c, n, full, lanes)
+    tail = np.zeros((c, n, 1 if r else 0, lanes))
+    if r:
+        tail[:, :, 0, :r] = v[:, :, full * lanes:]
+    return np.concatenate([body, tail], axis=2)
+
+
+def _combine(s):
+    """The lanes (last axis, 16 or 32) added pairwise: s[j] += s[j + w] for w = 16 (32 lanes),
+    8, 4, 2, 1."""
+    w = s.shape[-1] // 2
+    while w:
+        s = s[..., :w] + s[..., w:2 * w]
+        w //= 2
+    return s[..., 0]
+
+
+def _running_sum(rows, axis):
+    """+0.0 + rows[0] + rows[1] + ... along ``axis``, strictly in sequence (np.cumsum)."""
+    zero = np.zeros_like(np.take(rows, [0], axis=axis))
+    return np.take(np.cumsum(np.concatenate([zero, rows], axis=axis), axis=axis), -1, axis=axis)
+
+
 def lane_sums(v):
-    """The per-channel sums of v (C, N, HW) in fo_norm.c's order, exactly: HW == 1, one running
-    sum over n; else 16 double lanes (lane j adds each strip's elements at positions j mod 16, the
-    tail of a strip going to lanes 0..r-1), strip after strip, then the lanes added pairwise
-    (s[j] += s[j + w] for w = 8, 4, 2, 1). np.cumsum adds strictly in sequence."""
+    """The backward's per-channel sums of v (C, N, HW) in fo_norm.c's order, exactly: HW == 1,
+    one running sum over n; else 16 double lanes running over all strips of the channel in turn,
+    then combined."""
     c, n, hw = v.shape
     if hw == 1:
-        rows = np.concatenate([np.zeros((c, 1)), v[:, :, 0]], axis=1)
-        return np.cumsum(rows, axis=1)[:, -1]
-    full, r = divmod(hw, 16)
-    body = v[:, :, :full * 16].reshape(c, n, full, 16)
-    tail = np.zeros((c, n, 1 if r else 0, 16))
-    if r:
-        tail[:, :, 0, :r] = v[:, :, full * 16:]
-    rows = np.concatenate([np.zeros((c, 1, 16)), np.concatenate([body, tail], axis=2).reshape(c, -1, 16)], axis=1)
-    s = np.cumsum(rows, axis=1)[:, -1]
-    for w in (8, 4, 2, 1):
-        s = s[:, :w] + s[:, w:2 * w]
-    return s[:, 0]
+        return _running_sum(v[:, :, 0], axis=1)
+    return _combine(_running_sum(_lane_rows(v).reshape(c, -1, 16), axis=1))
+
+
+def strip_sums(v):
+    """Each strip's own sum (C, N): 32 lanes from zero over the strip, combined."""
+    return _combine(_running_sum(_lane_rows(v, 32), axis=2))
 
 
 def emulate_forward(x, eps):
-    """mean, var, inv_std as fo_norm.c computes them (two passes in double, rounded once)."""
+    """mean, var, inv_std as fo_norm.c computes them, in its order: HW == 1, the two-pass running
+    sums; else per strip k its sum S_k, mean m_k = S_k / HW and squared deviations Q_k, then
+    mean = (S_0 + S_1 + ...) / m and var = ((Q_0 + HW (m_0 - mean)^2) + ...) / m."""
     v = per_channel(x)
-    m = v.shape[1] * v.shape[2]
-    mu = lane_sums(v) / m
-    var = lane_sums((v - mu[:, None, None]) ** 2) / m
+    n, hw = v.shape[1], v.shape[2]
+    m = n * hw
+    if hw == 1:
+        mu = lane_sums(v) / m
+        var = lane_sums((v - mu[:, None, None]) ** 2) / m
+    else:
+        sk = strip_sums(v)
+        mk = sk / hw
+        qk = strip_sums((v - mk[:, :, None]) ** 2)
+        mu = _running_sum(sk, axis=1) / m
+        dm = mk - mu[:, None]
+        var = _running_sum(qk + hw * (dm * dm), axis=1) / m
     return mu.astype(np.float32), var.astype(np.float32), (1.0 / np.sqrt(var + eps)).astype(np.float32)
 
 
@@ -109,7 +143,8 @@ def exact_stats(x, eps):
     inv64 = 1.0 / np.sqrt(var64 + eps)
     mean_abs = np.abs(v).mean(axis=(1, 2))
     tol_mean = U32 * np.abs(mean64) + m * 2.0 ** -52 * mean_abs
-    dvar = (m + 3) * 2.0 ** -52 * var64 + (m * 2.0 ** -52 * mean_abs) ** 2
+    e = m * 2.0 ** -51 * mean_abs
+    dvar = (m + 3) * 2.0 ** -52 * var64 + 2 * e * np.sqrt(var64) + 3 * e * e
     tol_var = U32 * var64 + dvar
     tol_inv = inv64 * (2.0 ** -23 + dvar / (var64 + eps))
     return (mean64, var64, inv64), (tol_mean, tol_var, tol_inv)
@@ -131,8 +166,9 @@ def exact_backward(dout, xhat, gamma, inv_std):
     b3 = lambda t: t[:, None, None]  # noqa: E731
     dx = (d * b3(g) - b3(a64) - xh * b3(b64)) * b3(inv)
     terms = np.abs(d * b3(g)) + np.abs(b3(a64)) + np.abs(xh * b3(b64))
-    tol_dx = b3(inv) * (5 * U32 * terms + b3(np.abs(g)) * m * U64 * (b3(np.abs(d).mean(axis=(1, 2)))
-                                                                      + np.abs(xh) * b3(np.abs(d * xh).mean(axis=(1, 2)))))
+    mean_d, mean_dx = np.abs(d).mean(axis=(1, 2)), np.abs(d * xh).mean(axis=(1, 2))
+    sums_err = b3(np.abs(g)) * m * U64 * (b3(mean_d) + np.abs(xh) * b3(mean_dx))
+    tol_dx = b3(inv) * (5 * U32 * terms + sums_err)
     tol_db = U32 * np.abs(dbeta) + m * U64 * np.abs(d).sum(axis=(1, 2))
     tol_dg = U32 * np.abs(dgamma) + m * U64 * np.abs(d * xh).sum(axis=(1, 2))
     return (dx, dgamma, dbeta), (tol_dx, tol_dg, tol_db)
@@ -311,6 +347,22 @@ def test_batchnorm_bad_input():
             call()
 
 
+def test_batchnorm_nonfinite_input_stays_in_its_channel():
+    """NaN/Inf are not checked (the reference refuses them first): they reach their own channel's
+    outputs only, and nothing crashes."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
+    x[2, 1, 3, 4] = np.nan
+    g, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    y, xhat, mean, var, inv_std = F.batchnorm_train_forward(x, g, b, 1e-5)
+    assert np.isnan(mean[1]) and np.isnan(y[:, 1]).all()
+    assert np.isfinite(y[:, [0, 2]]).all() and np.isfinite(mean[[0, 2]]).all()
+    dout = np.ones_like(x)
+    dout[0, 2, 0, 0] = np.inf
+    dx, dgamma, dbeta = F.batchnorm_train_backward(dout, xhat, g, inv_std)
+    assert np.isfinite(dx[:, 0]).all() and np.isinf(dbeta[2])
+
+
 # ---- element-wise ops -------------------------------------------------------------------------------
 
 SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 1e-45, -1e-45,
@@ -392,6 +444,17 @@ def test_clip_threshold_numpy_scalars(seed, inclusive):
         assert same_bits(F.clip_mask(x, c, inclusive), clip_mask(x, c, inclusive)), c
         dout = np.ones_like(x)
         assert same_bits(F.ste_clip_backward(dout, x, c, inclusive), dout * clip_mask(x, c, inclusive)), c
+
+
+def test_elementwise_zero_dimensional():
+    x, d = np.array(1.5, np.float32), np.array(-2.0, np.float32)
+    y, m = F.hardtanh_forward(x)
+    assert y.shape == () and y == 1.0 and not m
+    assert F.mask_multiply(d, np.array(True)) == -2.0
+    assert F.ste_clip_backward(d, x, 2.0) == -2.0
+    assert same_bits(F.ste_clip_backward(d, x, 1.0), np.array(-0.0, np.float32))
+    assert F.clip_mask(x, 1.0) == 0.0
+    assert F.first_nonfinite_index(np.array(np.nan, np.float32)) == 0 and F.first_nonfinite_index(x) == -1
 
 
 def test_elementwise_bad_input():
