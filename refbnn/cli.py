@@ -119,11 +119,14 @@ def _add_training_options(p, param_help=PARAM_HELP, epochs_help=f"default per da
     p.add_argument("--weight-decay", type=_ranged("weight_decay"), default=None, help="default: the method's")
     p.add_argument("--lr-schedule", default="cosine", choices=sorted(LR_SCHEDULES))
     p.add_argument("--warmup-epochs", type=_ranged("warmup_epochs"), default=0, help="at most --epochs")
+    p.add_argument("--backend", default="auto", choices=("auto", "cython", "numpy"),
+                   help="auto/cython: the packed kernels and the compiled float ops (docs/training-speed.md); "
+                        "numpy: the NumPy reference everywhere (the specification; slower)")
 
 
 # TrainConfig fields set by _add_data_model_options and _add_training_options (--param aside)
 RUN_SETTINGS = ("dataset", "data_dir", "model", "width", "convention", "epochs", "batch_size", "lr", "optimizer",
-                "bop_threshold", "bop_gamma", "weight_decay", "lr_schedule", "warmup_epochs")
+                "bop_threshold", "bop_gamma", "weight_decay", "lr_schedule", "warmup_epochs", "backend")
 
 
 def _run_settings(args) -> dict:

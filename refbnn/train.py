@@ -109,6 +109,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     warmup_epochs: int = 0
     seed: int = 0
+    backend: str = "auto"             # the layers' kernel backend (refbnn.kernels): auto, cython or numpy
     out: str | None = None            # directory for checkpoint.npz
     resume: bool = False              # continue from out/checkpoint.npz
     overwrite: bool = False           # replace out/checkpoint.npz of an earlier run (else an error)
@@ -124,6 +125,8 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; known models: {', '.join(MODELS)}")
         method = get_method(self.method).with_params(**(self.method_params or {}))
         get_convention(self.convention)
+        if self.backend not in ("auto", "cython", "numpy"):
+            raise ValueError(f"backend: expected 'auto', 'cython' or 'numpy' (CPU training), got {self.backend!r}")
         for name in ("out", "metrics_json", "data_dir"):
             value = getattr(self, name)
             if value is None:
@@ -225,7 +228,8 @@ def write_json_atomic(path, obj):
 
 def build(config: TrainConfig, input_shape, num_classes):
     method = get_method(config.method).with_params(**(config.method_params or {}))
-    factory = LayerFactory(method, rng=np.random.default_rng(config.seed), convention=config.convention)
+    factory = LayerFactory(method, rng=np.random.default_rng(config.seed), convention=config.convention,
+                           backend=config.backend)
     model = build_model(config.model, factory, input_shape, num_classes, config.width)
     groups = param_groups(model, config.weight_decay, no_decay_bn_and_bias)
     if config.optimizer == "bop":

@@ -37,5 +37,17 @@ def _f32(a, name, ndim=None):
     return a
 
 
+# Below this many values per thread, waking another OpenMP thread costs more than it saves (measured:
+# batch norm forward + backward on (64, 512) floats, 31 us on one thread, 158 us on two). The thread
+# count never changes a result, so capping it is safe.
+MIN_VALUES_PER_THREAD = 1 << 16
+
+
+def _work_threads(threads, size):
+    """The team size for an element-wise or per-channel pass over ``size`` values: ``threads``
+    (validated by ``_threads``) capped so that each thread gets at least MIN_VALUES_PER_THREAD."""
+    return max(1, min(_threads(threads), size // MIN_VALUES_PER_THREAD))
+
+
 include "fo_conv.pxi"
 include "fo_norm.pxi"
