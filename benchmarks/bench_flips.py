@@ -17,23 +17,16 @@ import argparse
 import json
 import os
 import platform
-import time
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+
+from benchtime import best_time  # noqa: E402 - after the thread settings
 
 SETTINGS = [("mlp", "recu", 1.0), ("mlp", "bnn", 1.0), ("mlp", "irnet", 1.0), ("resnet20", "recu", 0.25),
             ("resnet20", "recu", 1.0)]
 
 
-def best_time(f, n):
-    f()
-    best = float("inf")
-    for _ in range(n):
-        t0 = time.perf_counter()
-        f()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def measure(model_name, method, width, n, batch=64):

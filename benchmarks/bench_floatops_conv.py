@@ -23,6 +23,7 @@ import os
 import time
 
 import numpy as np
+from benchtime import best_time
 
 # (C, O, H=W of the input, stride, how many of ResNet-20's 18 binary convolutions have this shape)
 LAYERS = [(16, 16, 32, 1, 6), (16, 32, 32, 2, 1), (32, 32, 16, 1, 5), (32, 64, 16, 2, 1), (64, 64, 8, 1, 5)]
@@ -31,14 +32,8 @@ LAYERS = [(16, 16, 32, 1, 6), (16, 32, 32, 2, 1), (32, 32, 16, 1, 5), (32, 64, 1
 CLOCK = time.perf_counter
 
 
-def best_time(fn, rounds):
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = CLOCK()
-        fn()
-        best = min(best, CLOCK() - t0)
-    return best
+def best_of(fn, rounds):
+    return best_time(fn, rounds, CLOCK)
 
 
 def main(argv=None):
@@ -72,9 +67,9 @@ def main(argv=None):
         gemm = 2.0 * n * o * (c * 9) * (ho * ho)
         for t in args.threads:
             with threadpool_limits(t):
-                t_np = best_time(lambda: conv2d_backward_from_input(dout, x, w, *geo), args.rounds)
-            t_fo = best_time(lambda: F.conv2d_backward(dout, x, w, *geo, threads=t), args.rounds)
-            t_dw = best_time(lambda: F.conv2d_backward(dout, x, w, *geo, need_dx=False, threads=t), args.rounds)
+                t_np = best_of(lambda: conv2d_backward_from_input(dout, x, w, *geo), args.rounds)
+            t_fo = best_of(lambda: F.conv2d_backward(dout, x, w, *geo, threads=t), args.rounds)
+            t_dw = best_of(lambda: F.conv2d_backward(dout, x, w, *geo, need_dx=False, threads=t), args.rounds)
             row = dict(layer=f"{c}->{o} {hw}x{hw} s{s}", count=count, threads=t, numpy_ms=1e3 * t_np,
                        fo_ms=1e3 * t_fo, fo_dw_only_ms=1e3 * t_dw, numpy_gflops=2 * gemm / t_np / 1e9,
                        fo_gflops=2 * gemm / t_fo / 1e9, fo_dw_only_gflops=gemm / t_dw / 1e9)
@@ -96,8 +91,8 @@ def main(argv=None):
         flops = 2.0 * n * o * c * 9 * hw * hw
         for t in args.threads:
             with threadpool_limits(t):
-                t_np = best_time(lambda: conv2d_forward(x, w, None, 1, 1, 1, 1), args.rounds)
-            t_fo = best_time(lambda: F.conv2d_forward(x, w, (1, 1), (1, 1), (1, 1), 1, 0.0, threads=t), args.rounds)
+                t_np = best_of(lambda: conv2d_forward(x, w, None, 1, 1, 1, 1), args.rounds)
+            t_fo = best_of(lambda: F.conv2d_forward(x, w, (1, 1), (1, 1), (1, 1), 1, 0.0, threads=t), args.rounds)
             fwd_rows.append(dict(layer=f"{c}->{o} {hw}x{hw}", threads=t, numpy_ms=1e3 * t_np, fo_ms=1e3 * t_fo))
             print(f"forward {c}->{o} {hw}x{hw} {t}T: numpy {1e3 * t_np:6.1f} ms ({flops / t_np / 1e9:5.1f} GFLOP/s)  "
                   f"compiled {1e3 * t_fo:5.1f} ms ({flops / t_fo / 1e9:5.1f} GFLOP/s, {t_np / t_fo:4.1f}x)")

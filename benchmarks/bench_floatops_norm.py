@@ -15,19 +15,13 @@ import json
 import os
 import platform
 import sys
-import time
 
 import numpy as np
+from benchtime import best_time
 
 
 def best_ms(fn, repeat):
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
+    return best_time(fn, repeat) * 1e3
 
 
 def run(batch, repeat, threads):

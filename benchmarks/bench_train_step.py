@@ -26,17 +26,12 @@ import sys
 import time
 
 import numpy as np
+from benchtime import best_time
 
 
 def best_step_time(step, steps):
     """The best of ``steps`` timed calls of ``step``, after a warm-up call."""
-    step()
-    best = float("inf")
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_time(step, steps)
 
 
 class OpTimer:
