@@ -25,10 +25,12 @@ Scale ``alpha`` (per output channel, broadcast over the batch and spatial axes):
 When both quantizers output exactly +-1 (``quantizer.binary``), the product runs through the kernel
 interface (``refbnn.kernels``), so a packed kernel may compute it; the result is bit-identical to
 the float path by construction. In eval mode always; in training mode when ``backend`` resolves to
-a compiled kernel: the backward then builds the im2col columns it needs (the float forward would
-have built them anyway), a few samples at a time (``ops.conv2d_backward_from_input``), so the
-packed forward replaces the forward GEMM and the columns are never held for the whole batch. The
-gradients are bit-identical to the float path's. With the NumPy reference, training keeps the float op.
+a compiled kernel. The op's cache (``ops.conv2d_cache`` / ``ops.linear_cache``, the same contract as
+the float forward's) then holds the input, not im2col columns, and the backward computes the
+gradients from it: with the compiled float ops for float32 (``refbnn.kernels.float_ops``: within
+the float tolerance they state, docs/training-speed.md), else with the reference, which builds the
+columns a few samples at a time (``ops.conv2d_backward_from_input``, bit-identical to the float
+path's gradients). With the NumPy reference (``backend="numpy"``), training keeps the float op.
 The scale and the bias are applied here in Python after the product, on either path, in the order
 ``bias_order`` says (``refbnn.methods.LayerFactory`` takes it from the convention).
 """
