@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import refbnn
 from refbnn import kernels
 
-ROOT = Path(__file__).resolve().parents[1]
+# the refbnn this test imported (installed, or a source tree with in-place builds), for the subprocesses
+PACKAGE_PARENT = Path(refbnn.__file__).resolve().parents[1]
 
 SCRIPT = r"""
 import hashlib, json, sys
@@ -51,9 +53,9 @@ print(json.dumps({"losses": losses, "sha256": h.hexdigest(), "params": params,
 
 
 def run(backend, threads, method="bnn"):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-c", SCRIPT, backend, method], env=env, capture_output=True, text=True,
-                         timeout=300, check=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(PACKAGE_PARENT))
+    out = subprocess.run([sys.executable, "-c", SCRIPT, backend, method], env=env, cwd=str(PACKAGE_PARENT),
+                         capture_output=True, text=True, timeout=300, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
