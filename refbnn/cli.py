@@ -312,10 +312,17 @@ def info() -> dict:
     """Versions, the kernel backends, and the compiled kernels' SIMD paths: which are compiled in,
     which this CPU supports, which one runs and how it was chosen ($REFBNN_KERNEL_PATH, else measured
     on this machine or read from the cache of an earlier measurement, see
-    refbnn/kernels/dispatch.py), the measured times per path, OpenMP threads."""
+    refbnn/kernels/dispatch.py), the measured times per path, OpenMP threads; whether the compiled
+    float ops of the training step are built (docs/training-speed.md)."""
+    try:
+        fast = kernels.float_ops("cython", np.zeros(1, np.float32))
+        float_ops = f"built ({fast.__name__}): backend auto/cython trains with them, numpy with the reference"
+    except ImportError as exc:
+        float_ops = f"not available ({exc})"
     return {"refbnn": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "machine": platform.machine(), "kernel_backends": kernels.available_backends(),
-            "unavailable_backends": kernels.backend_errors(), "kernel_paths": kernels.kernel_paths()}
+            "unavailable_backends": kernels.backend_errors(), "kernel_paths": kernels.kernel_paths(),
+            "compiled_float_ops": float_ops}
 
 
 def cmd_info(args) -> int:

@@ -133,6 +133,9 @@ def test_without_the_extension(monkeypatch):
     x = np.ones((2, 3))
     assert kernels.available_backends() == ["numpy"]
     assert kernels.resolve_backend("auto", x) is kernels.reference
+    assert kernels.float_ops("auto", x.astype(np.float32)) is None          # the float ops: the reference
+    with pytest.raises(ImportError, match="pip install"):
+        kernels.float_ops("cython", x.astype(np.float32))
     assert np.array_equal(kernels.binary_matmul(x, x), x @ x.T)
     with pytest.raises(ImportError, match="pip install"):
         kernels.resolve_backend("cython", x)
@@ -142,3 +145,27 @@ def test_without_the_extension(monkeypatch):
     assert kernels.unpack_bits(np.array([5], np.uint64), 3).tolist() == [-1.0, 1.0, -1.0]
     layer = BinaryLinear(3, 2, rng=0).eval()
     assert layer.forward(x)[0].shape == (2, 2)
+
+
+def test_without_the_float_ops(monkeypatch):
+    """The packed kernels built but not the float ops (or built from older sources): "auto" trains with
+    the reference's float ops, "cython" says how to build them; the layers still train."""
+    x = np.ones((2, 3, 4, 4), np.float32)
+    assert kernels.float_ops("auto", x) is not None
+    monkeypatch.setitem(sys.modules, "refbnn.kernels._floatops", None)           # import -> ImportError
+    monkeypatch.delattr(kernels, "_floatops", raising=False)
+    assert kernels.float_ops("auto", x) is None
+    with pytest.raises(ImportError, match="pip install"):
+        kernels.float_ops("cython", x)
+    net = build_model("resnet20", LayerFactory(get_method("bnn"), rng=0), (3, 8, 8), 10, 0.25)
+    out, cache = net.forward(np.ones((2, 3, 8, 8), np.float32))
+    net.backward(np.ones_like(out), cache)
+
+
+def test_float_ops_built_from_older_sources(monkeypatch):
+    """An extension without one of the functions refbnn.ops calls counts as not built."""
+    fast = kernels.float_ops("auto", np.ones(1, np.float32))
+    monkeypatch.delattr(fast, "batchnorm_train_backward")
+    assert kernels.float_ops("auto", np.ones(1, np.float32)) is None
+    with pytest.raises(ImportError, match="older sources"):
+        kernels.float_ops("cython", np.ones(1, np.float32))

@@ -130,7 +130,14 @@ def test_cli_train_and_info(tmp_path, capsys):
     assert main(["train", "--dataset", "cifar10"]) == 2
     assert "--data-dir" in capsys.readouterr().err
     assert main(["info", "--json"]) == 0
-    assert "numpy" in json.loads(capsys.readouterr().out)["kernel_backends"]
+    data = json.loads(capsys.readouterr().out)
+    assert "numpy" in data["kernel_backends"]
+    try:
+        import refbnn.kernels._floatops  # noqa: F401
+        built = True
+    except ImportError:
+        built = False
+    assert data["compiled_float_ops"].startswith("built" if built else "not available")
 
 
 def test_python_m_refbnn_runs():
