@@ -150,41 +150,48 @@ T512 INL void mk512(const int MR, const int NR, int64_t P, const float *A, int64
         }
 }
 
+/* The tile loop of the AVX-512 GEMM drivers (gemm_avx512, gemmt_avx512): blocks of up to 4 vectors of
+ * columns (nr), row tiles of up to mrmax rows (the most mr x nr accumulators that fit the 32 registers),
+ * each tile through CASE(mr, nr), a macro that reads v0 (the block's first column) and m0 (the tile's
+ * first row). */
+#define TILES_512(CASE) \
+    for (int64_t j0 = 0; j0 < nv; j0 += 4) {                                          \
+        const int nr = nv - j0 >= 4 ? 4 : (int)(nv - j0);                             \
+        const int64_t v0 = 16 * j0;                                                   \
+        const int mrmax = nr == 4 ? 6 : nr == 3 ? 8 : nr == 2 ? 12 : 16;              \
+        for (int64_t m0 = 0; m0 < M; m0 += mrmax) {                                   \
+            const int mr = M - m0 >= mrmax ? mrmax : (int)(M - m0);                   \
+            switch (nr) {                                                             \
+            case 4:                                                                   \
+                switch (mr) { CASE(1, 4) CASE(2, 4) CASE(3, 4) CASE(4, 4) CASE(5, 4)  \
+                              CASE(6, 4) }                                            \
+                break;                                                                \
+            case 3:                                                                   \
+                switch (mr) { CASE(1, 3) CASE(2, 3) CASE(3, 3) CASE(4, 3) CASE(5, 3)  \
+                              CASE(6, 3) CASE(7, 3) CASE(8, 3) }                      \
+                break;                                                                \
+            case 2:                                                                   \
+                switch (mr) { CASE(1, 2) CASE(2, 2) CASE(3, 2) CASE(4, 2) CASE(5, 2)  \
+                              CASE(6, 2) CASE(7, 2) CASE(8, 2) CASE(9, 2) CASE(10, 2) \
+                              CASE(11, 2) CASE(12, 2) }                               \
+                break;                                                                \
+            default:                                                                  \
+                switch (mr) { CASE(1, 1) CASE(2, 1) CASE(3, 1) CASE(4, 1) CASE(5, 1)  \
+                              CASE(6, 1) CASE(7, 1) CASE(8, 1) CASE(9, 1) CASE(10, 1) \
+                              CASE(11, 1) CASE(12, 1) CASE(13, 1) CASE(14, 1)         \
+                              CASE(15, 1) CASE(16, 1) }                               \
+                break;                                                                \
+            }                                                                         \
+        }                                                                             \
+    }
+
 #define MK512(MRV, NRV) mk512(MRV, NRV, P, A + m0 * sam, sam, sap, B + v0, ldb, C + m0 * ldc + v0, ldc, accum)
 #define CASE512(MRV, NRV) case MRV: MK512(MRV, NRV); break;
 
 T512 static void gemm_avx512(int64_t M, int64_t nv, int64_t P, const float *A, int64_t sam, int64_t sap,
                              const float *B, int64_t ldb, float *C, int64_t ldc, int accum)
 {
-    for (int64_t j0 = 0; j0 < nv; j0 += 4) {
-        const int nr = nv - j0 >= 4 ? 4 : (int)(nv - j0);
-        const int64_t v0 = 16 * j0;
-        const int mrmax = nr == 4 ? 6 : nr == 3 ? 8 : nr == 2 ? 12 : 16;
-        for (int64_t m0 = 0; m0 < M; m0 += mrmax) {
-            const int mr = M - m0 >= mrmax ? mrmax : (int)(M - m0);
-            switch (nr) {
-            case 4:
-                switch (mr) { CASE512(1, 4) CASE512(2, 4) CASE512(3, 4) CASE512(4, 4) CASE512(5, 4)
-                              CASE512(6, 4) }
-                break;
-            case 3:
-                switch (mr) { CASE512(1, 3) CASE512(2, 3) CASE512(3, 3) CASE512(4, 3) CASE512(5, 3)
-                              CASE512(6, 3) CASE512(7, 3) CASE512(8, 3) }
-                break;
-            case 2:
-                switch (mr) { CASE512(1, 2) CASE512(2, 2) CASE512(3, 2) CASE512(4, 2) CASE512(5, 2)
-                              CASE512(6, 2) CASE512(7, 2) CASE512(8, 2) CASE512(9, 2) CASE512(10, 2)
-                              CASE512(11, 2) CASE512(12, 2) }
-                break;
-            default:
-                switch (mr) { CASE512(1, 1) CASE512(2, 1) CASE512(3, 1) CASE512(4, 1) CASE512(5, 1)
-                              CASE512(6, 1) CASE512(7, 1) CASE512(8, 1) CASE512(9, 1) CASE512(10, 1)
-                              CASE512(11, 1) CASE512(12, 1) CASE512(13, 1) CASE512(14, 1)
-                              CASE512(15, 1) CASE512(16, 1) }
-                break;
-            }
-        }
-    }
+    TILES_512(CASE512)
 }
 
 /* AVX2: MR rows x one block of 16 floats (2 vectors of 8): 12 accumulators of the 16 registers */
@@ -326,35 +333,7 @@ T512 INL void mk512t(const int MR, const int NR, int64_t P, const float *A, int6
 T512 static void gemmt_avx512(int64_t M, int64_t nv, int64_t P, const float *A, int64_t sam, const int64_t *aoff,
                               const float *B, const int64_t *boff, float *C, int64_t ldc)
 {
-    for (int64_t j0 = 0; j0 < nv; j0 += 4) {
-        const int nr = nv - j0 >= 4 ? 4 : (int)(nv - j0);
-        const int64_t v0 = 16 * j0;
-        const int mrmax = nr == 4 ? 6 : nr == 3 ? 8 : nr == 2 ? 12 : 16;
-        for (int64_t m0 = 0; m0 < M; m0 += mrmax) {
-            const int mr = M - m0 >= mrmax ? mrmax : (int)(M - m0);
-            switch (nr) {
-            case 4:
-                switch (mr) { CASE512T(1, 4) CASE512T(2, 4) CASE512T(3, 4) CASE512T(4, 4) CASE512T(5, 4)
-                              CASE512T(6, 4) }
-                break;
-            case 3:
-                switch (mr) { CASE512T(1, 3) CASE512T(2, 3) CASE512T(3, 3) CASE512T(4, 3) CASE512T(5, 3)
-                              CASE512T(6, 3) CASE512T(7, 3) CASE512T(8, 3) }
-                break;
-            case 2:
-                switch (mr) { CASE512T(1, 2) CASE512T(2, 2) CASE512T(3, 2) CASE512T(4, 2) CASE512T(5, 2)
-                              CASE512T(6, 2) CASE512T(7, 2) CASE512T(8, 2) CASE512T(9, 2) CASE512T(10, 2)
-                              CASE512T(11, 2) CASE512T(12, 2) }
-                break;
-            default:
-                switch (mr) { CASE512T(1, 1) CASE512T(2, 1) CASE512T(3, 1) CASE512T(4, 1) CASE512T(5, 1)
-                              CASE512T(6, 1) CASE512T(7, 1) CASE512T(8, 1) CASE512T(9, 1) CASE512T(10, 1)
-                              CASE512T(11, 1) CASE512T(12, 1) CASE512T(13, 1) CASE512T(14, 1)
-                              CASE512T(15, 1) CASE512T(16, 1) }
-                break;
-            }
-        }
-    }
+    TILES_512(CASE512T)
 }
 
 T256 INL void mk256t(const int MR, int64_t P, const float *A, int64_t sam, const int64_t *aoff, const float *B,
