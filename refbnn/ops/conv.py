@@ -100,9 +100,7 @@ def conv2d_backward(dout, cache, chunk_bytes=1 << 22):
     compiled float ops when the forward chose them, the reference from the kept columns, or the
     reference a few samples at a time (:func:`conv2d_backward_from_input`) when no columns were kept."""
     x, w = cache.x, cache.w
-    if not hasattr(dout, "shape") or len(dout.shape) != 4 or dout.shape[:2] != (x.shape[0], w.shape[0]):
-        raise ValueError(f"dout: expected shape ({x.shape[0]}, {w.shape[0]}, *, *) for this input and weight, got "
-                         f"{tuple(getattr(dout, 'shape', ()))}")
+    _check_dout_lead(dout, x, w)
     args = (cache.stride, cache.padding, cache.dilation, cache.groups, cache.pad_value)
     if cache.fast is not None:
         ho, wo = conv2d_geometry(x.shape, w.shape, cache.stride, cache.padding, cache.dilation, cache.groups)
@@ -133,9 +131,7 @@ def conv2d_backward_from_input(dout, x, w, stride, padding, dilation, groups, pa
     Returns (dx, {"weight": dW}). Arguments as normalised by :func:`conv2d_forward` (pairs; padding a pair
     or a 4-tuple)."""
     n = x.shape[0]
-    if not hasattr(dout, "shape") or len(dout.shape) != 4 or dout.shape[:2] != (n, w.shape[0]):
-        raise ValueError(f"dout: expected shape ({n}, {w.shape[0]}, *, *) for this input and weight, got "
-                         f"{tuple(getattr(dout, 'shape', ()))}")
+    _check_dout_lead(dout, x, w)
     per_sample = w.shape[1] * groups * w.shape[2] * w.shape[3] * dout.shape[2] * dout.shape[3] * x.itemsize
     step = max(1, chunk_bytes // max(per_sample, 1))
     xp = array_module(x)
@@ -153,6 +149,14 @@ def conv2d_backward_from_input(dout, x, w, stride, padding, dilation, groups, pa
     if dw is None:  # an empty batch
         return dx, {"weight": xp.zeros(w.shape, dtype=dout.dtype)}
     return dx, {"weight": dw.reshape(w.shape)}
+
+
+def _check_dout_lead(dout, x, w):
+    """dout must be 4-D with x's samples and w's output channels (its spatial size is checked where the
+    columns or the geometry give it): a same-sized dout of another shape is never reshaped silently."""
+    if not hasattr(dout, "shape") or len(dout.shape) != 4 or dout.shape[:2] != (x.shape[0], w.shape[0]):
+        raise ValueError(f"dout: expected shape ({x.shape[0]}, {w.shape[0]}, *, *) for this input and weight, got "
+                         f"{tuple(getattr(dout, 'shape', ()))}")
 
 
 def _conv2d_backward_parts(dout, cols, w, x_shape, stride, padding, dilation, groups):
