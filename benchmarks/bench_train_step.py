@@ -89,6 +89,7 @@ def refbnn_step_time(batch, steps, backend, seed=0, profile=False):
     from refbnn.methods import LayerFactory, get_method
     from refbnn.models import build_model
     from refbnn.optim import Adam, WeightClip, no_decay_bn_and_bias, param_groups
+    from refbnn.train import train_step
 
     method = get_method("bnn")
     model = build_model("resnet20", LayerFactory(method, rng=seed, backend=backend), (3, 32, 32), 10)
@@ -99,13 +100,7 @@ def refbnn_step_time(batch, steps, backend, seed=0, profile=False):
     y = rng.integers(0, 10, batch)
 
     def step():
-        model.zero_grad()
-        logits, cache = model.forward(x)
-        loss, lcache = ops.softmax_cross_entropy_forward(logits, y)
-        model.backward(ops.softmax_cross_entropy_backward(lcache), cache)
-        opt.step()
-        clip.apply(model)
-        return loss
+        return train_step(model, opt, clip, x, y)[0]
 
     best = best_step_time(step, steps)
     if not profile:

@@ -210,18 +210,6 @@ def summarize(model, input_shape) -> Summary:
 
 # ---- what refbnn export stores --------------------------------------------------------------------
 
-def _leaves_in_order(module, prefix=""):
-    """(name, module) of a model's Sequential children, nested Sequentials expanded, residual blocks
-    kept whole (the order refbnn.inference.export walks a model in)."""
-    from .layers import Sequential
-    if isinstance(module, Sequential):
-        out = []
-        for n, c in module.children.items():
-            out += _leaves_in_order(c, f"{prefix}{n}.")
-        return out
-    return [(prefix.rstrip("."), module)]
-
-
 def _channels(layer):
     return layer.params["weight"].shape[0]
 
@@ -239,7 +227,7 @@ def export_bytes(model):
     """({layer name: bytes of the arrays refbnn export stores for it}, None), or (None, why the model
     does not export). See the module docstring for the rules; exportability is judged by the
     exporter's own checks of the quantizers (refbnn.inference.export)."""
-    from .inference.export import ExportError, input_sign_zero, weight_signs_and_scale
+    from .inference.export import ExportError, flatten_modules, input_sign_zero, weight_signs_and_scale
     from .layers import BatchNorm, Conv2d, Hardtanh, Identity, Linear, MaxPool2d, ReLU
     from .models.resnet import BasicBlock, BiRealBlock
 
@@ -263,7 +251,7 @@ def export_bytes(model):
     except ExportError as exc:
         return None, str(exc)
     out = {}
-    items = _leaves_in_order(model)
+    items = flatten_modules(model)
     i = 0
     while i < len(items):
         name, m = items[i]

@@ -268,6 +268,22 @@ def evaluate(model, x, y, batch_size=500):
     return loss_sum / len(x), correct / len(x)
 
 
+def train_step(model, optimizer, constraint, x, y):
+    """One step on the batch (x, y): zero_grad, forward, softmax cross-entropy, backward, optimizer
+    step, then ``constraint`` (a weight clip, or None). Returns (loss, logits); FloatingPointError when
+    the loss is not finite."""
+    model.zero_grad()
+    logits, cache = model.forward(x)
+    loss, lcache = ops.softmax_cross_entropy_forward(logits, y)
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"training diverged: loss is {loss}; lower --lr")
+    model.backward(ops.softmax_cross_entropy_backward(lcache), cache)
+    optimizer.step()
+    if constraint is not None:
+        constraint.apply(model)
+    return loss, logits
+
+
 def train_epoch(model, optimizer, constraint, data, batch_size, rng, progress=None, flips=None):
     """One pass over the shuffled training set; returns (mean loss, accuracy). ``flips``: a
     :class:`refbnn.flips.FlipTracker` whose ``after_step`` runs after each step (and weight clip)."""
@@ -280,15 +296,7 @@ def train_epoch(model, optimizer, constraint, data, batch_size, rng, progress=No
         x, y = data.x_train[idx], data.y_train[idx]
         if data.augment:
             x = random_crop_flip(x, rng)
-        model.zero_grad()
-        logits, cache = model.forward(x)
-        loss, lcache = ops.softmax_cross_entropy_forward(logits, y)
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"training diverged: loss is {loss}; lower --lr")
-        model.backward(ops.softmax_cross_entropy_backward(lcache), cache)
-        optimizer.step()
-        if constraint is not None:
-            constraint.apply(model)
+        loss, logits = train_step(model, optimizer, constraint, x, y)
         if flips is not None:
             flips.after_step()
         loss_sum += loss * len(idx)

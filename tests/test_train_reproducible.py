@@ -20,10 +20,11 @@ PACKAGE_PARENT = Path(refbnn.__file__).resolve().parents[1]
 SCRIPT = r"""
 import hashlib, json, sys
 import numpy as np
-from refbnn import kernels, ops
+from refbnn import kernels
 from refbnn.methods import LayerFactory, get_method
 from refbnn.models import build_model
 from refbnn.optim import Adam, WeightClip, no_decay_bn_and_bias, param_groups
+from refbnn.train import train_step
 
 backend, method_name = sys.argv[1], sys.argv[2]
 method = get_method(method_name)
@@ -35,12 +36,7 @@ losses = []
 for step in range(3):
     x = rng.standard_normal((24, 3, 16, 16)).astype(np.float32)
     y = rng.integers(0, 10, 24)
-    model.zero_grad()
-    logits, cache = model.forward(x)
-    loss, lcache = ops.softmax_cross_entropy_forward(logits, y)
-    model.backward(ops.softmax_cross_entropy_backward(lcache), cache)
-    opt.step()
-    clip.apply(model)
+    loss, _ = train_step(model, opt, clip, x, y)
     losses.append(float(loss))
 h = hashlib.sha256()
 params = {}

@@ -318,12 +318,13 @@ def _pack_node(b, t, layer, name):
     return b.add("pack", [t], sign_zero=input_sign_zero(layer, name), layer=name)
 
 
-def _flatten_modules(model, prefix=""):
-    """(qualified name, module) of a Sequential's children, nested Sequentials expanded."""
+def flatten_modules(model, prefix=""):
+    """(qualified name, module) of a Sequential's children, nested Sequentials expanded, residual blocks
+    kept whole: the order export walks a model in (refbnn.summary predicts the file in that order too)."""
     if isinstance(model, Sequential):
         out = []
         for n, c in model.children.items():
-            out += _flatten_modules(c, f"{prefix}{n}.")
+            out += flatten_modules(c, f"{prefix}{n}.")
         return out
     return [(prefix.rstrip("."), model)]
 
@@ -351,7 +352,7 @@ def _basic_block(b, blk, name, t):
     y = _exact_float_out_node(b, m["conv2"], f"{name}.conv2", p)
     y = _float_node(b, m["bn2"], y, f"{name}.bn2")
     sc = t
-    for sub_name, sub in _flatten_modules(m["shortcut"], f"{name}.shortcut."):
+    for sub_name, sub in flatten_modules(m["shortcut"], f"{name}.shortcut."):
         sc = _float_node(b, sub, sc, sub_name)
     return _float_node(b, m["act2"], b.add("add", [y, sc]), f"{name}.act2")
 
@@ -367,7 +368,7 @@ def export_model(model, input_shape, num_classes, source=None) -> Graph:
         if isinstance(m, (BiRealBlock, BasicBlock)) and not all(isinstance(m.children[c], BinaryConv2d) for c in ("conv1", "conv2")):
             raise ExportError(f"{n}: a residual block with float convolutions has no packed inference form")
     b = _Builder(input_shape)
-    items = _flatten_modules(model)
+    items = flatten_modules(model)
     t, kind = "input", "float"
     i = 0
     while i < len(items):
