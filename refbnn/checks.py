@@ -11,8 +11,10 @@ offending element.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import threading
 
 import numpy as np
 
@@ -23,12 +25,121 @@ MAX_INT = 2 ** 31 - 1
 
 
 def array_module(x):
-    """NumPy or CuPy, chosen by the type of ``x`` (never by a global switch)."""
-    if type(x).__module__.split(".")[0] == "cupy":
+    """The array module of ``x``, chosen by its type (never by a global switch): NumPy for NumPy
+    arrays, scalars and Python numbers, CuPy for CuPy arrays, and for any other array the module
+    its ``__array_namespace__`` names (the array API standard's protocol; the test suite's
+    simulated device, ``tests/simdevice.py``, is one)."""
+    t = type(x)
+    if t.__module__.split(".")[0] == "cupy":
         import cupy  # noqa: PLC0415 - only imported when a CuPy array is actually passed
 
         return cupy
-    return np
+    if isinstance(x, (np.ndarray, np.generic)) or not hasattr(t, "__array_namespace__"):
+        return np
+    return x.__array_namespace__()
+
+
+def on_host(x) -> bool:
+    """Whether ``x`` is a NumPy array or scalar (not on a device)."""
+    return array_module(x) is np
+
+
+def host_float(v):
+    """A 0-d result as a Python float on the host; on a device it stays a 0-d device array (reading
+    its value would wait for the device), to be read when the caller needs the number."""
+    return float(v) if on_host(v) else v
+
+
+def to_host(x):
+    """A NumPy copy of a device array (CuPy's ``.get()``); NumPy arrays and scalars unchanged."""
+    return x if on_host(x) else x.get()
+
+
+# -- checks on device arrays, deferred to one synchronisation ------------------------------------
+_deferred = threading.local()
+
+
+@contextlib.contextmanager
+def deferred_checks():
+    """Run the block with the value checks on device (non-NumPy) arrays queued instead of answered.
+
+    Each check that needs an array's values (no NaN/Inf, a finite statistic, a non-zero std, labels
+    in range) asks the device a yes/no question; answering it is a device -> host synchronisation,
+    which on a GPU stalls the host until every queued kernel has run. Inside this block the answers
+    stay on the device and are fetched together, in one copy, when the block ends; the first failed
+    check, in program order, then raises the very error it would have raised at once (also when the
+    block ends with another exception: an earlier failed check comes first, as it would have). NumPy
+    arrays are always checked at once (there is nothing to wait for).
+
+    The training step runs its forward and backward passes in such a block, which ends before the
+    optimizer touches the weights, so a bad value still stops the step before it does harm, for the
+    price of one synchronisation per step instead of one per check. Blocks nest: an inner block's
+    checks join the outer block's queue."""
+    stack = getattr(_deferred, "stack", None)
+    if stack is None:
+        stack = _deferred.stack = []
+    stack.append([])
+    try:
+        yield
+    finally:
+        queue = stack.pop()
+        if stack:
+            stack[-1].extend(queue)
+        else:
+            _answer(queue)
+
+
+def _queue():
+    stack = getattr(_deferred, "stack", None)
+    return stack[-1] if stack else None
+
+
+def defer_check(ok, fail) -> bool:
+    """Queue the check ``ok`` (a boolean 0-d array; True = passed) if a :func:`deferred_checks` block
+    is open and ``ok`` is on a device; ``fail()`` raises its error (it may return instead, when a
+    closer look clears the input). Returns False when nothing was queued: check at once."""
+    queue = _queue()
+    if queue is None or on_host(ok):
+        return False
+    queue.append((ok, fail))
+    return True
+
+
+def _answer(queue):
+    """Fetch the queued checks' answers in one device -> host copy; run ``fail()`` of each failed one
+    in order (the first that raises ends it)."""
+    if not queue:
+        return
+    xp = array_module(queue[0][0])
+    answers = to_host(xp.stack([xp.asarray(ok).reshape(()) for ok, _ in queue]))
+    for (_, fail), passed in zip(queue, answers):
+        if not passed:
+            fail()
+
+
+def _all_finite(x):
+    """A 0-d boolean: True when ``x.sum()`` is finite (see the module docstring)."""
+    xp = array_module(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return xp.isfinite(x.sum())
+
+
+def check_all_finite(x, fail):
+    """Run ``fail`` (which looks for the first non-finite element and raises) at once, or queue it
+    behind a device-side ``isfinite(x.sum())`` in a :func:`deferred_checks` block."""
+    if not x.size:
+        return
+    if on_host(x) or _queue() is None:
+        fail()
+    else:
+        defer_check(_all_finite(x), fail)
+
+
+def check_value(ok, fail):
+    """``fail()`` unless ``ok``: at once, or deferred in a :func:`deferred_checks` block when ``ok``
+    is a device array."""
+    if not defer_check(ok, fail) and not bool(ok):
+        fail()
 
 
 def first_nonfinite(x):
@@ -53,18 +164,22 @@ def first_nonfinite(x):
 def check_finite_statistic(v, name: str, dtype):
     """A statistic (a mean, a std; scalar or small array) computed from finite input must be finite:
     otherwise the input's values overflowed ``dtype`` in the reduction. Cheap: ``v`` is small."""
-    xp = array_module(v)
-    if not bool(xp.isfinite(v).all()):
+    def fail():
         raise ValueError(f"{name} overflows {np.dtype(dtype)} (the input's magnitudes are too large for this "
                          f"reduction); expected values whose {name} is finite")
+
+    check_value(array_module(v).isfinite(v).all(), fail)
     return v
 
 
 def check_finite(x, name: str):
     """Raise ``ValueError`` "<name> contains NaN at index (...)" for the first non-finite element."""
-    found = first_nonfinite(x)
-    if found is not None:
-        raise ValueError(f"{name} contains {found[0]} at index {found[1]}; expected finite values")
+    def fail():
+        found = first_nonfinite(x)
+        if found is not None:
+            raise ValueError(f"{name} contains {found[0]} at index {found[1]}; expected finite values")
+
+    check_all_finite(x, fail)
     return x
 
 
@@ -84,9 +199,13 @@ def check_float_array(x, name: str, ndim: int | tuple[int, ...] | None = None, f
             want = " or ".join(str(d) for d in allowed)
             raise ValueError(f"{name}: expected a {want}-D array, got shape {tuple(x.shape)}")
     if finite:
-        found = first_nonfinite(x)
-        if found is not None:
-            raise ValueError(f"{name}: contains NaN or Inf ({found[0]} at index {found[1]}); expected finite values")
+        def fail():
+            found = first_nonfinite(x)
+            if found is not None:
+                raise ValueError(f"{name}: contains NaN or Inf ({found[0]} at index {found[1]}); expected finite "
+                                 "values")
+
+        check_all_finite(x, fail)
     if not x.flags.c_contiguous:
         x = array_module(x).ascontiguousarray(x)
     return x

@@ -17,6 +17,7 @@ import numpy as np
 from . import __version__, crosscheck, kernels
 from .conventions import PRESETS
 from .data import DATASETS
+from .device import DEVICES, gpu_unavailable
 from .methods import METHODS
 from .models import MODELS
 from .optim import OPTIMIZER_NAMES
@@ -122,11 +123,14 @@ def _add_training_options(p, param_help=PARAM_HELP, epochs_help=f"default per da
     p.add_argument("--backend", default="auto", choices=("auto", "cython", "numpy"),
                    help="auto/cython: the packed kernels and the compiled float ops (docs/training-speed.md); "
                         "numpy: the NumPy reference everywhere (the specification; slower)")
+    p.add_argument("--device", default="cpu", choices=DEVICES,
+                   help="cpu: NumPy arrays; gpu: the model and the data on the GPU as CuPy arrays (needs "
+                        "`pip install 'refbnn[gpu]'` and a CUDA device; `refbnn info` says whether it can run)")
 
 
 # TrainConfig fields set by _add_data_model_options and _add_training_options (--param aside)
 RUN_SETTINGS = ("dataset", "data_dir", "model", "width", "convention", "epochs", "batch_size", "lr", "optimizer",
-                "bop_threshold", "bop_gamma", "weight_decay", "lr_schedule", "warmup_epochs", "backend")
+                "bop_threshold", "bop_gamma", "weight_decay", "lr_schedule", "warmup_epochs", "backend", "device")
 
 
 def _run_settings(args) -> dict:
@@ -322,7 +326,20 @@ def info() -> dict:
     return {"refbnn": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "machine": platform.machine(), "kernel_backends": kernels.available_backends(),
             "unavailable_backends": kernels.backend_errors(), "kernel_paths": kernels.kernel_paths(),
-            "compiled_float_ops": float_ops}
+            "compiled_float_ops": float_ops, "gpu": _gpu_info()}
+
+
+def _gpu_info() -> str:
+    """The GPU path's state: the device CuPy would use, or why it cannot run."""
+    why = gpu_unavailable()
+    if why is not None:
+        return f"unavailable: {why}"
+    import cupy  # noqa: PLC0415 - available, as just checked
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    return (f"available: CuPy {cupy.__version__}, device {cupy.cuda.Device().id} {name} "
+            f"(sm_{props['major']}{props['minor']}); `refbnn train --device gpu` trains there")
 
 
 def cmd_info(args) -> int:

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import array_module, deferred_checks, to_host
+from .device import move
 from .models import binary_layers
 from .quantizers.recu import laplace_quantile
 
@@ -52,7 +54,7 @@ def weight_signs(layer) -> np.ndarray:
 def tail_mask(weight, tau: float = TAIL_TAU) -> np.ndarray:
     """The tail of a latent weight array (see the module docstring): ``|w1| > Q_tau`` with w1 the
     per-output-channel standardized weights and Q_tau the tau-quantile of La(0, mean |w1|)."""
-    w = np.asarray(weight)
+    w = to_host(weight)
     a = w.reshape(w.shape[0], -1).astype(np.float64)   # rows = output channels; float64, updated in place
     a -= a.mean(axis=1, keepdims=True)
     std = np.sqrt(np.einsum("ij,ij->i", a, a) / a.shape[1])[:, None]
@@ -81,19 +83,24 @@ class FlipTracker:
 
     def start_epoch(self):
         self._prev = [weight_signs(m) for _, m in self.layers]
-        self._tail = [np.flatnonzero(tail_mask(m.params["weight"], self.tau)) for _, m in self.layers]
+        self._tail = [move(np.flatnonzero(tail_mask(m.params["weight"], self.tau)), array_module(m.params["weight"]))
+                      for _, m in self.layers]
         self._flips = [0] * len(self.layers)
         self._tail_flips = [0] * len(self.layers)
         self._steps = 0
 
     def after_step(self):
+        """Count this step's sign changes; on a device the counts stay there until ``end_epoch``, and
+        the quantizers' value checks are answered in one synchronisation (checks.deferred_checks)."""
         if self._prev is None:
             raise RuntimeError("FlipTracker.after_step: call start_epoch() first")
-        for i, (_, m) in enumerate(self.layers):
-            s = weight_signs(m)
+        with deferred_checks():
+            signs = [weight_signs(m) for _, m in self.layers]
+        for i, s in enumerate(signs):
             changed = s != self._prev[i]
-            self._flips[i] += int(np.count_nonzero(changed))
-            self._tail_flips[i] += int(np.count_nonzero(changed.reshape(-1)[self._tail[i]]))
+            xp = array_module(changed)
+            self._flips[i] = self._flips[i] + xp.count_nonzero(changed)
+            self._tail_flips[i] = self._tail_flips[i] + xp.count_nonzero(changed.reshape(-1)[self._tail[i]])
             self._prev[i] = s
         self._steps += 1
 
@@ -101,6 +108,8 @@ class FlipTracker:
         if self._prev is None:
             raise RuntimeError("FlipTracker.end_epoch: call start_epoch() first")
         steps, out = self._steps, {}
+        self._flips = [int(f) for f in self._flips]
+        self._tail_flips = [int(f) for f in self._tail_flips]
 
         def ratio(flips, n):
             return flips / (n * steps) if n and steps else None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks import array_module
+from .device import device_module, move
 
 
 def param_groups(model, weight_decay=0.0, no_decay=lambda name, module, key: False):
@@ -85,7 +86,14 @@ class Optimizer:
         unknown = set(state) - known
         if unknown:
             raise ValueError(f"optimizer state does not match the parameters: unexpected {sorted(unknown)[:5]}")
-        self.state = {k: v.copy() for k, v in state.items()}
+        params = {f"{name}.{slot}": module.params[key] for _, name, module, key in self._all() for slot in self.slots}
+        self.state = {k: move(v, array_module(params[k])).copy() for k, v in state.items()}
+
+    def to(self, device):
+        """Move the optimizer's state (momenta, moments) to ``device`` (as ``Module.to``); returns self."""
+        xp = device_module(device)
+        self.state = {k: move(v, xp) for k, v in self.state.items()}
+        return self
 
     def _all(self):
         for g in self.groups:
@@ -258,6 +266,11 @@ class CaseOptimizer:
         unknown = [k for k in state if k.split("/", 1)[0] not in {str(i) for i in range(len(self.optimizers))}]
         if unknown:
             raise ValueError(f"optimizer state does not match the parameters: unexpected {sorted(unknown)[:5]}")
+
+    def to(self, device):
+        for o in self.optimizers:
+            o.to(device)
+        return self
 
 
 def build_bop_optimizer(groups, lr, threshold=1e-8, gamma=1e-4, default="adam", **default_kwargs):

@@ -15,6 +15,7 @@ tracker's state lives within one epoch only, so a resumed run records the same f
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -26,6 +27,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import ops
+from .checks import array_module, check_value, deferred_checks, to_host
+from .device import DEVICES, device_module, device_name, move
 from .checkpoint import HISTORY_KEYS, CheckpointError, load_checkpoint, model_layout, optimizer_layout, save_checkpoint
 from .conventions import get_convention
 from .data import DATASETS, load_dataset
@@ -110,6 +113,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     seed: int = 0
     backend: str = "auto"             # the layers' kernel backend (refbnn.kernels): auto, cython or numpy
+    device: str = "cpu"               # "cpu" (NumPy) or "gpu" (CuPy): where the model and the data live
     out: str | None = None            # directory for checkpoint.npz
     resume: bool = False              # continue from out/checkpoint.npz
     overwrite: bool = False           # replace out/checkpoint.npz of an earlier run (else an error)
@@ -125,8 +129,13 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; known models: {', '.join(MODELS)}")
         method = get_method(self.method).with_params(**(self.method_params or {}))
         get_convention(self.convention)
+        if self.device not in DEVICES:
+            raise ValueError(f"device: expected one of {list(DEVICES)}, got {self.device!r}")
         if self.backend not in ("auto", "cython", "numpy"):
-            raise ValueError(f"backend: expected 'auto', 'cython' or 'numpy' (CPU training), got {self.backend!r}")
+            raise ValueError(f"backend: expected 'auto', 'cython' or 'numpy', got {self.backend!r}")
+        if self.device == "gpu" and self.backend == "cython":
+            raise ValueError("backend 'cython' runs on the CPU; with device 'gpu' use 'auto' (the CUDA kernels) or "
+                             "'numpy' (the reference, computed by CuPy)")
         for name in ("out", "metrics_json", "data_dir"):
             value = getattr(self, name)
             if value is None:
@@ -242,42 +251,54 @@ def build(config: TrainConfig, input_shape, num_classes):
 
 
 def random_crop_flip(x, rng, pad=4):
-    """CIFAR augmentation: zero-pad by ``pad``, random crop back to size, random horizontal flip."""
+    """CIFAR augmentation: zero-pad by ``pad``, random crop back to size, random horizontal flip.
+    The offsets and flips are drawn on the host from ``rng`` (the same draws for a NumPy and a CuPy
+    batch); the crop itself is one gather in ``x``'s module."""
+    xp = array_module(x)
     n, c, h, w = x.shape
-    padded = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
-    padded[:, :, pad:pad + h, pad:pad + w] = x
     dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
     flip = rng.random(n) < 0.5
-    out = np.empty_like(x)
-    for i in range(n):
-        img = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
-        out[i] = img[:, :, ::-1] if flip[i] else img
-    return out
+    rows = dy[:, None] + np.arange(h)                                      # (n, h) rows of the padded image
+    cols = dx[:, None] + np.where(flip[:, None], np.arange(w)[::-1], np.arange(w))  # (n, w), reversed if flipped
+    padded = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    index = (xp.asarray(np.arange(n)[:, None, None, None]), xp.asarray(np.arange(c)[None, :, None, None]),
+             xp.asarray(rows[:, None, :, None]), xp.asarray(cols[:, None, None, :]))
+    return padded[index]
 
 
 def evaluate(model, x, y, batch_size=500):
-    """(mean loss, accuracy) in eval mode."""
+    """(mean loss, accuracy) in eval mode, as Python floats. On a device the sums stay there until
+    the end, and the value checks are answered once (refbnn.checks.deferred_checks)."""
     model.eval()
     correct, loss_sum = 0, 0.0
-    for i in range(0, len(x), batch_size):
-        logits, _ = model.forward(x[i:i + batch_size])
-        loss, _ = ops.softmax_cross_entropy_forward(logits, y[i:i + batch_size])
-        loss_sum += loss * len(logits)
-        correct += int((logits.argmax(axis=1) == y[i:i + batch_size]).sum())
+    with deferred_checks():
+        for i in range(0, len(x), batch_size):
+            logits, _ = model.forward(x[i:i + batch_size])
+            loss, _ = ops.softmax_cross_entropy_forward(logits, y[i:i + batch_size])
+            loss_sum = loss_sum + loss * len(logits)
+            correct = correct + (logits.argmax(axis=1) == y[i:i + batch_size]).sum()
     model.train()
-    return loss_sum / len(x), correct / len(x)
+    return float(loss_sum) / len(x), int(correct) / len(x)
 
 
 def train_step(model, optimizer, constraint, x, y):
     """One step on the batch (x, y): zero_grad, forward, softmax cross-entropy, backward, optimizer
-    step, then ``constraint`` (a weight clip, or None). Returns (loss, logits); FloatingPointError when
-    the loss is not finite."""
+    step, then ``constraint`` (a weight clip, or None). Returns (loss, logits), the loss a float (a 0-d
+    array on a device); FloatingPointError when the loss is not finite.
+
+    Forward and backward run in a :func:`refbnn.checks.deferred_checks` block: on a device their value
+    checks and the loss check are answered together, in one synchronisation, before the optimizer
+    changes any weight (on the host each is answered at once, as always)."""
     model.zero_grad()
-    logits, cache = model.forward(x)
-    loss, lcache = ops.softmax_cross_entropy_forward(logits, y)
-    if not np.isfinite(loss):
-        raise FloatingPointError(f"training diverged: loss is {loss}; lower --lr")
-    model.backward(ops.softmax_cross_entropy_backward(lcache), cache)
+    with deferred_checks():
+        logits, cache = model.forward(x)
+        loss, lcache = ops.softmax_cross_entropy_forward(logits, y)
+
+        def diverged():
+            raise FloatingPointError(f"training diverged: loss is {float(loss)}; lower --lr")
+
+        check_value(array_module(loss).isfinite(loss), diverged)
+        model.backward(ops.softmax_cross_entropy_backward(lcache), cache)
     optimizer.step()
     if constraint is not None:
         constraint.apply(model)
@@ -288,9 +309,11 @@ def train_epoch(model, optimizer, constraint, data, batch_size, rng, progress=No
     """One pass over the shuffled training set; returns (mean loss, accuracy). ``flips``: a
     :class:`refbnn.flips.FlipTracker` whose ``after_step`` runs after each step (and weight clip)."""
     n = len(data.x_train)
-    perm = rng.permutation(n)
+    xp = array_module(data.x_train)
+    perm = move(rng.permutation(n), xp)  # drawn on the host: the same order on every device
     stop = n - (n % batch_size) if n % batch_size == 1 else n  # a batch of 1 cannot be batch-normalised
     loss_sum, correct, seen = 0.0, 0, 0
+    shown = time.monotonic()
     for i in range(0, stop, batch_size):
         idx = perm[i:i + batch_size]
         x, y = data.x_train[idx], data.y_train[idx]
@@ -299,13 +322,17 @@ def train_epoch(model, optimizer, constraint, data, batch_size, rng, progress=No
         loss, logits = train_step(model, optimizer, constraint, x, y)
         if flips is not None:
             flips.after_step()
-        loss_sum += loss * len(idx)
-        correct += int((logits.argmax(axis=1) == y).sum())
+        loss_sum = loss_sum + loss * len(idx)  # on a device these sums stay there
+        correct = correct + (logits.argmax(axis=1) == y).sum()
         seen += len(idx)
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-    return loss_sum / seen, correct / seen
+            # reading the sums waits for a device: there, at most once a second
+            if xp is np or time.monotonic() - shown >= 1.0:
+                progress.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
+                                     refresh=False)
+                shown = time.monotonic()
+    return float(loss_sum) / seen, int(correct) / seen
 
 
 def _binary_parameter_count(model):
@@ -317,6 +344,7 @@ def train(config: TrainConfig, log=print) -> dict:
     """Run a training job; returns the metrics dict (also written to ``metrics_json``)."""
     c = config.resolved()
     check_outputs(c)
+    xp = device_module(c.device)  # before any work: says why a GPU cannot be used
     data = load_dataset(c.dataset, c.data_dir)
     method, model, optimizer = build(c, data.input_shape, data.num_classes)
     convention = get_convention(c.convention)
@@ -342,6 +370,12 @@ def train(config: TrainConfig, log=print) -> dict:
         start_epoch, history, seconds_before = meta["epoch"] + 1, meta["history"], meta["seconds"]
         log(f"resuming from {ckpt_path} after epoch {start_epoch} of {c.epochs}"
             + (" (the run is complete; nothing left to train)" if start_epoch == c.epochs else ""))
+    if xp is not np:  # the model and the whole data set move once; each step then stays on the device
+        model.to(xp)
+        optimizer.to(xp)
+        data = dataclasses.replace(data, **{k: move(getattr(data, k), xp)
+                                            for k in ("x_train", "y_train", "x_test", "y_test")})
+        log(f"training on {device_name(xp)}")
 
     steps = -(-len(data.x_train) // c.batch_size)
     bar = None
@@ -361,8 +395,7 @@ def train(config: TrainConfig, log=print) -> dict:
         try:
             tr_loss, tr_acc = train_epoch(model, optimizer, constraint, data, c.batch_size, rng, bar, tracker)
         except ValueError as exc:  # a layer refusing non-finite weights: the optimizer diverged
-            bad = [k for k, v in model.state_dict().items() if np.asarray(v).dtype.kind == "f"
-                   and not np.isfinite(v).all()]
+            bad = [k for k, v in model.host_state_dict().items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
             if bad:
                 raise FloatingPointError(f"training diverged in epoch {epoch + 1}: {bad[0]} is no longer finite "
                                          f"({exc}); lower --lr") from exc
@@ -378,7 +411,8 @@ def train(config: TrainConfig, log=print) -> dict:
         if ckpt_path:
             meta = {"epoch": epoch, "run": run, "history": history,
                     "seconds": seconds_before + time.perf_counter() - t0}
-            save_checkpoint(ckpt_path, model.state_dict(), optimizer.state_dict(), meta)
+            save_checkpoint(ckpt_path, model.host_state_dict(),
+                            {k: to_host(v) for k, v in optimizer.state_dict().items()}, meta)
     if bar is not None:
         bar.close()
     seconds = seconds_before + time.perf_counter() - t0

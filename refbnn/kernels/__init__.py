@@ -104,15 +104,16 @@ def resolve_backend(backend: str, x):
     """The kernel module to use for array ``x``."""
     if backend not in BACKENDS + ("auto",):
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS + ('auto',)}")
-    on_gpu = array_module(x).__name__ == "cupy"
+    xp = array_module(x)
+    on_gpu = xp.__name__ == "cupy"
     if backend == "auto":
-        for name in (("cupy",) if on_gpu else ("cython",)):
-            mod = _load(name)
-            if mod is not None:
-                return mod
-        return reference
-    if backend == "cython" and on_gpu:
-        raise ValueError("backend 'cython' runs on NumPy arrays; got a CuPy array (use 'cupy' or 'auto')")
+        if xp is not np and not on_gpu:  # another array-API module: only the reference runs there
+            return reference
+        mod = _load("cupy" if on_gpu else "cython")
+        return reference if mod is None else mod
+    if backend == "cython" and xp is not np:
+        use = "'cupy' or 'auto'" if on_gpu else "'numpy' or 'auto'"
+        raise ValueError(f"backend 'cython' runs on NumPy arrays; got a {xp.__name__} array (use {use})")
     if backend == "cupy" and not on_gpu:
         raise ValueError("backend 'cupy' runs on CuPy arrays; got a NumPy array (use 'cython', 'numpy' or 'auto')")
     mod = _load(backend)

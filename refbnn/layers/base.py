@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import check_bool_arg, check_float_array
+from ..checks import array_module, check_bool_arg, check_float_array, to_host
+from ..device import device_module, device_name, move
 
 
 class Module:
@@ -51,8 +52,13 @@ class Module:
         raise NotImplementedError
 
     def __call__(self, x):
-        """Validate a user-supplied input (dtype, NaN/Inf), then ``forward``."""
+        """Validate a user-supplied input (dtype, NaN/Inf, and that it lives where the parameters
+        live), then ``forward``."""
         check_float_array(x, "input")
+        here, there = array_module(x), self.device()
+        if here is not there and any(True for _ in self.named_parameters()):
+            raise TypeError(f"input: a {device_name(here)} array, but the model's parameters are {device_name(there)} "
+                            f"arrays; move one of them (model.to(...), or the input with numpy/cupy asarray)")
         return self.forward(x)
 
     def accumulate(self, grads: dict):
@@ -98,6 +104,10 @@ class Module:
                 out[prefix + k] = np.asarray(v)
         return out
 
+    def host_state_dict(self) -> dict:
+        """:meth:`state_dict` with every array copied to the host (NumPy), for saving."""
+        return {k: to_host(v) for k, v in self.state_dict().items()}
+
     def load_state_dict(self, state: dict):
         """Copy arrays into the existing parameters/buffers; names, shapes and dtypes must match."""
         expected = self.state_dict()
@@ -113,9 +123,29 @@ class Module:
                         raise ValueError(f"{prefix + k}: expected shape {store[k].shape}, got {v.shape}")
                     if v.dtype != store[k].dtype:
                         raise ValueError(f"{prefix + k}: expected dtype {store[k].dtype}, got {v.dtype}")
-                    store[k][...] = v
-            q = {k: state[prefix + k][()] for k in m.quantizer_state()}
+                    store[k][...] = move(v, array_module(store[k]))
+            q = {k: to_host(state[prefix + k])[()] for k in m.quantizer_state()}
             m.load_quantizer_state({k: float(v) for k, v in q.items()})
+
+    def to(self, device):
+        """Move every parameter, buffer and gradient to ``device`` (``"cpu"``/``"numpy"``,
+        ``"gpu"``/``"cupy"``, or an array module; see :mod:`refbnn.device`) and return the module.
+        Its inputs must then live there too: a layer computes with its input's array module."""
+        xp = device_module(device)
+        for _, m in self.modules():
+            for store in (m.params, m.buffers, m.grads):
+                for k in store:
+                    store[k] = move(store[k], xp)
+        return self
+
+    def device(self):
+        """The array module the parameters live in (NumPy when there are none); ValueError when they
+        are split between modules."""
+        found = {array_module(v) for _, m in self.modules() for store in (m.params, m.buffers) for v in store.values()}
+        if len(found) > 1:
+            raise ValueError(f"{type(self).__name__}: parameters are split between "
+                             f"{sorted(x.__name__ for x in found)}; move the model with .to(...)")
+        return found.pop() if found else np
 
     def astype(self, dtype):
         """Convert every parameter and buffer (e.g. to float64 for gradient checks)."""

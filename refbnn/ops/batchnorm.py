@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..checks import array_module, check_bool_arg, check_float_array, check_real, check_same_dtype, check_shape
+from ..checks import array_module, check_bool_arg, check_float_array, check_real, check_same_dtype, check_shape, check_value
 from ..kernels import float_ops
 
 
@@ -56,8 +56,11 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training=True, 
     training = check_bool_arg("training", training)
     momentum = check_real("momentum", momentum, 0.0, 1.0)
     eps = check_real("eps", eps, 0.0, open_min=True)
-    if not training and bool((running_var < 0).any()):
-        raise ValueError("running_var: expected values >= 0 (a variance)")
+    if not training:
+        def fail():
+            raise ValueError("running_var: expected values >= 0 (a variance)")
+
+        check_value(~(running_var < 0).any(), fail)
     xp = array_module(x)
     axes, bs = _axes(x), _bshape(x)
     if training:

@@ -7,7 +7,7 @@ distillation:           L = -(1/N) sum_n sum_k p_nk log softmax(z_n / T)_k,   p 
 """
 from __future__ import annotations
 
-from ..checks import array_module, check_float_array, check_real, check_same_dtype, check_shape
+from ..checks import array_module, check_float_array, check_real, check_same_dtype, check_shape, check_value, host_float
 
 
 def log_softmax(z):
@@ -33,12 +33,16 @@ def softmax_cross_entropy_forward(logits, labels):
         raise ValueError(f"labels: expected shape ({logits.shape[0]},), got {tuple(labels.shape)}")
     if labels.dtype.kind not in "iu" or labels.dtype.itemsize > 8:
         raise TypeError(f"labels: expected integer class indices, got dtype {labels.dtype}")
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
-        raise ValueError(f"labels: expected values in [0, {logits.shape[1]}), got [{int(labels.min())}, {int(labels.max())}]")
+    if labels.size:
+        def fail():
+            raise ValueError(f"labels: expected values in [0, {logits.shape[1]}), got [{int(labels.min())}, "
+                             f"{int(labels.max())}]")
+
+        check_value((labels.min() >= 0) & (labels.max() < logits.shape[1]), fail)
     logp = log_softmax(logits)
     n = logits.shape[0]
     loss = -logp[xp.arange(n), labels].mean()
-    return float(loss), (logp, labels)
+    return host_float(loss), (logp, labels)
 
 
 def softmax_cross_entropy_backward(cache):
@@ -60,7 +64,7 @@ def distillation_forward(logits, teacher_logits, temperature=1.0):
     p = xp.exp(log_softmax(teacher_logits / temperature))
     logq = log_softmax(logits / temperature)
     loss = -(p * logq).sum(axis=1).mean()
-    return float(loss), (p, logq, temperature)
+    return host_float(loss), (p, logq, temperature)
 
 
 def distillation_backward(cache):

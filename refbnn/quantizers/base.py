@@ -56,7 +56,7 @@ import functools
 import inspect
 import math
 
-from ..checks import FLOAT_DTYPES, array_module, first_nonfinite
+from ..checks import FLOAT_DTYPES, array_module, check_all_finite, first_nonfinite
 
 
 class Quantizer:
@@ -95,20 +95,22 @@ class Quantizer:
         if x.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{self.name}: {name}: expected dtype float32 or float64 (native byte order), got "
                             f"{x.dtype.str} ({x.dtype})")
-        found = first_nonfinite(x)
-        if found is not None:
+        def fail():
+            found = first_nonfinite(x)
+            if found is None:
+                return
             kind, idx = found
             if kind != "NaN" and self.accepts_inf:
                 xp = array_module(x)
                 nan = xp.isnan(x)
                 if not bool(nan.any()):
-                    found = None
-                else:
-                    kind = "NaN"
-                    idx = tuple(int(i) for i in xp.unravel_index(int(xp.argmax(nan.reshape(-1))), x.shape))
-            if found is not None:
-                allowed = "no NaN" if self.accepts_inf else "finite values"
-                raise ValueError(f"{self.name}: {name} contains {kind} at index {idx}; expected {allowed}")
+                    return
+                kind = "NaN"
+                idx = tuple(int(i) for i in xp.unravel_index(int(xp.argmax(nan.reshape(-1))), x.shape))
+            allowed = "no NaN" if self.accepts_inf else "finite values"
+            raise ValueError(f"{self.name}: {name} contains {kind} at index {idx}; expected {allowed}")
+
+        check_all_finite(x, fail)
         if not x.flags.c_contiguous:
             x = array_module(x).ascontiguousarray(x)
         return x

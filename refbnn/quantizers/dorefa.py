@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import array_module, check_finite_statistic
+from ..checks import array_module, check_finite_statistic, host_float
 from ..conventions import sign
 from .base import Quantizer, check_choice, check_sign_zero
 
@@ -48,7 +48,8 @@ class DoReFa(Quantizer):
         return float(2 ** self.k_bit - 1)
 
     def _divisor(self, x):
-        return float(abs(array_module(x).tanh(x)).max()) if x.size else 0.0
+        """max |tanh x|: a float on the host, a 0-d array on a device (no synchronisation)."""
+        return host_float(abs(array_module(x).tanh(x)).max()) if x.size else 0.0
 
     def forward(self, x, training=True):
         xp = array_module(x)
@@ -58,9 +59,14 @@ class DoReFa(Quantizer):
             return y.astype(x.dtype, copy=False), ((x >= 0) & (x <= 1)).astype(x.dtype)
         t = xp.tanh(x)
         d = self._divisor(x)
-        normed = t / (2.0 * d) + 0.5 if d > 0 else xp.full_like(t, 0.5)
+        if isinstance(d, float):
+            normed = t / (2.0 * d) + 0.5 if d > 0 else xp.full_like(t, 0.5)
+            grad = (1.0 - t * t) / d if d > 0 else xp.zeros_like(t)
+        else:  # on a device: the same values without asking it whether d > 0 (d = 0 only when x = 0)
+            safe = xp.where(d > 0, d, 1.0).astype(x.dtype)
+            normed = xp.where(d > 0, t / (2.0 * safe) + 0.5, 0.5).astype(t.dtype, copy=False)
+            grad = xp.where(d > 0, (1.0 - t * t) / safe, 0.0).astype(t.dtype, copy=False)
         y = 2.0 * (xp.round(normed * n) / n) - 1.0
-        grad = (1.0 - t * t) / d if d > 0 else xp.zeros_like(t)
         return y.astype(x.dtype, copy=False), grad.astype(x.dtype, copy=False)
 
     def backward(self, dy, cache):
@@ -71,6 +77,8 @@ class DoReFa(Quantizer):
         if self.mode == "activations":
             return xp.clip(x, 0.0, 1.0)
         d = self._divisor(x if ref is None else ref)
+        if not isinstance(d, float):
+            return xp.where(d > 0, xp.tanh(x) / xp.where(d > 0, d, 1.0).astype(x.dtype), 0.0).astype(x.dtype)
         return xp.tanh(x) / d if d > 0 else xp.zeros_like(x)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import array_module, check_finite_statistic
+from ..checks import array_module, check_finite_statistic, host_float
 from ..conventions import clip_mask
 from .base import Quantizer, check_bool, check_nonnegative, check_positive
 from .sign import _clip
@@ -76,7 +76,7 @@ class SteTern(Quantizer):
         if not self.ternary_weight_networks:
             return self.threshold_value
         with np.errstate(over="ignore"):
-            return float(0.7 * check_finite_statistic(abs(x).mean(), "mean |x|", x.dtype))
+            return host_float(0.7 * check_finite_statistic(abs(x).mean(), "mean |x|", x.dtype))
 
     def forward(self, x, training=True):
         xp = array_module(x)

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import math
 
-from ..checks import array_module
+import numpy as np
+
+from ..checks import array_module, host_float, on_host
 from ..conventions import STANDARDIZE_GRADS, clip_mask, sign
 from .base import Quantizer, check_bool, check_choice, check_ddof, check_nonnegative, check_positive, check_sign_zero
 from .sign import approx_sign_grad, approx_sign_polynomial
@@ -44,7 +46,7 @@ def check_tau(tau):
 def laplace_quantile(tau, b):
     """Q_tau = -b ln(2 - 2 tau), the tau-quantile of La(0, b) for tau > 1/2 (ReCU Eq. 10-11); +inf at tau = 1."""
     tau = check_tau(tau)
-    return math.inf if tau == 1.0 else -float(b) * math.log(2.0 - 2.0 * tau)
+    return math.inf if tau == 1.0 else -host_float(b) * math.log(2.0 - 2.0 * tau)
 
 
 def clamped_fraction(tau):
@@ -54,7 +56,7 @@ def clamped_fraction(tau):
 
 def analytic_alpha(tau, b):
     """alpha = E|ReCU(w)| = b - (Q + b) e^(-Q/b) + 2 Q (1 - tau) = b (2 tau - 1) (ReCU Eq. 13, A1)."""
-    return float(b) * (2.0 * check_tau(tau) - 1.0)
+    return host_float(b) * (2.0 * check_tau(tau) - 1.0)
 
 
 def quantization_error(tau, b):
@@ -81,9 +83,24 @@ def clamped_entropy(tau, b):
     return math.log(2.0 * b) + 1.0 - p * (1.0 + math.log(b))
 
 
+def _no_clamp(q) -> bool:
+    """Q = +inf (tau = 1): a Python float, never a device value (laplace_quantile)."""
+    return isinstance(q, float) and math.isinf(q)
+
+
+def _weak(v, dtype):
+    """``v`` as NumPy uses a Python float against an array of ``dtype``: rounded to ``dtype``. A
+    float stays a float (NumPy rounds it); a 0-d device value (float64, see RecuWeight.threshold) is
+    rounded here, so that device and host compute the same bits."""
+    return v if isinstance(v, float) else v.astype(dtype)
+
+
 def recu_clamp(w, q):
     """ReCU(w) = max(min(w, Q), -Q) (Eq. 8 with Q_(1 - tau) = -Q_tau); d/dw = 1[-Q <= w <= Q]."""
-    return array_module(w).clip(w, -q, q) if math.isfinite(q) else w
+    if _no_clamp(q):
+        return w
+    q = _weak(q, w.dtype)
+    return array_module(w).clip(w, -q, q)
 
 
 class RecuWeight(Quantizer):
@@ -161,8 +178,11 @@ class RecuWeight(Quantizer):
         return row_standardize_forward(x, what="output channel", **self._std_kwargs())[0]
 
     def threshold(self, w1):
-        """(b, Q): the layer-wide mean |w1| and the clamp threshold -b ln(2 - 2 tau), plain floats."""
-        b = float(abs(w1).mean())
+        """(b, Q): the layer-wide mean |w1| and the clamp threshold -b ln(2 - 2 tau), plain floats on
+        the host; on a device 0-d float64 arrays (the host's float, without waiting for the device),
+        Q = inf a float."""
+        b = abs(w1).mean()
+        b = float(b) if on_host(b) else b.astype(np.float64)
         return b, laplace_quantile(self.tau, b)
 
     def scale(self, b):
@@ -171,9 +191,9 @@ class RecuWeight(Quantizer):
     def forward(self, x, training=True):
         w1, scache = row_standardize_forward(x, what="output channel", **self._std_kwargs())
         b, q = self.threshold(w1)
-        a = self.scale(b)
+        a = _weak(self.scale(b), x.dtype)
         y = (a * sign(recu_clamp(w1, q), self.sign_zero)).astype(x.dtype, copy=False)
-        m = clip_mask(w1, q, self.clip_inclusive) if math.isfinite(q) else 1.0
+        m = 1.0 if _no_clamp(q) else clip_mask(w1, _weak(q, w1.dtype), self.clip_inclusive)
         return y, (a * m, scache)
 
     def backward(self, dy, cache):
@@ -184,7 +204,7 @@ class RecuWeight(Quantizer):
         ref = x if ref is None else ref
         b, q = self.threshold(self.standardized(ref))
         w1 = row_standardize_surrogate(x, ref, self.standardize_grad, **self._std_kwargs())
-        return self.scale(b) * recu_clamp(w1, q)
+        return _weak(self.scale(b), w1.dtype) * recu_clamp(w1, q)
 
 
 class RecuActivation(Quantizer):

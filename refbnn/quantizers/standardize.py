@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import array_module, check_finite_statistic
+from ..checks import array_module, check_finite_statistic, check_value
 from ..conventions import STANDARDIZE_GRADS
 
 
@@ -55,9 +55,11 @@ def row_standardize_forward(x, center=True, ddof=1, eps=0.0, eps_inside_sqrt=Tru
         s = xp.sqrt(var + eps)
     else:
         s = xp.sqrt(var) + eps
-    if bool((s == 0).any()):
-        raise ValueError(f"standardization: {'an' if what[0] in 'aeiou' else 'a'} {what} (axis 0) has zero standard deviation and eps = {eps}; "
-                         "expected non-constant rows or eps > 0")
+    def fail():
+        raise ValueError(f"standardization: {'an' if what[0] in 'aeiou' else 'a'} {what} (axis 0) has zero standard "
+                         f"deviation and eps = {eps}; expected non-constant rows or eps > 0")
+
+    check_value(~(s == 0).any(), fail)
     z = u if center else x
     y = (gain * z / s).astype(x.dtype, copy=False)
     return y, (z, u, var, s, n, ddof, center, gain, eps_inside_sqrt)
