@@ -266,6 +266,12 @@ def random_crop_flip(x, rng, pad=4):
     return padded[index]
 
 
+def _float64(loss):
+    """The loss as the host sums it: a Python float there, a float64 0-d array on a device (the same
+    bits, without waiting for the device)."""
+    return loss if isinstance(loss, float) else loss.astype(np.float64)
+
+
 def evaluate(model, x, y, batch_size=500):
     """(mean loss, accuracy) in eval mode, as Python floats. On a device the sums stay there until
     the end, and the value checks are answered once (refbnn.checks.deferred_checks)."""
@@ -275,7 +281,7 @@ def evaluate(model, x, y, batch_size=500):
         for i in range(0, len(x), batch_size):
             logits, _ = model.forward(x[i:i + batch_size])
             loss, _ = ops.softmax_cross_entropy_forward(logits, y[i:i + batch_size])
-            loss_sum = loss_sum + loss * len(logits)
+            loss_sum = loss_sum + _float64(loss) * len(logits)
             correct = correct + (logits.argmax(axis=1) == y[i:i + batch_size]).sum()
     model.train()
     return float(loss_sum) / len(x), int(correct) / len(x)
@@ -322,7 +328,7 @@ def train_epoch(model, optimizer, constraint, data, batch_size, rng, progress=No
         loss, logits = train_step(model, optimizer, constraint, x, y)
         if flips is not None:
             flips.after_step()
-        loss_sum = loss_sum + loss * len(idx)  # on a device these sums stay there
+        loss_sum = loss_sum + _float64(loss) * len(idx)  # on a device these sums stay there
         correct = correct + (logits.argmax(axis=1) == y).sum()
         seen += len(idx)
         if progress is not None:

@@ -14,6 +14,12 @@ from ..checks import array_module, check_bool_arg, check_float_array, to_host
 from ..device import device_module, device_name, move
 
 
+def _device_id(a):
+    """The CUDA device number of a CuPy array (``a.device.id``); NumPy's ``device`` ("cpu") otherwise."""
+    d = getattr(a, "device", None)
+    return getattr(d, "id", d)
+
+
 class Module:
     def __init__(self):
         self.params: dict = {}
@@ -55,10 +61,16 @@ class Module:
         """Validate a user-supplied input (dtype, NaN/Inf, and that it lives where the parameters
         live), then ``forward``."""
         check_float_array(x, "input")
-        here, there = array_module(x), self.device()
-        if here is not there and any(True for _ in self.named_parameters()):
-            raise TypeError(f"input: a {device_name(here)} array, but the model's parameters are {device_name(there)} "
-                            f"arrays; move one of them (model.to(...), or the input with numpy/cupy asarray)")
+        first = next((m.params[k] for _, m, k in self.named_parameters()), None)
+        if first is not None:
+            here, there = array_module(x), self.device()
+            if here is not there:
+                raise TypeError(f"input: a {device_name(here)} array, but the model's parameters are "
+                                f"{device_name(there)} arrays; move one of them (model.to(...), or the input with "
+                                "numpy/cupy asarray)")
+            if _device_id(x) != _device_id(first):
+                raise ValueError(f"input: on device {_device_id(x)}, but the model's parameters are on device "
+                                 f"{_device_id(first)}; move one of them")
         return self.forward(x)
 
     def accumulate(self, grads: dict):
