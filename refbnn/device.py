@@ -61,5 +61,5 @@ def move(x, xp):
 
 
 def device_name(xp) -> str:
-    """"cpu" for NumPy, else the module's name ("cupy")."""
-    return "cpu" if xp is np else xp.__name__
+    """The array module's name for messages: "NumPy", "CuPy", or the module's own name."""
+    return {"numpy": "NumPy", "cupy": "CuPy"}.get(xp.__name__, xp.__name__)

@@ -381,7 +381,7 @@ def train(config: TrainConfig, log=print) -> dict:
         optimizer.to(xp)
         data = dataclasses.replace(data, **{k: move(getattr(data, k), xp)
                                             for k in ("x_train", "y_train", "x_test", "y_test")})
-        log(f"training on {device_name(xp)}")
+        log(f"training on the GPU: model and data are {device_name(xp)} arrays")
 
     steps = -(-len(data.x_train) // c.batch_size)
     bar = None
