@@ -22,6 +22,7 @@ import numpy as np
 from ..geometry import INT32_MAX, INT32_MIN, MAX_K, bconv2d_shapes, conv_output_size
 from ..geometry import check_clamp as _clamp, check_int as _int, check_pair as _pair
 from ..reference import POLARITIES
+from ...checks import check_value
 
 HERE = Path(__file__).resolve().parent
 # source file -> the kernels (extern "C" __global__ functions) it defines
@@ -97,8 +98,11 @@ class Kernels:
                             f"got dtype {v.dtype}")
         if v.shape != (n,):
             raise ValueError(f"{name}: expected shape ({n},) (one value per output channel), got {v.shape}")
-        if v.dtype.kind == "f" and not bool(self.xp.isfinite(v).all()):
-            raise ValueError(f"{name}: contains NaN or Inf")
+        if v.dtype.kind == "f":
+            def fail():
+                raise ValueError(f"{name}: contains NaN or Inf")
+
+            check_value(self.xp.isfinite(v).all(), fail)
         return v
 
     # ---- pack ---------------------------------------------------------------------------------
@@ -141,11 +145,17 @@ class Kernels:
         self._launch("pack_f32" if x.dtype == np.float32 else "pack_f64", _grid(out.size), (BLOCK, 1, 1),
                      (x3, _i64(outer), _i64(length), _i64(inner), _i64(s_outer), _i64(s_len), _i64(s_inner),
                       _i32(POLARITIES.index(polarity)), _i32(bool(binary)), out, bad))
-        flags = int(bad[0])
-        if flags & 2:
-            raise ValueError("x: contains NaN or Inf (their sign is undefined)")
-        if flags & 1:
-            raise ValueError("x: expected exactly +-1 values (binary products), found other values")
+
+        def fail():
+            flags = int(bad[0])
+            if flags & 2:
+                raise ValueError("x: contains NaN or Inf (their sign is undefined)")
+            if flags & 1:
+                raise ValueError("x: expected exactly +-1 values (binary products), found other values")
+
+        # reading the flag waits for the device: in a deferred_checks block (a training step) it is
+        # answered with the step's other checks
+        check_value(bad[0] == 0, fail)
         return out
 
     # ---- GEMM ---------------------------------------------------------------------------------
