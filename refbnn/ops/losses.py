@@ -4,6 +4,9 @@ softmax cross-entropy:  L = -(1/N) sum_n log softmax(z_n)[y_n];   dL/dz = (softm
 distillation:           L = -(1/N) sum_n sum_k p_nk log softmax(z_n / T)_k,   p = softmax(t / T)
                         (cross-entropy to a teacher's softmax, as ReCU's two-stage code does with T = 1);
                         dL/dz = (softmax(z / T) - p) / (N T).
+
+The forward functions return the loss as a Python float for NumPy logits; for logits on a GPU
+(CuPy) it stays a 0-d array there, since reading its value would wait for the device.
 """
 from __future__ import annotations
 
