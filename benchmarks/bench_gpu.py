@@ -27,8 +27,9 @@ Three parts, each verified before it is timed:
 
 Timing: GPU kernels with CUDA events around ``inner`` back-to-back calls (enough for about a
 millisecond; warm-up calls first, which also compile the NVRTC kernels), the best of ``--repeats``
-rounds, per call. A call's time includes its Python argument checks and launch, so for small
-shapes it is the launch overhead rather than the kernel. A training step is wall time from its
+rounds, per call; the calls' value checks are deferred to the end of each round, as in a training
+step (``refbnn.checks.deferred_checks``). A call's time includes its Python argument checks and
+launch, so for small shapes it is the launch overhead rather than the kernel. A training step is wall time from its
 start to ``cupy.cuda.Device().synchronize()`` after it (the CPU step: its wall time), the best of
 ``--steps`` after a warm-up step.
 
@@ -164,7 +165,12 @@ def us(seconds):
 def cuda_timer(cupy, target=1e-3, warmup=2):
     """A timer ``(f, repeats) -> seconds per call`` with CUDA events: ``warmup`` calls, then the best
     of ``repeats`` rounds of ``inner`` back-to-back calls between two events (``inner`` chosen so
-    that a round takes about ``target`` seconds)."""
+    that a round takes about ``target`` seconds). Each round runs in a
+    :func:`refbnn.checks.deferred_checks` block, as a training step does: the value checks of the
+    calls (pack_bits' flag of non-+-1 or NaN input) are answered together after the end event, so
+    no call waits for the device in the timed region."""
+    from refbnn.checks import deferred_checks  # noqa: PLC0415
+
     def timer(f, repeats):
         for _ in range(warmup):
             f()
@@ -172,11 +178,12 @@ def cuda_timer(cupy, target=1e-3, warmup=2):
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
 
         def run(inner):
-            start.record()
-            for _ in range(inner):
-                f()
-            end.record()
-            end.synchronize()
+            with deferred_checks():
+                start.record()
+                for _ in range(inner):
+                    f()
+                end.record()
+                end.synchronize()
             return cupy.cuda.get_elapsed_time(start, end) / 1e3 / inner
 
         inner = max(1, min(1000, round(target / max(run(1), 1e-7))))

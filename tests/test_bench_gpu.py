@@ -134,8 +134,13 @@ class FakeClock:
 
 
 class FakeEvent:
+    syncs_at_record = []
+
     def record(self):
+        import simdevice  # noqa: PLC0415 - tests/simdevice.py
+
         self.t = FakeClock.now
+        self.syncs_at_record.append(len(simdevice.syncs))
 
     def synchronize(self):
         pass
@@ -155,16 +160,28 @@ class FakeCupy:
             return 1e3 * (end.t - start.t)
 
 
-def test_cuda_timer_reports_the_time_per_call(bench):
-    calls = []
+def test_cuda_timer_reports_the_time_per_call_and_defers_checks(bench):
+    """Per-call time from the events; a value check of a timed call (on a device array) is answered
+    after the round's end event, not inside the timed region."""
+    import simdevice  # noqa: PLC0415 - tests/simdevice.py
+
+    from refbnn.checks import check_value  # noqa: PLC0415
+
+    calls, ok = [], simdevice.asarray(np.array(True))
 
     def f():
         calls.append(1)
         FakeClock.now += 2.5e-5
+        check_value(ok, lambda: None)
 
+    FakeEvent.syncs_at_record.clear()
+    before = len(simdevice.syncs)
     t = bench.cuda_timer(FakeCupy, target=1e-3, warmup=2)(f, repeats=3)
     assert t == pytest.approx(2.5e-5)
     assert len(calls) == 2 + 1 + 3 * 40          # warm-up, the sizing call, 3 rounds of 1 ms / 25 us
+    marks = FakeEvent.syncs_at_record
+    assert len(marks) == 2 * 4 and all(marks[i] == marks[i + 1] for i in range(0, 8, 2))   # none while timed
+    assert len(simdevice.syncs) - before == 2 + 4                 # the warm-up calls', then one per round
 
 
 # ---- the parts on stand-ins ---------------------------------------------------------------------------
