@@ -378,12 +378,14 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     timer = cuda_timer(cupy)
     res = {"gpu": gpu_description(cupy), "cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-           "repeats": args.repeats, "loadavg_before": os.getloadavg(),
+           "repeats": args.repeats, "loadavg_before": os.getloadavg(), "CUPY_TF32": os.environ.get("CUPY_TF32"),
            "tensor_cores_variant": accepts(kern.bgemm, "tensor_cores")}
     g = res["gpu"]
     print(f"GPU: {g['name']} ({g['sm']}, {g['memory_gib']:.0f} GiB), CuPy {g['cupy']}, CUDA runtime "
           f"{g['cuda_runtime']}, driver {g['driver']}; CPU: {res['cpu']}, {res['cores']} cores; load average "
           f"{res['loadavg_before']}")
+    if res["CUPY_TF32"] not in (None, "", "0"):
+        print(f"note: CUPY_TF32={res['CUPY_TF32']}: cuBLAS may compute the float32 products in TF32 (10-bit mantissa)")
     if "gemm" in args.parts:
         res["gemm"] = [bench_gemm(cupy, kern, timer, s, args.repeats, rng) for s in select_shapes(args.shapes,
                                                                                                    args.quick)]
