@@ -9,8 +9,9 @@ Three parts, each verified before it is timed:
   the words of its ``pack_bits``) against cuBLAS sgemm (CuPy's ``matmul`` on the same +-1 float32
   matrices), at 4096^3 and at the other shapes of benchmarks/bench_kernels.py: time per call, TOP/s
   (2*M*N*K/t, the same count for both) and sgemm time / bgemm time. ``bgemm`` must equal the
-  integers of the float product exactly. If the backend's ``bgemm`` takes ``tensor_cores=``, that
-  variant is verified and timed too.
+  integers of the float product exactly. If the backend's ``bgemm`` takes ``tensor_cores=``, the
+  plain kernel is called with ``tensor_cores=False`` and the tensor-core variant (``True``) is
+  verified and timed too.
 - ``conv``: ``bconv2d`` on the ResNet-18 layer (3x3, 64 -> 64, 56x56, zero padding 1) at batch 1 and
   64 against a float convolution on the GPU. CuPy 14 has no cuDNN binding (it was removed in CuPy
   v14, docs.cupy.dev "Upgrade Guide"), so the float convolution is refbnn's own im2col + cuBLAS
@@ -128,6 +129,7 @@ def gemm_table(rows) -> list[str]:
             line += (f" | {_f(us(r.get('bgemm_tc_s')), '{:11.1f}')} {_f(r.get('bgemm_tc_tops'), '{:7.2f}')} "
                      f"{_f(r.get('bgemm_tc_vs_sgemm'), '{:8.2f}')}")
         lines.append(line + f" | {_f(us(r['pack_a_s']), '{:9.1f}')}")
+    lines += [f"  {','.join(map(str, r['shape']))}: {r['bgemm_tc_note']}" for r in rows if r.get("bgemm_tc_note")]
     return lines
 
 
@@ -213,23 +215,35 @@ def check_equal(got, want, what):
 
 
 def bench_gemm(xp, kern, timer, shape, repeats, rng):
-    """One GEMM row: cuBLAS sgemm (``xp.matmul``), ``kern.bgemm`` (and its tensor-core variant when
-    it takes ``tensor_cores=``) and packing A, all on arrays of ``xp``; bgemm verified first."""
+    """One GEMM row: cuBLAS sgemm (``xp.matmul``), ``kern.bgemm`` and packing A, all on arrays of
+    ``xp``; bgemm verified first. When ``kern.bgemm`` takes ``tensor_cores=``, the plain kernel is
+    called with ``tensor_cores=False`` and the tensor-core variant (``True``) is verified and timed
+    as well; a device that cannot run it (ValueError) leaves a note in the row instead."""
     m, n, k = shape
     a, b = xp.asarray(signs(rng, (m, k))), xp.asarray(signs(rng, (n, k)))
     bt = b.T
     c = xp.matmul(a, bt)
     aw, bw = kern.pack_bits(a), kern.pack_bits(b)
-    check_equal(kern.bgemm(aw, bw, k), c, f"bgemm {shape}")
+    tc = accepts(kern.bgemm, "tensor_cores")
+
+    def plain():
+        return kern.bgemm(aw, bw, k, tensor_cores=False) if tc else kern.bgemm(aw, bw, k)
+
+    check_equal(plain(), c, f"bgemm {shape}")
     ops = 2 * m * n * k
     row = {"shape": [m, n, k],
            "sgemm_s": timer(lambda: xp.matmul(a, bt), repeats),
-           "bgemm_s": timer(lambda: kern.bgemm(aw, bw, k), repeats),
+           "bgemm_s": timer(plain, repeats),
            "pack_a_s": timer(lambda: kern.pack_bits(a), repeats),
            "bgemm_tc_s": None}
-    if accepts(kern.bgemm, "tensor_cores"):
-        check_equal(kern.bgemm(aw, bw, k, tensor_cores=True), c, f"bgemm tensor_cores=True {shape}")
-        row["bgemm_tc_s"] = timer(lambda: kern.bgemm(aw, bw, k, tensor_cores=True), repeats)
+    if tc:
+        try:
+            got = kern.bgemm(aw, bw, k, tensor_cores=True)
+        except ValueError as exc:             # e.g. a device older than the variant needs
+            row["bgemm_tc_note"] = f"tensor_cores=True refused: {exc}"
+        else:
+            check_equal(got, c, f"bgemm tensor_cores=True {shape}")
+            row["bgemm_tc_s"] = timer(lambda: kern.bgemm(aw, bw, k, tensor_cores=True), repeats)
     for name in ("sgemm", "bgemm", "bgemm_tc"):
         row[f"{name}_tops"] = tops(ops, row[f"{name}_s"])
     row["bgemm_vs_sgemm"] = ratio(row["sgemm_s"], row["bgemm_s"])
@@ -379,7 +393,9 @@ def main(argv=None):
     timer = cuda_timer(cupy)
     res = {"gpu": gpu_description(cupy), "cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
            "repeats": args.repeats, "loadavg_before": os.getloadavg(), "CUPY_TF32": os.environ.get("CUPY_TF32"),
-           "tensor_cores_variant": accepts(kern.bgemm, "tensor_cores")}
+           "tensor_cores_variant": accepts(kern.bgemm, "tensor_cores"),
+           # what bgemm runs when not told (the training step's binary products), where the backend says
+           "tensor_cores_default": kern.use_tensor_cores() if hasattr(kern, "use_tensor_cores") else None}
     g = res["gpu"]
     print(f"GPU: {g['name']} ({g['sm']}, {g['memory_gib']:.0f} GiB), CuPy {g['cupy']}, CUDA runtime "
           f"{g['cuda_runtime']}, driver {g['driver']}; CPU: {res['cpu']}, {res['cores']} cores; load average "
@@ -390,7 +406,8 @@ def main(argv=None):
         res["gemm"] = [bench_gemm(cupy, kern, timer, s, args.repeats, rng) for s in select_shapes(args.shapes,
                                                                                                    args.quick)]
         print("\nbgemm (packed XNOR-popcount) vs cuBLAS sgemm on the same +-1 data; TOP/s = 2MNK/t"
-              + ("" if res["tensor_cores_variant"] else "; the backend has no tensor-core variant"))
+              + ("; bgemm: tensor_cores=False, bgemm TC: tensor_cores=True" if res["tensor_cores_variant"]
+                 else "; the backend has no tensor-core variant"))
         print("\n".join(gemm_table(res["gemm"])))
     if "conv" in args.parts:
         batches = CONV_BATCHES[:1] if args.quick else CONV_BATCHES
@@ -401,6 +418,8 @@ def main(argv=None):
         res["train"] = bench_train(cupy, cupy.cuda.Device().synchronize, args.batch, 3 if args.quick else args.steps)
         print()
         print("\n".join(train_lines(res["train"])))
+        if res["tensor_cores_default"] is not None:
+            print(f"  (the GPU step's bgemm calls run with tensor_cores={res['tensor_cores_default']})")
     res["loadavg_after"] = os.getloadavg()
     if args.json:
         with open(args.json, "w") as f:

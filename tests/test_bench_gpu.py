@@ -211,17 +211,20 @@ def test_gemm_part_on_the_emulated_kernels(bench, emulated):
 
 
 class WithTensorCores:
-    """The emulated kernels with a ``tensor_cores=`` bgemm (as a tensor-core variant would have it);
-    ``wrong`` makes that variant return one wrong entry."""
+    """The emulated kernels with a ``tensor_cores=`` bgemm whose default is the backend's choice
+    (None), as a tensor-core variant has it; ``wrong`` makes the variant return one wrong entry,
+    ``refuse`` makes it raise ValueError (a device too old for it)."""
 
-    def __init__(self, kern, wrong=False):
-        self.kern, self.wrong, self.calls = kern, wrong, []
+    def __init__(self, kern, wrong=False, refuse=False):
+        self.kern, self.wrong, self.refuse, self.calls = kern, wrong, refuse, []
 
     def pack_bits(self, *args, **kwargs):
         return self.kern.pack_bits(*args, **kwargs)
 
-    def bgemm(self, a_words, b_words, k, tensor_cores=False):
+    def bgemm(self, a_words, b_words, k, tensor_cores=None):
         self.calls.append(tensor_cores)
+        if tensor_cores and self.refuse:
+            raise ValueError("tensor_cores=True needs compute capability 8.0")
         out = self.kern.bgemm(a_words, b_words, k)
         if tensor_cores and self.wrong:
             out[0, 0] += 2
@@ -232,9 +235,13 @@ class WithTensorCores:
 def test_gemm_part_times_a_tensor_core_variant_and_verifies_it(bench, emulated):
     kern = WithTensorCores(emulated)
     row = bench.bench_gemm(np, kern, once, (8, 8, 64), 1, np.random.default_rng(1))
-    assert True in kern.calls and row["bgemm_tc_s"] == 1e-3 and row["bgemm_tc_vs_sgemm"] == 1.0
+    assert set(kern.calls) == {False, True}        # the plain kernel named explicitly, never the default
+    assert row["bgemm_tc_s"] == 1e-3 and row["bgemm_tc_vs_sgemm"] == 1.0
     with pytest.raises(AssertionError, match="tensor_cores=True .* 1 of 64 entries differ"):
         bench.bench_gemm(np, WithTensorCores(emulated, wrong=True), once, (8, 8, 64), 1, np.random.default_rng(1))
+    row = bench.bench_gemm(np, WithTensorCores(emulated, refuse=True), once, (8, 8, 64), 1, np.random.default_rng(1))
+    assert row["bgemm_tc_s"] is None and "compute capability" in row["bgemm_tc_note"]
+    assert "8,8,64: tensor_cores=True refused" in bench.gemm_table([row])[-1]
 
 
 @pytest.mark.gpu_emulated
