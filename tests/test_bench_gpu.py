@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -42,6 +43,23 @@ def test_without_a_gpu_the_script_says_why_and_exits_2(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0] == f"bench_gpu.py: no GPU benchmark run: {gpu_unavailable()}"
     assert not out.exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(gpu_unavailable() is not None, reason=f"needs a CUDA GPU: {gpu_unavailable()}")
+def test_on_a_gpu_the_script_runs_every_part(tmp_path):
+    out = tmp_path / "r.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--json", str(out), "--quick", "--shapes", "64,64,4096",
+                           "256,256,2304", "--repeats", "2", "--batch", "16"], capture_output=True, text=True,
+                          timeout=900, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    assert [r["shape"] for r in res["gemm"]] == [[64, 64, 4096], [256, 256, 2304]]
+    assert all(r["bgemm_s"] > 0 and r["sgemm_s"] > 0 for r in res["gemm"])
+    assert [r["batch"] for r in res["conv"]] == [1] and res["conv"][0]["bconv2d_s"] > 0
+    assert res["train"]["gpu_s"] > 0 and res["train"]["loss_rel_diff"] <= 0.05
+    assert "bgemm (packed XNOR-popcount) vs cuBLAS sgemm" in proc.stdout
 
 
 def test_bad_options_are_usage_errors(bench, capsys):
