@@ -365,11 +365,13 @@ def parse_args(argv=None):
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("--shapes", nargs="*", type=parse_shape, help="M,N,K triples (default: bench_kernels.py's six)")
     p.add_argument("--repeats", type=int, default=20, help="timed rounds per GPU measurement; the best is kept")
-    p.add_argument("--quick", action="store_true", help="skip 4096^3 and the batch-64 layer; 3 training steps")
+    p.add_argument("--quick", action="store_true", help="skip 4096^3 and the batch-64 layer; 3 training steps unless --steps")
     p.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS), help="which parts to run")
     p.add_argument("--batch", type=int, default=128, help="training-step batch size")
-    p.add_argument("--steps", type=int, default=5, help="timed training steps (after a warm-up step)")
+    p.add_argument("--steps", type=int, help="timed training steps after a warm-up step (default 5, 3 with --quick)")
     args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = 3 if args.quick else 5
     for name in ("repeats", "batch", "steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name}: expected a positive integer, got {getattr(args, name)}")
@@ -399,7 +401,7 @@ def main(argv=None):
     g = res["gpu"]
     print(f"GPU: {g['name']} ({g['sm']}, {g['memory_gib']:.0f} GiB), CuPy {g['cupy']}, CUDA runtime "
           f"{g['cuda_runtime']}, driver {g['driver']}; CPU: {res['cpu']}, {res['cores']} cores; load average "
-          f"{res['loadavg_before']}")
+          f"{' '.join(f'{v:.2f}' for v in res['loadavg_before'])}")
     if res["CUPY_TF32"] not in (None, "", "0"):
         print(f"note: CUPY_TF32={res['CUPY_TF32']}: cuBLAS may compute the float32 products in TF32 (10-bit mantissa)")
     if "gemm" in args.parts:
@@ -415,7 +417,7 @@ def main(argv=None):
         print("\nResNet-18 layer 3x3 64->64 56x56, zero padding 1")
         print("\n".join(conv_table(res["conv"])))
     if "train" in args.parts:
-        res["train"] = bench_train(cupy, cupy.cuda.Device().synchronize, args.batch, 3 if args.quick else args.steps)
+        res["train"] = bench_train(cupy, cupy.cuda.Device().synchronize, args.batch, args.steps)
         print()
         print("\n".join(train_lines(res["train"])))
         if res["tensor_cores_default"] is not None:

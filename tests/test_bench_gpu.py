@@ -10,6 +10,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +298,62 @@ def test_train_part_on_the_simulated_device(bench):
     where = simdevice.syncs[before:]
     assert len(where) == 3 + 1, where
     assert r["parameters"] > 0
+
+
+class WallEvent:
+    def record(self):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+def stand_in_cupy():
+    """A module that answers as CuPy does for bench_gpu.main: NumPy's functions, a device and its
+    properties, events on the wall clock."""
+    fake = types.ModuleType("cupy")
+    fake.__getattr__ = lambda name: getattr(np, name)
+    fake.__version__ = "14.stand-in"
+
+    class Device:
+        id = 0
+
+        def synchronize(self):
+            pass
+
+    runtime = types.SimpleNamespace(
+        getDeviceProperties=lambda i: {"name": b"Stand-in GPU", "major": 9, "minor": 0, "totalGlobalMem": 2**30},
+        runtimeGetVersion=lambda: 13020, driverGetVersion=lambda: 13020)
+    fake.cuda = types.SimpleNamespace(Device=Device, Event=WallEvent, runtime=runtime,
+                                      get_elapsed_time=lambda a, b: 1e3 * (b.t - a.t))
+    return fake
+
+
+def test_main_runs_every_part_and_writes_the_json(bench, monkeypatch, tmp_path, capsys):
+    """main()'s wiring (the parts, the tables, the JSON) with CuPy replaced by a stand-in: NumPy
+    arrays, and the compiled CPU kernels (same signatures) as the CuPy backend."""
+    import refbnn.device  # noqa: PLC0415
+    from refbnn.kernels import compiled  # noqa: PLC0415
+
+    try:
+        K = compiled()
+    except ImportError as exc:
+        pytest.skip(f"needs the compiled kernels: {exc}")
+    backend = types.ModuleType("refbnn.kernels.cupy_backend")
+    backend.pack_bits, backend.bconv2d = K.pack_bits, K.bconv2d
+    backend.bgemm = lambda a_words, b_words, k: K.bgemm(a_words, b_words, k)
+    monkeypatch.setattr(refbnn.device, "gpu_unavailable", lambda: None)
+    monkeypatch.setitem(sys.modules, "cupy", stand_in_cupy())
+    monkeypatch.setitem(sys.modules, "refbnn.kernels.cupy_backend", backend)
+    out = tmp_path / "r.json"
+    assert bench.main(["--json", str(out), "--quick", "--shapes", "16,8,200", "--repeats", "1", "--batch", "4",
+                       "--steps", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "GPU: Stand-in GPU (sm_90, 1 GiB), CuPy 14.stand-in" in text
+    assert "the backend has no tensor-core variant" in text and "16,8,200" in text
+    assert f"float convolution: {bench.FLOAT_CONV}" in text and "CPU / GPU:" in text
+    res = json.loads(out.read_text())
+    assert res["gemm"][0]["shape"] == [16, 8, 200] and res["tensor_cores_variant"] is False
+    assert [c["batch"] for c in res["conv"]] == [1] and res["conv"][0]["channels"] == 64
+    assert res["train"]["steps"] == 1 and res["train"]["loss_rel_diff"] == 0.0
+    assert res["gpu"]["sm"] == "sm_90" and res["tensor_cores_default"] is None
