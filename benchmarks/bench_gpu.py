@@ -402,6 +402,11 @@ def main(argv=None):
     print(f"GPU: {g['name']} ({g['sm']}, {g['memory_gib']:.0f} GiB), CuPy {g['cupy']}, CUDA runtime "
           f"{g['cuda_runtime']}, driver {g['driver']}; CPU: {res['cpu']}, {res['cores']} cores; load average "
           f"{' '.join(f'{v:.2f}' for v in res['loadavg_before'])}")
+    def save():   # after each part: a failure in a later part keeps the earlier results
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=2)
+
     if res["CUPY_TF32"] not in (None, "", "0"):
         print(f"note: CUPY_TF32={res['CUPY_TF32']}: cuBLAS may compute the float32 products in TF32 (10-bit mantissa)")
     if "gemm" in args.parts:
@@ -411,11 +416,13 @@ def main(argv=None):
               + ("; bgemm: tensor_cores=False, bgemm TC: tensor_cores=True" if res["tensor_cores_variant"]
                  else "; the backend has no tensor-core variant"))
         print("\n".join(gemm_table(res["gemm"])))
+        save()
     if "conv" in args.parts:
         batches = CONV_BATCHES[:1] if args.quick else CONV_BATCHES
         res["conv"] = [bench_conv(cupy, kern, timer, b, args.repeats, rng) for b in batches]
         print("\nResNet-18 layer 3x3 64->64 56x56, zero padding 1")
         print("\n".join(conv_table(res["conv"])))
+        save()
     if "train" in args.parts:
         res["train"] = bench_train(cupy, cupy.cuda.Device().synchronize, args.batch, args.steps)
         print()
@@ -423,9 +430,8 @@ def main(argv=None):
         if res["tensor_cores_default"] is not None:
             print(f"  (the GPU step's bgemm calls run with tensor_cores={res['tensor_cores_default']})")
     res["loadavg_after"] = os.getloadavg()
+    save()
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
         print(f"\nwritten to {args.json}")
     return 0
 
