@@ -79,6 +79,43 @@ def test_nvrtc_compile_error_fails_with_the_log(nvrtc):
         nvrtc_compile(nvrtc, broken, "broken.cu", cuda.ARCHS[0])
 
 
+MMA_B1_XOR = "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.xor.popc"
+
+
+@pytest.mark.nvrtc
+@pytest.mark.parametrize("arch", cuda.ARCHS)
+def test_bgemm_tc_compiles_the_1bit_mma(nvrtc, arch):
+    """bgemm_tc.cu's PTX has the inline m16n8k256 .b1 XOR MMA (not the CPU emulation of it), once in
+    the probe and in the GEMM kernel's loop."""
+    ptx, _ = nvrtc_compile(nvrtc, cuda.read_source("bgemm_tc.cu"), "bgemm_tc.cu", arch)
+    ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+    assert MMA_B1_XOR in ptx
+    assert "emu" not in re.sub(r"//.*", "", ptx)
+
+
+@pytest.mark.nvrtc
+def test_bgemm_tc_needs_sm_80(nvrtc):
+    """The m16n8k256 shape does not exist before sm_80: NVRTC refuses it for sm_75, which is why the
+    CuPy backend uses bgemm_tc only from compute capability 8.0 (cuda.TC_MIN_CC)."""
+    assert cuda.TC_MIN_CC == (8, 0)
+    prog = nvrtc.createProgram(cuda.read_source("bgemm_tc.cu"), "bgemm_tc.cu", [], [])
+    with pytest.raises(nvrtc.NVRTCError):
+        nvrtc.compileProgram(prog, ["--gpu-architecture=sm_75", *cuda.NVRTC_OPTIONS])
+    assert "m16n8k256" in nvrtc.getProgramLog(prog) and "sm_80" in nvrtc.getProgramLog(prog)
+
+
+@pytest.mark.nvrtc
+@pytest.mark.parametrize("arch", cuda.ARCHS)
+def test_harness_selftest_kernels_are_cuda(nvrtc, arch):
+    """The harness's own test kernels (tests/cuda_emulation/selftest.cu) are CUDA NVRTC compiles."""
+    from cuda_emulation import emulator  # noqa: PLC0415 - tests/cuda_emulation/
+
+    for name, kernels in emulator.SELFTEST_SOURCES.items():
+        ptx, _ = nvrtc_compile(nvrtc, (emulator.HERE / name).read_text(), name, arch)
+        ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+        assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == set(kernels)
+
+
 # ---- 2. the emulation harness -----------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -182,6 +219,129 @@ def test_bgemm_many_words_and_row_strides(emulated):
     wide[:, 3:43] = ref.pack_bits(a, 1)
     got = emulated.bgemm(wide[:, 3:43], ref.pack_bits(b, 1), k)
     np.testing.assert_array_equal(got, a @ b.T)
+
+
+# ---- the harness's warp barrier and 1-bit MMA, and bgemm_tc --------------------------------------
+
+@pytest.mark.gpu_emulated
+@pytest.mark.parametrize("threads,blocks", [(32, 1), (80, 2), (128, 1)])
+def test_harness_syncwarp_is_per_warp(emulated, threads, blocks):
+    """__syncwarp synchronizes the warp only (warps running different numbers of rounds do not wait
+    for each other) and orders each round's writes before the reads; a last partial warp (80
+    threads: 32 + 32 + 16) synchronizes its own threads."""
+    out = np.full(threads * blocks, -1, np.int64)
+    emulated._launch("selftest_syncwarp", (blocks, 1, 1), (threads, 1, 1), (out,))
+    expected = np.empty_like(out)
+    for blk in range(blocks):
+        for t in range(threads):
+            warp, lane = divmod(t, 32)
+            size = min(32, threads - 32 * warp)
+            nb = 32 * warp + (lane + 1) % size
+            expected[blk * threads + t] = sum(1000 * nb + r + 1000000 * blk for r in range(warp + 1))
+    np.testing.assert_array_equal(out, expected)
+
+
+def mma_b1_fragments(a_bits, b_bits, c, a_regs=(0, 1, 2, 3)):
+    """Per-lane fragments of A (16 x 256 bits), B (256 x 8 bits, k x n), C (16 x 8 int32) for
+    mma.m16n8k256 .b1, element by element from the formulas of the PTX ISA ("Matrix Fragments for
+    mma.m16n8k256"; A's column read as (threadID_in_group * 32) + (i & 0x1F) (+ 128 for i >= 64));
+    bit j of a register is element 32 * register + j. ``a_regs`` permutes A's registers (a wrong
+    layout, for the negative control). Returns (a_frag, b_frag, c_frag, d_expected) by lane."""
+    a_frag, b_frag = np.zeros((32, 4), np.uint32), np.zeros((32, 2), np.uint32)
+    c_frag, d = np.zeros((32, 4), np.int32), np.zeros((32, 4), np.int32)
+    for lane in range(32):
+        group, tig = lane >> 2, lane % 4
+        for i in range(128):
+            row = group if i < 32 or 64 <= i < 96 else group + 8
+            col = tig * 32 + (i & 0x1F) + (128 if i >= 64 else 0)
+            a_frag[lane, a_regs[i // 32]] |= np.uint32(int(a_bits[row, col]) << (i % 32))
+        for i in range(64):
+            row = tig * 32 + (i & 0x1F) + (128 if i >= 32 else 0)
+            b_frag[lane, i // 32] |= np.uint32(int(b_bits[row, group]) << (i % 32))
+        for i in range(4):
+            row, col = group + 8 * (i >> 1), tig * 2 + (i & 1)
+            c_frag[lane, i] = c[row, col]
+            d[lane, i] = c[row, col] + int(np.count_nonzero(a_bits[row] != b_bits[:, col]))
+    return a_frag, b_frag, c_frag, d
+
+
+@pytest.mark.gpu_emulated
+@pytest.mark.parametrize("seed", range(4))
+def test_emulated_mma_b1_follows_the_documented_layout(emulated, seed):
+    """One MMA (bgemm_tc.cu, mma_b1_probe) on fragments built element by element from the PTX ISA's
+    layout formulas gives D = C + popcount(A XOR B) for every lane's four elements; rows of A, columns
+    of B and C/D in the wrong lanes or registers would not."""
+    rng = np.random.default_rng(seed)
+    density = [0.5, 0.1, 0.9, 0.5][seed]
+    a_bits, b_bits = rng.random((16, 256)) < density, rng.random((256, 8)) < density
+    c = rng.integers(-1000, 1000, (16, 8)).astype(np.int32)
+    a_frag, b_frag, c_frag, d = mma_b1_fragments(a_bits, b_bits, c)
+    np.testing.assert_array_equal(emulated.mma_b1_probe(a_frag, b_frag, c_frag), d)
+    # negative control: A's registers 1 and 2 swapped (rows 8-15 and k 128-255 exchanged) is wrong
+    wrong = mma_b1_fragments(a_bits, b_bits, c, a_regs=(0, 2, 1, 3))[0]
+    assert not np.array_equal(emulated.mma_b1_probe(wrong, b_frag, c_frag), d)
+
+
+def bgemm_case(rng, m, n, k, dirty_tail):
+    """(packed A with dirty tail bits or not, packed B, the reference's int64 (M, N))."""
+    a, b = signs(rng, (m, k)), signs(rng, (n, k))
+    aw, bw = ref.pack_bits(a, 1), ref.pack_bits(b, 1)
+    expected = ref.bgemm_bits(aw, bw, k)
+    np.testing.assert_array_equal(expected, (a @ b.T).astype(np.int64))
+    if dirty_tail and k % 64:
+        aw[:, -1] |= np.uint64(1) << np.uint64(63)
+        bw[:, -1] |= ~np.uint64(cuda.tailmask(k)) & np.uint64(0xF0F0F0F0F0F0F0F0)
+    return aw, bw, expected
+
+
+@pytest.mark.gpu_emulated
+@pytest.mark.parametrize("m,n,k", [
+    (1, 1, 1),            # M = N = 1, K = 1
+    (1, 1, 256),          # one whole MMA k-step
+    (16, 8, 63),          # one MMA tile, K < 64
+    (65, 33, 300),        # partial block tiles in M and N, K not a multiple of 64 nor of 256
+    (64, 32, 512),        # whole block tile, one whole shared-memory step
+    (1, 70, 129),         # one row, three blocks of columns
+    (70, 1, 700),         # one column, two blocks of rows, K over two steps
+    (33, 17, 1100),       # K over three shared-memory steps (18 words), last step partial
+    (5, 3, 5),            # K < 64, partial everything
+])
+@pytest.mark.parametrize("dirty_tail", [False, True])
+def test_bgemm_tc_equals_reference(emulated, m, n, k, dirty_tail):
+    """bgemm on the tensor-core kernel (bgemm_tc.cu) equals the NumPy reference and the plain kernel
+    bit for bit; tail bits past k are ignored."""
+    aw, bw, expected = bgemm_case(np.random.default_rng(m * 1000 + n + k), m, n, k, dirty_tail)
+    got = emulated.bgemm(aw, bw, k, tensor_cores=True)
+    assert got.dtype == np.int32 and got.shape == (m, n)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, emulated.bgemm(aw, bw, k, tensor_cores=False))
+    assert emulated._launch.launches[-2][0] == "bgemm_tc" and emulated._launch.launches[-1][0] == "bgemm"
+
+
+@pytest.mark.gpu_emulated
+@given(m=st.integers(0, 70), n=st.integers(0, 70), k=st.integers(1, 1200), dirty_tail=st.booleans(),
+       seed=st.integers(0, 2 ** 32 - 1))
+@settings(max_examples=20, deadline=None)
+def test_bgemm_tc_equals_reference_hypothesis(emulated, m, n, k, dirty_tail, seed):
+    aw, bw, expected = bgemm_case(np.random.default_rng(seed), m, n, k, dirty_tail)
+    got = emulated.bgemm(aw, bw, k, tensor_cores=True)
+    assert got.dtype == np.int32 and got.shape == (m, n)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.gpu_emulated
+def test_bgemm_tc_row_strides_and_binary_matmul(emulated):
+    """A a strided view of a wider array (row stride != words); binary_matmul with tensor_cores."""
+    rng = np.random.default_rng(2)
+    k = 9 * 64 + 7
+    a, b = signs(rng, (19, k)), signs(rng, (35, k))
+    wide = np.zeros((19, 14), np.uint64)
+    wide[:, 2:12] = ref.pack_bits(a, 1)
+    np.testing.assert_array_equal(emulated.bgemm(wide[:, 2:12], ref.pack_bits(b, 1), k, tensor_cores=True), a @ b.T)
+    got = emulated.binary_matmul(a.astype(np.float64), b.astype(np.float64), tensor_cores=True)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, ref.binary_matmul(a.astype(np.float64), b.astype(np.float64)))
+    assert emulated._launch.launches[-1][0] == "bgemm_tc"
 
 
 @pytest.mark.gpu_emulated
@@ -381,6 +541,16 @@ def test_unsupported_shapes_are_refused_before_the_launch():
         kernels.bgemm(one.astype(np.int64), one, 64)
     with pytest.raises(TypeError, match="expected a numpy array"):
         kernels.bgemm([[0]], one, 64)
+    with pytest.raises(ValueError, match="unsupported shape"):
+        kernels.bgemm(one, np.zeros((cuda.MAX_GRID_Y * cuda.TC_BN + 1, 1), np.uint64), 64, tensor_cores=True)
+    with pytest.raises(TypeError, match="tensor_cores: expected True or False"):
+        kernels.bgemm(one, one, 64, tensor_cores="yes")
+    with pytest.raises(TypeError, match="tensor_cores: expected True or False"):
+        kernels.binary_matmul(np.ones((1, 0)), np.ones((1, 0)), tensor_cores=1)
+    with pytest.raises(ValueError, match=r"a_frag: expected uint32 of shape \(32, 4\)"):
+        kernels.mma_b1_probe(np.zeros((32, 2), np.uint32), np.zeros((32, 2), np.uint32), np.zeros((32, 4), np.int32))
+    with pytest.raises(ValueError, match="c_frag: expected int32"):
+        kernels.mma_b1_probe(np.zeros((32, 4), np.uint32), np.zeros((32, 2), np.uint32), np.zeros((32, 4), np.int64))
     xw, ww = np.zeros((1, 4, 4, 1), np.uint64), np.zeros((2, 3, 3, 1), np.uint64)
     with pytest.raises(ValueError, match="taps"):
         kernels.bconv2d(xw, np.zeros((1, 33, 32, 1), np.uint64), 3)
@@ -441,6 +611,39 @@ def test_gpu_binary_products_equal_reference(gpu):
 
 
 @pytest.mark.gpu
+def test_gpu_mma_b1_layout_on_the_hardware(gpu):
+    """The fragment layout the emulation implements (mma_b1_fragments, from the PTX ISA) is the
+    hardware's: one MMA on the device gives the expected D (needs compute capability 8.0)."""
+    cupy, backend = gpu
+    if not backend.use_tensor_cores(None):
+        pytest.skip(f"compute capability {backend.compute_capability()} < 8.0: no m16n8k256 .b1 MMA")
+    rng = np.random.default_rng(11)
+    a_bits, b_bits = rng.random((16, 256)) < 0.5, rng.random((256, 8)) < 0.5
+    c = rng.integers(-1000, 1000, (16, 8)).astype(np.int32)
+    a_frag, b_frag, c_frag, d = mma_b1_fragments(a_bits, b_bits, c)
+    got = backend._kernels.mma_b1_probe(cupy.asarray(a_frag), cupy.asarray(b_frag), cupy.asarray(c_frag))
+    np.testing.assert_array_equal(cupy.asnumpy(got), d)
+
+
+@pytest.mark.gpu
+def test_gpu_bgemm_tc_equals_bgemm(gpu):
+    """bgemm on the tensor cores equals the plain kernel and the reference on the device (partial
+    tiles, K not a multiple of 64 or 256, one row / column, dirty tails, a larger GEMM), and the
+    default follows the compute capability."""
+    cupy, backend = gpu
+    if not backend.use_tensor_cores(None):
+        pytest.skip(f"compute capability {backend.compute_capability()} < 8.0: no m16n8k256 .b1 MMA")
+    rng = np.random.default_rng(12)
+    for m, n, k in [(1, 1, 1), (65, 33, 300), (1, 70, 129), (70, 1, 700), (33, 17, 1100), (300, 500, 2304)]:
+        aw, bw, expected = bgemm_case(rng, m, n, k, dirty_tail=True)
+        da, db = cupy.asarray(aw), cupy.asarray(bw)
+        tc = cupy.asnumpy(backend.bgemm(da, db, k, tensor_cores=True))
+        np.testing.assert_array_equal(tc, cupy.asnumpy(backend.bgemm(da, db, k, tensor_cores=False)))
+        np.testing.assert_array_equal(tc, expected)
+        np.testing.assert_array_equal(cupy.asnumpy(backend.bgemm(da, db, k)), expected)
+
+
+@pytest.mark.gpu
 def test_gpu_refuses_numpy_arrays_mixed_with_cupy(gpu):
     cupy, backend = gpu
     a = signs(np.random.default_rng(0), (3, 5))
@@ -485,6 +688,31 @@ def test_backend_refuses_numpy_arrays_before_any_launch(monkeypatch):
         backend.binary_matmul(a, a)
     with pytest.raises(TypeError, match="x_words: expected a CuPy array"):
         backend.bconv2d(np.zeros((1, 3, 3, 1), np.uint64), np.zeros((1, 1, 1, 1), np.uint64), 3)
+
+
+class _FakeDevice:
+    def __init__(self, cc):
+        self.compute_capability, self.id = cc, 0
+
+
+@pytest.mark.parametrize("cc,auto", [("75", False), ("80", True), ("86", True), ("90", True), ("120", True)])
+def test_backend_uses_tensor_cores_from_compute_capability_8(monkeypatch, cc, auto):
+    """tensor_cores=None picks bgemm_tc from compute capability 8.0 (CuPy's "80", "90", "120"), the
+    plain kernel before; True / False force it, True on an older device is refused (checked with a
+    faked device: no kernel runs)."""
+    cupy = pytest.importorskip("cupy", reason="needs CuPy installed (pip install cupy-cuda13x)")
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
+    backend = _import_backend_fresh()
+    monkeypatch.setattr(backend.cupy.cuda, "Device", lambda *a: _FakeDevice(cc))
+    assert backend.use_tensor_cores(None) is auto
+    assert backend.use_tensor_cores(False) is False
+    if auto:
+        assert backend.use_tensor_cores(True) is True
+    else:
+        with pytest.raises(ValueError, match=r"tensor_cores=True needs compute capability 8\.0 .* has 7\.5"):
+            backend.use_tensor_cores(True)
+    with pytest.raises(TypeError, match="tensor_cores: expected None, True or False"):
+        backend.use_tensor_cores("auto")
 
 
 @pytest.mark.gpu_emulated

@@ -10,6 +10,11 @@ This module imports CuPy; ``refbnn.kernels`` imports it only when the ``"cupy"``
 for (a CuPy array with ``backend="auto"``, or ``refbnn info``), and reports why it is unavailable:
 CuPy not installed, or installed with no usable CUDA device. The packed kernels themselves are
 here too (``pack_bits``, ``bgemm``, ``bconv2d``, ``bmaxpool2d``, with the CPU kernels' arguments).
+
+``bgemm`` (and ``binary_matmul``) run on the 1-bit tensor cores (``bgemm_tc.cu``,
+``mma.sync...m16n8k256...b1.xor.popc``) on devices of compute capability 8.0 or later, and the
+plain kernel (``bgemm.cu``) on older ones; ``tensor_cores=True`` / ``False`` forces either (the
+results are the same bit for bit), see :func:`use_tensor_cores`.
 """
 from __future__ import annotations
 
@@ -71,6 +76,29 @@ def _function(kernel: str):
         raise
 
 
+def compute_capability(device=None) -> tuple[int, int]:
+    """(major, minor) compute capability of ``device`` (default: the current CuPy device)."""
+    cc = str((device or cupy.cuda.Device()).compute_capability)     # CuPy gives e.g. "80", "90", "120"
+    return int(cc[:-1]), int(cc[-1])
+
+
+def use_tensor_cores(tensor_cores=None, device=None) -> bool:
+    """Whether ``bgemm`` runs on the tensor cores (bgemm_tc.cu) on ``device`` (default: current).
+
+    ``None``: when the compute capability is at least 8.0 (the ``m16n8k256`` 1-bit MMA needs sm_80).
+    ``True`` / ``False`` force it; ``True`` on an older device raises ValueError.
+    """
+    if tensor_cores is None:
+        return compute_capability(device) >= cuda.TC_MIN_CC
+    if not isinstance(tensor_cores, bool):
+        raise TypeError(f"tensor_cores: expected None, True or False, got {tensor_cores!r}")
+    if tensor_cores and compute_capability(device) < cuda.TC_MIN_CC:
+        dev = device or cupy.cuda.Device()
+        raise ValueError("tensor_cores=True needs compute capability {}.{} or later (mma.sync m16n8k256 .b1); "
+                         "CUDA device {} has {}.{}".format(*cuda.TC_MIN_CC, dev.id, *compute_capability(dev)))
+    return tensor_cores
+
+
 def _launch(kernel, grid, block, args):
     _function(kernel)(tuple(grid), tuple(block), tuple(args))
 
@@ -97,10 +125,11 @@ def _same_device(**arrays):
     return device
 
 
-def binary_matmul(a, b):
-    """``a @ b.T`` for +-1 CuPy matrices a (M, K), b (N, K) (refbnn.kernels.reference.binary_matmul)."""
+def binary_matmul(a, b, tensor_cores=None):
+    """``a @ b.T`` for +-1 CuPy matrices a (M, K), b (N, K) (refbnn.kernels.reference.binary_matmul);
+    ``tensor_cores`` as in :func:`use_tensor_cores`."""
     with _same_device(a=a, b=b):
-        return _kernels.binary_matmul(a, b)
+        return _kernels.binary_matmul(a, b, use_tensor_cores(tensor_cores))
 
 
 def binary_conv2d(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, pad_value=0.0):
@@ -115,10 +144,11 @@ def pack_bits(x, axis=-1, polarity="lce"):
         return _kernels.pack_bits(x, axis, polarity)
 
 
-def bgemm(a_words, b_words, k):
-    """int32 (M, N) +-1 dot products of packed rows (as refbnn.kernels.bgemm)."""
+def bgemm(a_words, b_words, k, tensor_cores=None):
+    """int32 (M, N) +-1 dot products of packed rows (as refbnn.kernels.bgemm); on the tensor cores
+    or not as :func:`use_tensor_cores` says for ``tensor_cores`` (same results either way)."""
     with _same_device(a_words=a_words, b_words=b_words):
-        return _kernels.bgemm(a_words, b_words, k)
+        return _kernels.bgemm(a_words, b_words, k, use_tensor_cores(tensor_cores))
 
 
 def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=1, pad_value=0.0, **kwargs):

@@ -29,15 +29,22 @@ def compiler() -> str | None:
     return shutil.which("g++")
 
 
+# the harness's own test kernels (source beside this file -> kernels), built with refbnn's
+SELFTEST_SOURCES = {"selftest.cu": ("selftest_syncwarp",)}
+
+
 def build(directory: Path) -> Path:
-    """Compile every kernel source into ``directory/libcuda_emulation.so``; CalledProcessError
-    (with g++'s output) when one does not compile as C++ under the harness."""
+    """Compile every kernel source (refbnn's and :data:`SELFTEST_SOURCES`) into
+    ``directory/libcuda_emulation.so``; CalledProcessError (with g++'s output) when one does not
+    compile as C++ under the harness."""
     directory = Path(directory)
+    sources = [(cuda.source_path(name), kernels) for name, kernels in cuda.SOURCES.items()]
+    sources += [(HERE / name, kernels) for name, kernels in SELFTEST_SOURCES.items()]
     units = []
-    for name, kernels in cuda.SOURCES.items():
-        unit = directory / f"emu_{Path(name).stem}.cpp"
+    for path, kernels in sources:
+        unit = directory / f"emu_{path.stem}.cpp"
         exports = "\n".join(f"EMU_EXPORT({k})" for k in kernels)
-        unit.write_text(f'#include "{HEADER}"\n#include "{cuda.source_path(name)}"\n{exports}\n')
+        unit.write_text(f'#include "{HEADER}"\n#include "{path}"\n{exports}\n')
         units.append(str(unit))
     lib = directory / "libcuda_emulation.so"
     subprocess.run([compiler(), *CXXFLAGS, "-o", str(lib), *units], check=True, capture_output=True, text=True)

@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 SOURCES = {
     "pack_bits.cu": ("pack_f32", "pack_f64"),
     "bgemm.cu": ("bgemm",),
+    "bgemm_tc.cu": ("bgemm_tc", "mma_b1_probe"),
     "bconv2d.cu": ("bconv2d_int32", "bconv2d_float", "bconv2d_bits"),
     "bmaxpool2d.cu": ("bmaxpool2d",),
 }
@@ -40,6 +41,8 @@ ARCHS = ("sm_80", "sm_90")
 BLOCK = 128                   # threads per block of the grid-stride kernels
 MAX_BLOCKS = 1 << 16          # grid-stride kernels loop past this many blocks
 BGEMM_TILE = 16               # bgemm.cu: BGEMM_TILE x BGEMM_TILE threads per block
+TC_BM, TC_BN, TC_THREADS = 64, 32, 128   # bgemm_tc.cu: a 64 x 32 output tile per block of 4 warps
+TC_MIN_CC = (8, 0)            # mma.sync m16n8k256 .b1 (bgemm_tc.cu) needs compute capability 8.0
 MAX_GRID_Y = 65535
 
 _i32, _i64, _u64 = np.int32, np.int64, np.uint64
@@ -59,6 +62,12 @@ def tailmask(bits: int) -> int:
     """The valid bits of the last word of a ``bits``-long packed axis."""
     r = bits % 64
     return (1 << r) - 1 if r else 0xFFFFFFFFFFFFFFFF
+
+
+def _flag(v, name: str) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {v!r}")
+    return bool(v)
 
 
 def _grid(total: int) -> tuple:
@@ -159,8 +168,15 @@ class Kernels:
         return out
 
     # ---- GEMM ---------------------------------------------------------------------------------
-    def bgemm(self, a_words, b_words, k):
-        """int32 (M, N): the +-1 dot products of the rows of A and B (bgemm.cu); bits past k ignored."""
+    def bgemm(self, a_words, b_words, k, tensor_cores=False):
+        """int32 (M, N): the +-1 dot products of the rows of A and B, ``k - 2 * popcount(a XOR b)``;
+        bits past k ignored.
+
+        ``tensor_cores=False`` runs bgemm.cu (XOR and ``__popcll`` on shared-memory tiles),
+        ``True`` bgemm_tc.cu (the 1-bit MMA ``mma.sync...m16n8k256...b1.xor.popc``, compute
+        capability 8.0 or later; the caller checks the device). Same results bit for bit.
+        """
+        tensor_cores = _flag(tensor_cores, "tensor_cores")
         a = self._words(a_words, "a_words", 2)
         b = self._words(b_words, "b_words", 2)
         k = _int(k, "k", 1)
@@ -171,17 +187,39 @@ class Kernels:
             raise ValueError(f"bgemm: k = {k} bits needs {kw} words per row; got a_words {a.shape}, "
                              f"b_words {b.shape}")
         m, n = a.shape[0], b.shape[0]
-        if m > INT32_MAX or -(-n // BGEMM_TILE) > MAX_GRID_Y:
+        tile_n = TC_BN if tensor_cores else BGEMM_TILE
+        if m > INT32_MAX or -(-n // tile_n) > MAX_GRID_Y:
             raise ValueError(f"bgemm: unsupported shape: at most {INT32_MAX} rows of A and "
-                             f"{MAX_GRID_Y * BGEMM_TILE} rows of B, got {m} and {n}")
+                             f"{MAX_GRID_Y * tile_n} rows of B, got {m} and {n}")
         out = self.xp.empty((m, n), np.int32)
         if m == 0 or n == 0:
             return out
-        grid = (-(-m // BGEMM_TILE), -(-n // BGEMM_TILE), 1)
-        self._launch("bgemm", grid, (BGEMM_TILE, BGEMM_TILE, 1),
-                     (a, _i64(a.strides[0] // 8), b, _i64(b.strides[0] // 8), _i32(m), _i32(n), _i32(kw), _i32(k),
-                      _u64(tailmask(k)), out, _i64(n)))
+        args = (a, _i64(a.strides[0] // 8), b, _i64(b.strides[0] // 8), _i32(m), _i32(n), _i32(kw), _i32(k),
+                _u64(tailmask(k)), out, _i64(n))
+        if tensor_cores:
+            self._launch("bgemm_tc", (-(-m // TC_BM), -(-n // TC_BN), 1), (TC_THREADS, 1, 1), args)
+        else:
+            self._launch("bgemm", (-(-m // BGEMM_TILE), -(-n // BGEMM_TILE), 1), (BGEMM_TILE, BGEMM_TILE, 1), args)
         return out
+
+    def mma_b1_probe(self, a_frag, b_frag, c_frag):
+        """One ``mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.xor.popc`` on given fragments
+        (bgemm_tc.cu, mma_b1_probe): lane l holds ``a_frag[l]`` (4 uint32), ``b_frag[l]`` (2 uint32),
+        ``c_frag[l]`` (4 int32); returns D, int32 (32, 4), lane by lane. A check of the fragment
+        layout that bgemm_tc relies on (documented in bgemm_tc.cu), not a kernel for results."""
+        xp = self.xp
+        frags = []
+        for name, v, dtype, width in (("a_frag", a_frag, np.uint32, 4), ("b_frag", b_frag, np.uint32, 2),
+                                      ("c_frag", c_frag, np.int32, 4)):
+            if not isinstance(v, xp.ndarray):
+                raise TypeError(f"{name}: expected a {xp.__name__} array, got {type(v).__name__}")
+            if v.dtype != dtype or v.shape != (32, width):
+                raise ValueError(f"{name}: expected {np.dtype(dtype).name} of shape (32, {width}) (one row per "
+                                 f"lane), got {v.dtype} {v.shape}")
+            frags.append(xp.ascontiguousarray(v))
+        d = xp.empty((32, 4), np.int32)
+        self._launch("mma_b1_probe", (1, 1, 1), (32, 1, 1), (*frags, d))
+        return d
 
     # ---- convolution ----------------------------------------------------------------------------
     def bconv2d(self, x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=1, pad_value=0.0, *,
@@ -284,14 +322,16 @@ class Kernels:
         return out
 
     # ---- the reference's binary products ----------------------------------------------------------
-    def binary_matmul(self, a, b):
-        """``a @ b.T`` for +-1 matrices a (M, K), b (N, K), in a's dtype (refbnn.kernels.reference)."""
+    def binary_matmul(self, a, b, tensor_cores=False):
+        """``a @ b.T`` for +-1 matrices a (M, K), b (N, K), in a's dtype (refbnn.kernels.reference);
+        ``tensor_cores`` as in :meth:`bgemm`."""
+        tensor_cores = _flag(tensor_cores, "tensor_cores")
         m, k = a.shape
         if k == 0:
             return self.xp.zeros((m, b.shape[0]), a.dtype)
         aw = self.pack_bits(a, 1, binary=True)
         bw = self.pack_bits(b, 1, binary=True)
-        return self.bgemm(aw, bw, k).astype(a.dtype, copy=False)
+        return self.bgemm(aw, bw, k, tensor_cores).astype(a.dtype, copy=False)
 
     def binary_conv2d(self, x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, pad_value=0.0):
         """Convolution of +-1 activations (N, C, H, W) with +-1 weights (O, C/groups, kh, kw) -> (N, O, Ho, Wo)."""
