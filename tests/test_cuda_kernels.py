@@ -85,12 +85,15 @@ MMA_B1_XOR = "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.xor.popc"
 @pytest.mark.nvrtc
 @pytest.mark.parametrize("arch", cuda.ARCHS)
 def test_bgemm_tc_compiles_the_1bit_mma(nvrtc, arch):
-    """bgemm_tc.cu's PTX has the inline m16n8k256 .b1 XOR MMA (not the CPU emulation of it), once in
-    the probe and in the GEMM kernel's loop."""
+    """bgemm_tc.cu's PTX has the inline m16n8k256 .b1 XOR MMA (not the CPU emulation of it) in both
+    kernels, and bgemm_tc keeps its accumulators in registers (no local memory)."""
     ptx, _ = nvrtc_compile(nvrtc, cuda.read_source("bgemm_tc.cu"), "bgemm_tc.cu", arch)
     ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
-    assert MMA_B1_XOR in ptx
+    bodies = dict(re.findall(r"\.entry\s+(\w+)(.*?)(?=\.entry|\Z)", ptx, re.S))
+    assert set(bodies) == {"bgemm_tc", "mma_b1_probe"}
+    assert all(MMA_B1_XOR in body for body in bodies.values())
     assert "emu" not in re.sub(r"//.*", "", ptx)
+    assert ".local" not in bodies["bgemm_tc"]
 
 
 @pytest.mark.nvrtc
