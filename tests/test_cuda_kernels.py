@@ -244,6 +244,48 @@ def test_harness_syncwarp_is_per_warp(emulated, threads, blocks):
     np.testing.assert_array_equal(out, expected)
 
 
+HARNESS_MISUSE = r"""
+extern "C" __global__ void partial_mask(int *out) { __syncwarp(0xffffu); out[0] = 1; }
+extern "C" __global__ void partial_warp_mma(int *out) {
+    const unsigned a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
+    const int c[4] = {0, 0, 0, 0};
+    int d[4];
+    emu::mma_m16n8k256_b1_xor_popc(d, a, b, c);
+    out[threadIdx.x] = d[0];
+}
+int main(int argc, char **argv) {
+    int out[64] = {0};
+    void *args[] = {out};
+    const long long sizes[] = {sizeof(int *)};
+    int *p = out;
+    args[0] = &p;
+    const unsigned grid[3] = {1, 1, 1}, block[3] = {16, 1, 1};
+    return argv[1][0] == 'm' ? emu::launch(partial_mask, grid, block, args, sizes, 1)
+                             : emu::launch(partial_warp_mma, grid, block, args, sizes, 1);
+}
+"""
+
+
+@pytest.mark.gpu_emulated
+@pytest.mark.parametrize("case,message", [("mask", "only the full mask"), ("warp", "needs a full warp of 32")])
+def test_harness_stops_on_unsupported_warp_use(tmp_path, case, message):
+    """Outside the supported subset the harness stops with a message instead of computing something:
+    __syncwarp with a mask other than the full one, the MMA in a warp of fewer than 32 threads."""
+    import subprocess  # noqa: PLC0415
+
+    from cuda_emulation import emulator  # noqa: PLC0415 - tests/cuda_emulation/
+
+    if emulator.compiler() is None:
+        pytest.skip("no g++ on this machine")
+    src = tmp_path / "misuse.cpp"
+    src.write_text(f'#include "{emulator.HEADER}"\n{HARNESS_MISUSE}')
+    exe = tmp_path / "misuse"
+    flags = [f for f in emulator.CXXFLAGS if f not in ("-shared", "-fPIC")]
+    subprocess.run([emulator.compiler(), *flags, "-o", str(exe), str(src)], check=True, capture_output=True)
+    run = subprocess.run([str(exe), case], capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and message in run.stderr
+
+
 def mma_b1_fragments(a_bits, b_bits, c, a_regs=(0, 1, 2, 3)):
     """Per-lane fragments of A (16 x 256 bits), B (256 x 8 bits, k x n), C (16 x 8 int32) for
     mma.m16n8k256 .b1, element by element from the formulas of the PTX ISA ("Matrix Fragments for
