@@ -78,7 +78,8 @@ def _function(kernel: str):
 
 def compute_capability(device=None) -> tuple[int, int]:
     """(major, minor) compute capability of ``device`` (default: the current CuPy device)."""
-    cc = str((device or cupy.cuda.Device()).compute_capability)     # CuPy gives e.g. "80", "90", "120"
+    device = cupy.cuda.Device() if device is None else device
+    cc = str(device.compute_capability)                 # CuPy gives e.g. "80", "90", "120"
     return int(cc[:-1]), int(cc[-1])
 
 
@@ -93,7 +94,7 @@ def use_tensor_cores(tensor_cores=None, device=None) -> bool:
     if not isinstance(tensor_cores, bool):
         raise TypeError(f"tensor_cores: expected None, True or False, got {tensor_cores!r}")
     if tensor_cores and compute_capability(device) < cuda.TC_MIN_CC:
-        dev = device or cupy.cuda.Device()
+        dev = cupy.cuda.Device() if device is None else device
         raise ValueError("tensor_cores=True needs compute capability {}.{} or later (mma.sync m16n8k256 .b1); "
                          "CUDA device {} has {}.{}".format(*cuda.TC_MIN_CC, dev.id, *compute_capability(dev)))
     return tensor_cores
