@@ -225,8 +225,11 @@ def once(f, repeats):
 
 @pytest.mark.gpu_emulated
 def test_gemm_part_on_the_emulated_kernels(bench, emulated):
+    """The emulated kernels' bgemm takes tensor_cores= (bgemm_tc.cu): the plain kernel and the
+    tensor-core variant are both verified against the float product and timed."""
     row = bench.bench_gemm(np, emulated, once, (37, 19, 130), 1, np.random.default_rng(0))
-    assert row["shape"] == [37, 19, 130] and row["bgemm_tc_s"] is None and row["bgemm_vs_sgemm"] == 1.0
+    assert row["shape"] == [37, 19, 130] and row["bgemm_tc_s"] == 1e-3 and row["bgemm_vs_sgemm"] == 1.0
+    assert {"bgemm", "bgemm_tc"} <= {kernel for kernel, _, _ in emulated._launch.launches[-6:]}
     assert row["bgemm_tops"] == pytest.approx(2 * 37 * 19 * 130 / 1e-3 / 1e12)
 
 
