@@ -375,6 +375,23 @@ def test_bgemm_tc_equals_reference_hypothesis(emulated, m, n, k, dirty_tail, see
 
 
 @pytest.mark.gpu_emulated
+def test_check_tensor_cores_passes_and_catches_a_disagreeing_device(emulated):
+    """Kernels.check_tensor_cores (run by the CuPy backend before a device's first tensor-core
+    bgemm) runs both kernels and passes when they agree; a device whose bgemm_tc differs in one
+    entry (a launcher that corrupts it) raises RuntimeError naming the device."""
+    emulated.check_tensor_cores()
+    assert {"bgemm", "bgemm_tc"} <= {kernel for kernel, _, _ in emulated._launch.launches[-2:]}
+
+    def corrupting(kernel, grid, block, args):
+        emulated._launch(kernel, grid, block, args)
+        if kernel == "bgemm_tc":
+            args[9][3, 5] += 2                                   # the output array
+
+    with pytest.raises(RuntimeError, match="disagrees with bgemm on device 7"):
+        cuda.Kernels(np, corrupting).check_tensor_cores("device 7")
+
+
+@pytest.mark.gpu_emulated
 def test_bgemm_tc_row_strides_and_binary_matmul(emulated):
     """A a strided view of a wider array (row stride != words); binary_matmul with tensor_cores."""
     rng = np.random.default_rng(2)
@@ -697,14 +714,25 @@ def test_gpu_refuses_numpy_arrays_mixed_with_cupy(gpu):
 
 
 def _import_backend_fresh():
+    """A fresh import of refbnn.kernels.cupy_backend that leaves no trace: neither in sys.modules
+    nor as the attribute the import sets on refbnn.kernels (which `from refbnn.kernels import
+    cupy_backend` would find in later tests)."""
     import importlib  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
+    import refbnn.kernels as package  # noqa: PLC0415
+
+    missing = object()
+    before = package.__dict__.get("cupy_backend", missing)
     sys.modules.pop("refbnn.kernels.cupy_backend", None)
     try:
         return importlib.import_module("refbnn.kernels.cupy_backend")
     finally:
         sys.modules.pop("refbnn.kernels.cupy_backend", None)
+        if before is missing:
+            package.__dict__.pop("cupy_backend", None)
+        else:
+            package.cupy_backend = before
 
 
 def test_backend_import_without_cupy_says_how_to_install(monkeypatch):
@@ -758,6 +786,32 @@ def test_backend_uses_tensor_cores_from_compute_capability_8(monkeypatch, cc, au
             backend.use_tensor_cores(True)
     with pytest.raises(TypeError, match="tensor_cores: expected None, True or False"):
         backend.use_tensor_cores("auto")
+
+
+def test_backend_checks_the_tensor_cores_once_per_device(monkeypatch):
+    """The first tensor-core call on a device runs Kernels.check_tensor_cores there; a passed check
+    is not repeated, a failed one is run (and fails) again on the next call; plain calls skip it."""
+    cupy = pytest.importorskip("cupy", reason="needs CuPy installed (pip install cupy-cuda13x)")
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
+    backend = _import_backend_fresh()
+    monkeypatch.setattr(backend.cupy.cuda, "Device", lambda *a: _FakeDevice("90"))
+    calls, broken = [], [True]
+
+    class Stub:
+        def check_tensor_cores(self, device):
+            calls.append(device)
+            if broken[0]:
+                raise RuntimeError("disagrees")
+
+    monkeypatch.setattr(backend, "_kernels", Stub())
+    assert backend._tensor_cores_for_call(False) is False and calls == []
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="disagrees"):
+            backend._tensor_cores_for_call(None)
+    assert calls == ["CUDA device 0 (compute capability 9.0)"] * 2
+    broken[0] = False
+    assert backend._tensor_cores_for_call(True) is True and backend._tensor_cores_for_call(None) is True
+    assert len(calls) == 3
 
 
 @pytest.mark.gpu_emulated

@@ -100,6 +100,26 @@ def use_tensor_cores(tensor_cores=None, device=None) -> bool:
     return tensor_cores
 
 
+_tc_checked: set[int] = set()    # devices where bgemm_tc equalled bgemm (Kernels.check_tensor_cores)
+_tc_lock = threading.Lock()      # not _lock: the check launches kernels, which take _lock to compile
+
+
+def _tensor_cores_for_call(tensor_cores) -> bool:
+    """use_tensor_cores on the current device; before the first tensor-core call on a device, the
+    comparison of bgemm_tc with bgemm there (Kernels.check_tensor_cores: RuntimeError if they
+    differ, then again on every later tensor-core call, never a wrong product)."""
+    use = use_tensor_cores(tensor_cores)
+    if use:
+        device = cupy.cuda.Device()
+        if device.id not in _tc_checked:
+            with _tc_lock:
+                if device.id not in _tc_checked:
+                    _kernels.check_tensor_cores("CUDA device {} (compute capability {}.{})".format(
+                        device.id, *compute_capability(device)))
+                    _tc_checked.add(device.id)
+    return use
+
+
 def _launch(kernel, grid, block, args):
     _function(kernel)(tuple(grid), tuple(block), tuple(args))
 
@@ -130,7 +150,7 @@ def binary_matmul(a, b, tensor_cores=None):
     """``a @ b.T`` for +-1 CuPy matrices a (M, K), b (N, K) (refbnn.kernels.reference.binary_matmul);
     ``tensor_cores`` as in :func:`use_tensor_cores`."""
     with _same_device(a=a, b=b):
-        return _kernels.binary_matmul(a, b, use_tensor_cores(tensor_cores))
+        return _kernels.binary_matmul(a, b, _tensor_cores_for_call(tensor_cores))
 
 
 def binary_conv2d(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, pad_value=0.0):
@@ -149,7 +169,7 @@ def bgemm(a_words, b_words, k, tensor_cores=None):
     """int32 (M, N) +-1 dot products of packed rows (as refbnn.kernels.bgemm); on the tensor cores
     or not as :func:`use_tensor_cores` says for ``tensor_cores`` (same results either way)."""
     with _same_device(a_words=a_words, b_words=b_words):
-        return _kernels.bgemm(a_words, b_words, k, use_tensor_cores(tensor_cores))
+        return _kernels.bgemm(a_words, b_words, k, _tensor_cores_for_call(tensor_cores))
 
 
 def bconv2d(x_words, w_words, channels, stride=1, padding=0, dilation=1, groups=1, pad_value=0.0, **kwargs):

@@ -202,6 +202,25 @@ class Kernels:
             self._launch("bgemm", (-(-m // BGEMM_TILE), -(-n // BGEMM_TILE), 1), (BGEMM_TILE, BGEMM_TILE, 1), args)
         return out
 
+    def check_tensor_cores(self, device="the device"):
+        """Run bgemm_tc and bgemm on one fixed problem (70 x 40 rows of 691 bits, random words with
+        dirty tails: partial tiles, two shared-memory steps) and raise RuntimeError if they differ.
+
+        The CuPy backend calls it before the first tensor-core bgemm on each device: bgemm_tc
+        relies on the fragment layout of the 1-bit MMA as the PTX ISA documents it, which only a
+        GPU can confirm, so a device that disagrees stops with an error instead of giving wrong
+        products. The answer is read at once (one synchronisation), also inside a
+        ``deferred_checks`` block: the backend runs it once per device and must know the answer."""
+        rng = np.random.default_rng(20261203)
+        k = 11 * 64 - 13
+        a = self.xp.asarray(rng.integers(0, 2 ** 64, (70, 11), dtype=np.uint64))
+        b = self.xp.asarray(rng.integers(0, 2 ** 64, (40, 11), dtype=np.uint64))
+        tc, plain = self.bgemm(a, b, k, tensor_cores=True), self.bgemm(a, b, k, tensor_cores=False)
+        if not bool((tc == plain).all()):
+            raise RuntimeError(f"bgemm_tc (the tensor-core bgemm) disagrees with bgemm on {device}: the "
+                               "1-bit MMA's fragment layout that bgemm_tc.cu follows is not this device's. Use "
+                               "tensor_cores=False (results are then the plain kernel's) and report it")
+
     def mma_b1_probe(self, a_frag, b_frag, c_frag):
         """One ``mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.xor.popc`` on given fragments
         (bgemm_tc.cu, mma_b1_probe): lane l holds ``a_frag[l]`` (4 uint32), ``b_frag[l]`` (2 uint32),
