@@ -12,7 +12,8 @@ engine's device code path in CI and checks the two things a GPU run depends on:
 - **No hidden device-to-host round trips.** Every conversion to a host value (``float(a)``,
   ``int(a)``, ``bool(a)``, ``a.item()``, ``a.tolist()``, ``a.get()``) is a synchronisation on a
   GPU. They are counted in :data:`syncs` (with the caller's file and line), and inside
-  ``with forbid_syncs():`` they raise :class:`HostSync` naming the line. Host-to-device copies
+  ``with forbid_syncs():`` they raise :class:`HostSync` naming the line (``allow_syncs()`` lifts
+  that for a block within). Host-to-device copies
   (``asarray`` of a NumPy array) are counted in :data:`uploads`.
 
 Reductions return 0-d device arrays, as in CuPy (not NumPy scalars), so ``x.sum()`` stays on the
@@ -62,6 +63,17 @@ def forbid_syncs():
         yield
     finally:
         _forbid[0] -= 1
+
+
+@contextlib.contextmanager
+def allow_syncs():
+    """Lift :func:`forbid_syncs` within the block (for the one synchronisation a test permits, e.g.
+    the flush of ``refbnn.checks.deferred_checks``); the syncs are still counted."""
+    depth, _forbid[0] = _forbid[0], 0
+    try:
+        yield
+    finally:
+        _forbid[0] = depth
 
 
 def reset():
@@ -149,7 +161,11 @@ class DeviceArray(NDArrayOperatorsMixin):
 
     # -- NumPy protocols: np.f(device array) runs "on the device", as with CuPy ----------------------
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        return _call(getattr(ufunc, method), inputs, kwargs)
+        result = _call(getattr(ufunc, method), inputs, kwargs)
+        out = kwargs.get("out")
+        if isinstance(out, tuple) and len(out) == 1 and isinstance(out[0], DeviceArray):
+            return out[0]  # in place (a += b, out=a): the same array object, as CuPy returns it
+        return result
 
     def __array_function__(self, func, types_, args, kwargs):
         return _call(func, args, kwargs)
@@ -178,6 +194,9 @@ class DeviceArray(NDArrayOperatorsMixin):
         self._a[_index(key)] = _unwrap(value)
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # NumPy's host protocols (__array_interface__, __array_struct__, the
+            # buffer, __dlpack__) would hand NumPy the data without a copy or a count: a device array has none
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r} (a simulated device array)")
         attr = getattr(self._a, name)
         if callable(attr):
             return lambda *args, **kwargs: _call(attr, args, kwargs)
