@@ -142,6 +142,40 @@ def check_value(ok, fail):
         fail()
 
 
+@contextlib.contextmanager
+def _prefixing(name):
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        if str(exc).startswith(f"{name}:"):
+            raise
+        raise type(exc)(f"{name}: {exc}") from exc
+
+
+def _named(fail, name):
+    def named_fail():
+        with _prefixing(name):
+            return fail()
+
+    return named_fail
+
+
+@contextlib.contextmanager
+def named_errors(name: str):
+    """Within the block, a ValueError or TypeError gets ``"<name>: "`` in front of its message (unless
+    it starts so already; the original is the new one's ``__cause__``). That holds for the checks
+    queued in the block too, whose errors are raised later, when the enclosing :func:`deferred_checks`
+    block ends: an error names the same thing (a quantizer) on a device as on the host."""
+    queue = _queue()
+    start = len(queue) if queue is not None else 0
+    try:
+        with _prefixing(name):
+            yield
+    finally:
+        if queue is not None:
+            queue[start:] = [(ok, _named(fail, name)) for ok, fail in queue[start:]]
+
+
 def first_nonfinite(x):
     """``None`` if every element of ``x`` is finite, else ("NaN" | "Inf" | "-Inf", index tuple) of the
     first non-finite element in C order. Cost: one ``x.sum()`` when all elements are finite."""

@@ -56,7 +56,7 @@ import functools
 import inspect
 import math
 
-from ..checks import FLOAT_DTYPES, array_module, check_all_finite, first_nonfinite
+from ..checks import FLOAT_DTYPES, array_module, check_all_finite, first_nonfinite, named_errors
 
 
 class Quantizer:
@@ -77,12 +77,8 @@ class Quantizer:
         @functools.wraps(own)
         def forward(self, x, training=True):
             x = self.check_input(x)
-            try:
+            with named_errors(self.name):  # name the quantizer in errors of shared helpers (also deferred ones)
                 return own(self, x, training)
-            except (ValueError, TypeError) as exc:  # name the quantizer in errors of shared helpers
-                if str(exc).startswith(f"{self.name}:"):
-                    raise
-                raise type(exc)(f"{self.name}: {exc}") from exc
 
         forward.checks_input = True
         cls.forward = forward
