@@ -15,6 +15,7 @@ tracker's state lives within one epoch only, so a resumed run records the same f
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -287,6 +288,21 @@ def evaluate(model, x, y, batch_size=500):
     return float(loss_sum) / len(x), int(correct) / len(x)
 
 
+@contextlib.contextmanager
+def _buffers_restored_on_error(model):
+    """Put the buffers (batch norm's running statistics, which the forward pass updates in place) back
+    as they were if the block raises: a failed step leaves the model unchanged, on the host (where a
+    check fails at once, midway through the forward pass) and on a device (where the forward and
+    backward passes run to the end before the deferred checks fail) alike."""
+    saved = [(m.buffers, k, v.copy()) for _, m in model.modules() for k, v in m.buffers.items()]
+    try:
+        yield
+    except BaseException:
+        for store, k, v in saved:
+            store[k][...] = v
+        raise
+
+
 def train_step(model, optimizer, constraint, x, y):
     """One step on the batch (x, y): zero_grad, forward, softmax cross-entropy, backward, optimizer
     step, then ``constraint`` (a weight clip, or None). Returns (loss, logits), the loss a float (a 0-d
@@ -294,9 +310,10 @@ def train_step(model, optimizer, constraint, x, y):
 
     Forward and backward run in a :func:`refbnn.checks.deferred_checks` block: on a device their value
     checks and the loss check are answered together, in one synchronisation, before the optimizer
-    changes any weight (on the host each is answered at once, as always)."""
+    changes any weight (on the host each is answered at once, as always). A step that fails changes
+    no parameter and no buffer."""
     model.zero_grad()
-    with deferred_checks():
+    with _buffers_restored_on_error(model), deferred_checks():
         logits, cache = model.forward(x)
         loss, lcache = ops.softmax_cross_entropy_forward(logits, y)
 
