@@ -25,6 +25,7 @@ from refbnn.checks import array_module, check_finite, check_finite_statistic, de
 from refbnn.cli import info, main
 from refbnn.data import load_dataset
 from refbnn.device import device_module, gpu_unavailable, move
+from refbnn import layers as L
 from refbnn.flips import FlipTracker
 from refbnn.methods import METHODS, LayerFactory, get_method
 from refbnn.models import binary_layers, build_model
@@ -263,6 +264,70 @@ def test_every_quantizer_matches_the_host(monkeypatch, xp, name, params, data):
             _assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+# every layer type, with the options that take other code paths: (name, make(rng), input shape)
+LAYER_CASES = [
+    ("linear", lambda r: L.Linear(8, 5, rng=r), (4, 8)),
+    ("conv-stride-pad", lambda r: L.Conv2d(3, 4, 3, stride=2, padding=1, rng=r, backend="numpy"), (2, 3, 7, 7)),
+    ("conv-dilated-grouped", lambda r: L.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2, rng=r, backend="numpy"),
+     (2, 4, 6, 6)),
+    ("batchnorm1d", lambda r: L.BatchNorm1d(5, backend="numpy"), (4, 5)),
+    ("batchnorm2d", lambda r: L.BatchNorm2d(3, backend="numpy", gamma_init=0.5), (2, 3, 4, 4)),
+    ("hardtanh", lambda r: L.Hardtanh(-0.5, 1.5, backend="numpy"), (2, 3, 4, 4)),
+    ("relu", lambda r: L.ReLU(), (2, 3, 4, 4)),
+    ("prelu", lambda r: L.PReLU(3), (2, 3, 4, 4)),
+    ("rprelu", lambda r: L.RPReLU(3, init=0.1), (2, 3, 4, 4)),
+    ("learnable-bias", lambda r: L.LearnableBias(3), (2, 3, 4, 4)),
+    ("maxpool", lambda r: L.MaxPool2d(3, 2, 1), (2, 3, 7, 7)),
+    ("avgpool", lambda r: L.AvgPool2d(2), (2, 3, 6, 6)),
+    ("global-avgpool", lambda r: L.GlobalAvgPool(), (2, 3, 4, 4)),
+    ("flatten", lambda r: L.Flatten(), (2, 3, 4, 4)),
+    ("shortcut-a", lambda r: L.ShortcutA(3, 6, 2), (2, 3, 6, 6)),
+    ("shortcut-a-avgpool", lambda r: L.ShortcutA(3, 6, 2, mode="avgpool"), (2, 3, 6, 6)),
+    ("binary-linear-learned-bias", lambda r: L.BinaryLinear(8, 5, scale="learned", scale_init="uniform", bias=True,
+                                                            backend="numpy", rng=r, bias_order="before_scale"), (4, 8)),
+    ("binary-conv-mean-abs-pad-minus1", lambda r: L.BinaryConv2d(3, 4, 3, padding=1, scale="mean_abs",
+                                                                 pad_value=-1.0, backend="numpy", rng=r), (2, 3, 5, 5)),
+    ("binary-conv-asymmetric-pad", lambda r: L.BinaryConv2d(4, 4, 2, stride=2, padding=(0, 1, 0, 1), groups=2,
+                                                            weight_quantizer="xnor_weight", input_quantizer="xnor_act",
+                                                            pad_value=1.0, backend="numpy", rng=r), (2, 4, 5, 5)),
+]
+
+
+@pytest.mark.parametrize("name,make,shape", LAYER_CASES, ids=[c[0] for c in LAYER_CASES])
+def test_every_layer_matches_the_host(monkeypatch, xp, name, make, shape):
+    """Forward (training and eval mode) and backward of each layer type on the device against the host:
+    the outputs, input gradients, parameter gradients and running statistics; one read per block."""
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+    def run(module):
+        layer = make(np.random.default_rng(2)).to(module)
+        with deferred_checks():
+            out, cache = layer.forward(move(x, module))
+            dout = move(np.random.default_rng(1).standard_normal(out.shape).astype(np.float32), module)
+            dx = layer.backward(dout, cache)
+        layer.eval()
+        with deferred_checks():
+            out_eval, _ = layer.forward(move(x, module))
+        return {"out": out, "dx": dx, "eval": out_eval, **{f"grad/{k}": g for k, g in layer.grads.items()},
+                **{f"state/{k}": v for k, v in layer.state_dict().items()}}
+
+    want = run(np)
+    if xp is sd:
+        with _only_the_flush_may_sync(monkeypatch) as answered:
+            got = run(xp)
+        assert len(answered) <= 2  # a block without a device check has nothing to answer
+    else:
+        got = run(xp)
+    assert all(array_module(v) is xp for k, v in got.items() if not k.startswith("state/") or v.ndim)
+    got = {k: to_host(v) for k, v in got.items()}
+    if xp is sd:
+        _assert_bit_identical(want, got)
+    else:
+        assert want.keys() == got.keys()
+        for k in want:
+            _assert_close(want[k], got[k], rtol=1e-4, atol=1e-5)
+
+
 # -- 2. synchronisations ------------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -385,6 +450,9 @@ def test_train_on_the_device_equals_the_host_run(on_simdevice, method_name, opti
     # per epoch: the flip tracker's start (a sign and a tail per layer) and end (two counts per layer),
     # the epoch's loss and accuracy, evaluation (one flush, its loss and accuracy)
     assert len(sd.syncs) <= 2 * steps + TRAIN["epochs"] * (6 * layers + 8), sd.syncs
+    # uploads: the model and the data once, per epoch the shuffled order and the flip tracker's tails;
+    # nothing per step (one per step anywhere in the epoch would make this many)
+    assert len(sd.uploads) < steps, sd.uploads
 
 
 # -- 3. deferred checks ---------------------------------------------------------------------------------
