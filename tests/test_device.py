@@ -455,6 +455,20 @@ def test_train_on_the_device_equals_the_host_run(on_simdevice, method_name, opti
     assert len(sd.uploads) < steps, sd.uploads
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("method_name", ["bnn", "recu"])
+def test_a_diverging_device_run_fails_as_the_host_run_does(on_simdevice, method_name):
+    """lr 1e200: the step after the first sees infinite weights; the device run's error is the host's."""
+    errors = []
+    for device in ("cpu", "gpu"):
+        with pytest.raises(FloatingPointError) as exc:
+            train(TrainConfig(method=method_name, device=device, epochs=1, width=0.1, lr=1e200, progress=False,
+                              backend="numpy"), log=lambda *a: None)
+        errors.append(str(exc.value))
+    assert errors[0] == errors[1]
+    assert errors[0].startswith("training diverged in epoch 1: input.fc.weight is no longer finite (")
+
+
 # -- 3. deferred checks ---------------------------------------------------------------------------------
 
 def _failing_step(xp, spoil, model_name="resnet20", method_name="bnn"):
