@@ -421,7 +421,7 @@ def on_simdevice(monkeypatch):
     return per_call
 
 
-TRAIN = dict(epochs=2, width=0.25, batch_size=64, progress=False, backend="numpy", seed=4)
+TRAIN = dict(epochs=2, width=0.1, batch_size=64, progress=False, backend="numpy", seed=4)
 
 
 @pytest.mark.parametrize("method_name,optimizer", [("recu", "adam"), ("bnn", "bop")])
@@ -720,7 +720,7 @@ def test_optimizer_state_loads_onto_the_parameters_device():
 def test_a_device_checkpoint_resumes_on_the_cpu_bit_exactly(on_simdevice, tmp_path, monkeypatch):
     """A device run interrupted after epoch 1 of 2 writes a host checkpoint; resumed on the CPU it ends
     exactly where an uninterrupted CPU run does."""
-    common = dict(method="recu", epochs=2, width=0.25, batch_size=128, progress=False, backend="numpy", seed=2)
+    common = dict(method="recu", epochs=2, width=0.1, batch_size=128, progress=False, backend="numpy", seed=2)
     full = train(TrainConfig(out=str(tmp_path / "full"), **common), log=lambda *a: None)
     real_epoch = T.train_epoch
     calls = []
