@@ -33,6 +33,10 @@ import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
 syncs: list[str] = []    # "kind at file:line" for each device -> host value
+# what the engine called on device arrays: (kind, name) -> keyword names used, kind "function" (the
+# module's functions and NumPy functions dispatched through __array_function__), "ufunc" or
+# "method" (array methods); a test checks that CuPy has each one (tests/test_device.py)
+used: dict[tuple[str, str], set] = {}
 uploads: list[str] = []  # "shape at file:line" for each host -> device copy
 _forbid = [0]
 
@@ -110,6 +114,10 @@ def _call(fn, args, kwargs):
     return _wrap(fn(*_unwrap(args), **_unwrap(kwargs)))
 
 
+def _record(kind, name, kwargs):
+    used.setdefault((kind, name), set()).update(kwargs)
+
+
 class DeviceArray(NDArrayOperatorsMixin):
     """An array "on the device": a NumPy array that refuses implicit host conversion."""
 
@@ -161,6 +169,7 @@ class DeviceArray(NDArrayOperatorsMixin):
 
     # -- NumPy protocols: np.f(device array) runs "on the device", as with CuPy ----------------------
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        _record("ufunc", ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}", kwargs)
         result = _call(getattr(ufunc, method), inputs, kwargs)
         out = kwargs.get("out")
         if isinstance(out, tuple) and len(out) == 1 and isinstance(out[0], DeviceArray):
@@ -168,6 +177,7 @@ class DeviceArray(NDArrayOperatorsMixin):
         return result
 
     def __array_function__(self, func, types_, args, kwargs):
+        _record("function", func.__name__, kwargs)
         return _call(func, args, kwargs)
 
     # -- array attributes and methods ---------------------------------------------------------------
@@ -199,7 +209,10 @@ class DeviceArray(NDArrayOperatorsMixin):
             raise AttributeError(f"{type(self).__name__} has no attribute {name!r} (a simulated device array)")
         attr = getattr(self._a, name)
         if callable(attr):
-            return lambda *args, **kwargs: _call(attr, args, kwargs)
+            def method(*args, **kwargs):
+                _record("method", name, kwargs)
+                return _call(attr, args, kwargs)
+            return method
         return _wrap(attr)
 
     def __repr__(self):
@@ -261,7 +274,11 @@ class _Module(types.ModuleType):
             return attr  # dtypes (float32, ...), constants (pi, inf, newaxis), errstate
         if name == "errstate":
             return attr
-        return lambda *args, **kwargs: _call(attr, args, kwargs)
+
+        def function(*args, **kwargs):
+            _record("function", name, kwargs)
+            return _call(attr, args, kwargs)
+        return function
 
 
 module = sys.modules[__name__]

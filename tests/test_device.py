@@ -11,6 +11,7 @@ order.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import threading
 
@@ -838,3 +839,74 @@ def test_cupy_with_the_cuda_kernels_matches_the_host(method_name):
     opt = Adam(param_groups(model, 5e-4, no_decay_bn_and_bias), lr=1e-2)
     losses, _ = _steps(model, opt, WeightClip(method.latent_clip) if method.latent_clip else None, batches, cupy)
     assert [float(v) for v in losses] == pytest.approx([float(v) for v in host_losses], rel=1e-4)
+
+
+# -- everything the engine calls on a device exists in CuPy ------------------------------------------
+
+def _cupy_module_or_skip():
+    try:
+        import cupy  # noqa: PLC0415 - importable without a GPU; only its namespace is read here
+    except ImportError as exc:
+        pytest.skip(f"CuPy is not installed ({exc}): pip install 'cupy-cuda13x>=14,<15'")
+    return cupy
+
+
+def _cupy_lacks(cupy, kind, name, keywords):
+    """Why CuPy cannot serve this call (a missing function, ufunc method or array method, or a keyword
+    its Python-level signature does not take), or None."""
+    if kind == "method":
+        target = getattr(cupy.ndarray, name, None)
+    elif kind == "ufunc":
+        base, _, method = name.partition(".")
+        target = getattr(cupy, base, None)
+        if target is not None and method:
+            target = getattr(target, method, None)
+    else:
+        target = getattr(cupy, name, None)
+    if target is None:
+        return f"cupy{'.ndarray' if kind == 'method' else ''}.{name} does not exist"
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):  # compiled (Cython) callables: no signature to read
+        return None
+    params = sig.parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    missing = set(keywords) - {p.name for p in params}
+    return f"cupy.{name} takes no keyword {sorted(missing)}" if missing else None
+
+
+def test_cupy_has_every_function_and_method_the_engine_calls_on_a_device(on_simdevice):
+    """The simulated device runs NumPy, so a NumPy function CuPy lacks would pass every other test here
+    and fail on the first GPU run. Record what a broad workload calls on device arrays (every method's
+    training steps on the three models, eval, the flip tracker, augmentation, a train() run) and look
+    each name up in CuPy's namespace, which CuPy provides without a GPU."""
+    cupy = _cupy_module_or_skip()
+    sd.used.clear()
+    for model_name in INPUT:
+        for method_name in METHODS:
+            model, opt, clip = _setup(model_name, method_name)
+            _steps(model, opt, clip, _batches(model_name, n=1), sd)
+            model.eval()
+            model.forward(move(_batches(model_name, n=1)[0][0], sd))
+    for optimizer in ("sgd", "bop"):
+        model, opt, clip = _setup("resnet20", "bnn", optimizer)
+        _steps(model, opt, clip, _batches("resnet20", n=1), sd)
+    tracker = FlipTracker(model)
+    tracker.start_epoch()
+    tracker.after_step()
+    tracker.end_epoch()
+    evaluate(model, move(_batches("resnet20", n=1)[0][0], sd), move(np.arange(BATCH), sd))
+    random_crop_flip(move(np.zeros((2, 3, 8, 8), np.float32), sd), np.random.default_rng(0))
+    train(TrainConfig(epochs=1, progress=False, device="gpu", backend="numpy", width=0.1), log=lambda *a: None)
+    assert len(sd.used) > 40, sorted(sd.used)  # the recording itself works
+    lacking = [why for (kind, name), kw in sorted(sd.used.items()) if (why := _cupy_lacks(cupy, kind, name, kw))]
+    assert not lacking, lacking
+
+
+def test_the_cupy_lookup_finds_what_cupy_lacks():
+    cupy = _cupy_module_or_skip()
+    assert _cupy_lacks(cupy, "function", "clip", {"out"}) is None
+    assert _cupy_lacks(cupy, "function", "no_such_function", set()) is not None
+    assert _cupy_lacks(cupy, "method", "no_such_method", set()) is not None
+    assert _cupy_lacks(cupy, "ufunc", "add.no_such_method", set()) is not None
