@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import array_module, deferred_checks, to_host
+from .checks import array_module, deferred_checks, on_host, to_host
 from .device import move
 from .models import binary_layers
 from .quantizers.recu import laplace_quantile
@@ -82,7 +82,10 @@ class FlipTracker:
         self._prev = None
 
     def start_epoch(self):
-        self._prev = [weight_signs(m) for _, m in self.layers]
+        """Record the signs at the start of the epoch; the tail masks are computed on the host (one copy
+        of each binary weight per epoch)."""
+        with deferred_checks():
+            self._prev = [weight_signs(m) for _, m in self.layers]
         self._tail = [move(np.flatnonzero(tail_mask(m.params["weight"], self.tau)), array_module(m.params["weight"]))
                       for _, m in self.layers]
         self._flips = [0] * len(self.layers)
@@ -108,8 +111,12 @@ class FlipTracker:
         if self._prev is None:
             raise RuntimeError("FlipTracker.end_epoch: call start_epoch() first")
         steps, out = self._steps, {}
-        self._flips = [int(f) for f in self._flips]
-        self._tail_flips = [int(f) for f in self._tail_flips]
+        counts = self._flips + self._tail_flips
+        if counts and not all(on_host(c) for c in counts):  # device counts: read in one copy
+            xp = next(array_module(c) for c in counts if not on_host(c))
+            counts = to_host(xp.stack([xp.asarray(c, dtype=xp.int64) for c in counts])).tolist()
+        counts = [int(c) for c in counts]
+        self._flips, self._tail_flips = counts[:len(self.layers)], counts[len(self.layers):]
 
         def ratio(flips, n):
             return flips / (n * steps) if n and steps else None
