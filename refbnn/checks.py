@@ -245,8 +245,25 @@ def check_float_array(x, name: str, ndim: int | tuple[int, ...] | None = None, f
     return x
 
 
+def check_same_device(*named):
+    """All arrays given as (name, array) pairs must live in one array module (NumPy, CuPy) and, for
+    CuPy, on one CUDA device: TypeError / ValueError naming where each one is."""
+    arrays = [(n, a) for n, a in named if a is not None]
+    modules = {array_module(a).__name__ for _, a in arrays}
+    if len(modules) > 1:
+        desc = ", ".join(f"{n} is a {array_module(a).__name__} array" for n, a in arrays)
+        raise TypeError(f"arrays on different devices: {desc}; expected them in one place (move them with "
+                        "model.to(...) or numpy/cupy asarray)")
+    ids = {getattr(getattr(a, "device", None), "id", None) for _, a in arrays}
+    if len(ids) > 1:
+        desc = ", ".join(f"{n} on device {getattr(a.device, 'id', a.device)}" for n, a in arrays)
+        raise ValueError(f"arrays on different CUDA devices: {desc}; expected one device")
+
+
 def check_same_dtype(*named):
-    """All arrays given as (name, array) pairs must share one float dtype."""
+    """All arrays given as (name, array) pairs must share one float dtype (and one device:
+    :func:`check_same_device`)."""
+    check_same_device(*named)
     dtypes = {a.dtype for _, a in named if a is not None}
     if len(dtypes) > 1:
         desc = ", ".join(f"{n}={a.dtype}" for n, a in named if a is not None)

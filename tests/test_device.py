@@ -910,3 +910,29 @@ def test_the_cupy_lookup_finds_what_cupy_lacks():
     assert _cupy_lacks(cupy, "function", "no_such_function", set()) is not None
     assert _cupy_lacks(cupy, "method", "no_such_method", set()) is not None
     assert _cupy_lacks(cupy, "ufunc", "add.no_such_method", set()) is not None
+
+
+# -- arrays from two places in one call ------------------------------------------------------------------
+
+@pytest.mark.parametrize("call", [
+    lambda h, d: ops.conv2d_forward(h(np.zeros((1, 2, 4, 4), np.float32)), d(np.zeros((3, 2, 3, 3), np.float32)), None),
+    lambda h, d: ops.linear_forward(d(np.zeros((2, 4), np.float32)), h(np.zeros((3, 4), np.float32)), None),
+    lambda h, d: ops.batchnorm_forward(h(np.ones((4, 3), np.float32)), d(np.ones(3, np.float32)),
+                                       d(np.zeros(3, np.float32)), d(np.zeros(3, np.float32)),
+                                       d(np.ones(3, np.float32)), training=True),
+], ids=["conv", "linear", "batchnorm"])
+def test_an_op_refuses_host_and_device_arrays_together_naming_each(call):
+    with pytest.raises(TypeError, match=r"arrays on different devices: .*numpy array.*simdevice array|"
+                                        r"arrays on different devices: .*simdevice array.*numpy array"):
+        call(lambda a: a, lambda a: sd.asarray(a))
+
+
+def test_arrays_on_two_cuda_devices_are_refused_naming_each():
+    class OnDevice:  # what check_same_device reads of a CuPy array: .device.id
+        def __init__(self, i):
+            self.device = type("Device", (), {"id": i})()
+            self.dtype = np.dtype(np.float32)
+
+    checks.check_same_device(("a", OnDevice(0)), ("b", OnDevice(0)))
+    with pytest.raises(ValueError, match=r"a on device 0, b on device 1"):
+        checks.check_same_device(("a", OnDevice(0)), ("b", OnDevice(1)))
