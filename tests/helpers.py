@@ -1,11 +1,37 @@
 """Finite-difference gradient checking (CS231n's eval_numerical_gradient_array, in float64)."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+import pytest
 
 from refbnn.quantizers import Quantizer
 
 REL_TOL = 1e-6
+
+
+@contextlib.contextmanager
+def stopped_after(epochs: int):
+    """Within the block, ``refbnn.train.train_epoch`` raises KeyboardInterrupt instead of running
+    epoch ``epochs + 1``, and the block expects it: a training run stopped after ``epochs`` epochs,
+    with the checkpoint of the last one written (for resume tests)."""
+    import refbnn.train as T  # noqa: PLC0415
+
+    real, done = T.train_epoch, [0]
+
+    def run(*a, **k):
+        if done[0] == epochs:
+            raise KeyboardInterrupt
+        done[0] += 1
+        return real(*a, **k)
+
+    T.train_epoch = run
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        T.train_epoch = real
 
 
 def rel_error(analytic, numeric, floor=1e-3):

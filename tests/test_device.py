@@ -18,6 +18,7 @@ import threading
 import numpy as np
 import pytest
 import simdevice as sd
+from helpers import stopped_after
 
 import refbnn.train as T
 from refbnn import checks, ops
@@ -718,26 +719,15 @@ def test_optimizer_state_loads_onto_the_parameters_device():
     assert model.device() is sd
 
 
-def test_a_device_checkpoint_resumes_on_the_cpu_bit_exactly(on_simdevice, tmp_path, monkeypatch):
+def test_a_device_checkpoint_resumes_on_the_cpu_bit_exactly(on_simdevice, tmp_path):
     """A device run interrupted after epoch 1 of 2 writes a host checkpoint; resumed on the CPU it ends
     exactly where an uninterrupted CPU run does."""
     common = dict(method="recu", epochs=2, width=0.1, batch_size=128, progress=False, backend="numpy", seed=2)
     full = train(TrainConfig(out=str(tmp_path / "full"), **common), log=lambda *a: None)
-    real_epoch = T.train_epoch
-    calls = []
-
-    def interrupted(*a, **k):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return real_epoch(*a, **k)
-
-    monkeypatch.setattr(T, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with stopped_after(1):
         train(TrainConfig(out=str(tmp_path / "part"), device="gpu", **common), log=lambda *a: None)
     mstate, ostate, meta = load_checkpoint(str(tmp_path / "part" / "checkpoint.npz"))
     assert meta["epoch"] == 0 and all(type(v) is np.ndarray for v in (*mstate.values(), *ostate.values()))
-    monkeypatch.setattr(T, "train_epoch", real_epoch)
     resumed = train(TrainConfig(out=str(tmp_path / "part"), resume=True, **common), log=lambda *a: None)
     for key in full:
         if key not in ("seconds", "epoch_seconds"):

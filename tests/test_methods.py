@@ -6,7 +6,7 @@ import zlib
 import numpy as np
 import pytest
 
-from helpers import REL_TOL, check_module, probe_quantizers
+from helpers import REL_TOL, check_module, probe_quantizers, stopped_after
 from refbnn import cli
 from refbnn.checkpoint import load_checkpoint
 from refbnn.conventions import OFFICIAL, PAPER
@@ -157,25 +157,13 @@ def test_on_epoch_sets_schedule_values_and_generators():
     assert model.children["0"].weight_quantizer.rng is gen
 
 
-def test_stochastic_binaryconnect_resumes_bit_exactly(tmp_path, monkeypatch):
+def test_stochastic_binaryconnect_resumes_bit_exactly(tmp_path):
     """The stochastic quantizer draws from the per-epoch generator default_rng([seed, epoch, 1]): a run
     interrupted after its first epoch and resumed ends with the same weights as an uninterrupted one."""
-    import refbnn.train as tr
-
     kw = dict(method="bc", method_params={"weight_quantizer": "stochastic_sign"}, epochs=2, progress=False)
     full = train(TrainConfig(out=str(tmp_path / "a"), **kw), log=lambda *a: None)
-    original, calls = tr.train_epoch, []
-
-    def interrupt_second_epoch(*a, **k):
-        if calls:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return original(*a, **k)
-
-    monkeypatch.setattr(tr, "train_epoch", interrupt_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with stopped_after(1):
         train(TrainConfig(out=str(tmp_path / "b"), **kw), log=lambda *a: None)
-    monkeypatch.setattr(tr, "train_epoch", original)
     resumed = train(TrainConfig(out=str(tmp_path / "b"), resume=True, **kw), log=lambda *a: None)
     a = load_checkpoint(tmp_path / "a" / "checkpoint.npz")[0]
     b = load_checkpoint(tmp_path / "b" / "checkpoint.npz")[0]

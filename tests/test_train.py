@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import stopped_after
 
 from refbnn.checkpoint import HISTORY_KEYS, load_checkpoint, save_checkpoint
 from refbnn.cli import main
@@ -38,22 +39,8 @@ def test_resume_is_bit_exact(tmp_path, method, optimizer):
     full = train(TrainConfig(out=str(tmp_path / "full"), **common))
     # interrupted run: stop after 2 of 4 epochs (same schedule length), then resume
     cfg = TrainConfig(out=str(tmp_path / "part"), **common)
-    import refbnn.train as T
-    real = T.train_epoch
-    calls = {"n": 0}
-
-    def interrupted(*a, **k):
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return real(*a, **k)
-
-    T.train_epoch = interrupted
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg)
-    finally:
-        T.train_epoch = real
+    with stopped_after(2):
+        train(cfg)
     assert _weights(tmp_path / "part")[2]["epoch"] == 1
     cfg.resume = True
     m = train(cfg)
