@@ -10,14 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import array_module, check_bool_arg, check_float_array, to_host
+from ..checks import array_module, check_bool_arg, check_float_array, check_same_device, to_host
 from ..device import device_module, device_name, move
-
-
-def _device_id(a):
-    """The CUDA device number of a CuPy array (``a.device.id``); NumPy's ``device`` ("cpu") otherwise."""
-    d = getattr(a, "device", None)
-    return getattr(d, "id", d)
 
 
 class Module:
@@ -63,14 +57,12 @@ class Module:
         check_float_array(x, "input")
         first = next((m.params[k] for _, m, k in self.named_parameters()), None)
         if first is not None:
-            here, there = array_module(x), self.device()
+            here, there = array_module(x), array_module(first)
             if here is not there:
                 raise TypeError(f"input: a {device_name(here)} array, but the model's parameters are "
                                 f"{device_name(there)} arrays; move one of them (model.to(...), or the input with "
                                 "numpy/cupy asarray)")
-            if _device_id(x) != _device_id(first):
-                raise ValueError(f"input: on device {_device_id(x)}, but the model's parameters are on device "
-                                 f"{_device_id(first)}; move one of them")
+            check_same_device(("input", x), ("the model's parameters", first))  # one CUDA device
         return self.forward(x)
 
     def accumulate(self, grads: dict):
