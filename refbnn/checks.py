@@ -55,6 +55,17 @@ def to_host(x):
     return x if on_host(x) else x.get()
 
 
+def read_scalars(values) -> list:
+    """Python numbers from numbers and 0-d arrays; those on a device are read together, in one copy
+    (one synchronisation) instead of one each. Mixed kinds come back in their common type (a count
+    beside a float sum as a float, exact below 2**53)."""
+    values = list(values)
+    xp = next((array_module(v) for v in values if not on_host(v)), None)
+    if xp is None:
+        return [np.asarray(v).item() for v in values]
+    return to_host(xp.stack([xp.asarray(v).reshape(()) for v in values])).tolist()
+
+
 # -- checks on device arrays, deferred to one synchronisation ------------------------------------
 _deferred = threading.local()
 
@@ -110,9 +121,7 @@ def _answer(queue):
     in order (the first that raises ends it)."""
     if not queue:
         return
-    xp = array_module(queue[0][0])
-    answers = to_host(xp.stack([xp.asarray(ok).reshape(()) for ok, _ in queue]))
-    for (_, fail), passed in zip(queue, answers):
+    for (_, fail), passed in zip(queue, read_scalars(ok for ok, _ in queue)):
         if not passed:
             fail()
 

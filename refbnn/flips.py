@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import array_module, deferred_checks, on_host, to_host
+from .checks import array_module, deferred_checks, read_scalars, to_host
 from .device import move
 from .models import binary_layers
 from .quantizers.recu import laplace_quantile
@@ -111,11 +111,7 @@ class FlipTracker:
         if self._prev is None:
             raise RuntimeError("FlipTracker.end_epoch: call start_epoch() first")
         steps, out = self._steps, {}
-        counts = self._flips + self._tail_flips
-        if counts and not all(on_host(c) for c in counts):  # device counts: read in one copy
-            xp = next(array_module(c) for c in counts if not on_host(c))
-            counts = to_host(xp.stack([xp.asarray(c, dtype=xp.int64) for c in counts])).tolist()
-        counts = [int(c) for c in counts]
+        counts = [int(c) for c in read_scalars(self._flips + self._tail_flips)]  # device counts: one copy
         self._flips, self._tail_flips = counts[:len(self.layers)], counts[len(self.layers):]
 
         def ratio(flips, n):

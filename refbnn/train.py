@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import ops
-from .checks import array_module, check_value, deferred_checks, to_host
+from .checks import array_module, check_value, deferred_checks, read_scalars, to_host
 from .device import DEVICES, device_module, device_name, move
 from .checkpoint import HISTORY_KEYS, CheckpointError, load_checkpoint, model_layout, optimizer_layout, save_checkpoint
 from .conventions import get_convention
@@ -285,7 +285,8 @@ def evaluate(model, x, y, batch_size=500):
             loss_sum = loss_sum + _float64(loss) * len(logits)
             correct = correct + (logits.argmax(axis=1) == y[i:i + batch_size]).sum()
     model.train()
-    return float(loss_sum) / len(x), int(correct) / len(x)
+    loss_sum, correct = read_scalars((loss_sum, correct))
+    return loss_sum / len(x), int(correct) / len(x)
 
 
 @contextlib.contextmanager
@@ -352,10 +353,11 @@ def train_epoch(model, optimizer, constraint, data, batch_size, rng, progress=No
             progress.update(1)
             # reading the sums waits for a device: there, at most once a second
             if xp is np or time.monotonic() - shown >= 1.0:
-                progress.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
-                                     refresh=False)
+                shown_loss, shown_correct = read_scalars((loss_sum, correct))
+                progress.set_postfix(loss=f"{shown_loss / seen:.3f}", acc=f"{shown_correct / seen:.3f}", refresh=False)
                 shown = time.monotonic()
-    return float(loss_sum) / seen, int(correct) / seen
+    loss_sum, correct = read_scalars((loss_sum, correct))
+    return loss_sum / seen, int(correct) / seen
 
 
 def _binary_parameter_count(model):
