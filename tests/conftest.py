@@ -33,3 +33,14 @@ def kernel_path(request, monkeypatch):
         pytest.skip(f"this CPU does not support the {request.param} path (supported: {supported})")
     monkeypatch.setenv("REFBNN_KERNEL_PATH", request.param)
     return request.param
+
+
+@pytest.fixture(scope="session")
+def cuda_emulation_library(tmp_path_factory):
+    """The CUDA kernels (refbnn/kernels/cuda/*.cu) compiled for the CPU emulation harness
+    (tests/cuda_emulation/), once per session."""
+    from cuda_emulation import emulator  # noqa: PLC0415 - tests/cuda_emulation/
+
+    if emulator.compiler() is None:
+        pytest.skip("no g++ on this machine: the CUDA emulation harness compiles the kernels with it")
+    return emulator.build(tmp_path_factory.mktemp("cuda_emulation"))

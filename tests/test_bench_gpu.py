@@ -207,15 +207,14 @@ def test_cuda_timer_reports_the_time_per_call_and_defers_checks(bench):
 # ---- the parts on stand-ins ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    """refbnn.kernels.cuda.Kernels on NumPy arrays, the .cu sources run on the CPU."""
+def emulated(cuda_emulation_library):
+    """refbnn.kernels.cuda.Kernels on NumPy arrays, the .cu sources run on the CPU (a fresh launch
+    record per module)."""
     from cuda_emulation import emulator  # noqa: PLC0415 - tests/cuda_emulation/
 
     from refbnn.kernels import cuda  # noqa: PLC0415
 
-    if emulator.compiler() is None:
-        pytest.skip("no g++ on this machine: the CUDA emulation harness compiles the kernels with it")
-    return cuda.Kernels(np, emulator.EmulatedLaunch(emulator.build(tmp_path_factory.mktemp("cuda_emulation"))))
+    return cuda.Kernels(np, emulator.EmulatedLaunch(cuda_emulation_library))
 
 
 def once(f, repeats):

@@ -122,14 +122,11 @@ def test_harness_selftest_kernels_are_cuda(nvrtc, arch):
 # ---- 2. the emulation harness -----------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def emulated(tmp_path_factory):
+def emulated(cuda_emulation_library):
     """refbnn.kernels.cuda.Kernels on NumPy arrays, running the .cu sources on the CPU."""
     from cuda_emulation import emulator  # noqa: PLC0415 - tests/cuda_emulation/
 
-    if emulator.compiler() is None:
-        pytest.skip("no g++ on this machine: the CUDA emulation harness compiles the kernels with it")
-    lib = emulator.build(tmp_path_factory.mktemp("cuda_emulation"))
-    return cuda.Kernels(np, emulator.EmulatedLaunch(lib))
+    return cuda.Kernels(np, emulator.EmulatedLaunch(cuda_emulation_library))
 
 
 def signs(rng, shape, dtype=np.float32):
