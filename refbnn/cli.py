@@ -17,7 +17,7 @@ import numpy as np
 from . import __version__, crosscheck, kernels
 from .conventions import PRESETS
 from .data import DATASETS
-from .device import DEVICES, gpu_unavailable
+from .device import DEVICES, device_module, gpu_unavailable
 from .methods import METHODS
 from .models import MODELS
 from .optim import OPTIMIZER_NAMES
@@ -504,6 +504,7 @@ def cmd_compare(args) -> int:
     methods = parse_methods(args.methods)
     runs = plan_runs(methods, args.seeds, _run_settings(args), parse_params(args.param))
     _check_kernel_path()
+    device_module(args.device)  # a GPU that cannot be used is one error now, not a failed row per run
     argv = getattr(args, "argv", None)
     command = "refbnn " + shlex.join(argv) if argv is not None else None
     result = compare(runs, args.out, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress,

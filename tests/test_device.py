@@ -804,6 +804,17 @@ def test_cli_train_on_an_unusable_gpu_is_one_line_and_status_2(capsys):
         device_module("gpu")
 
 
+def test_cli_compare_on_an_unusable_gpu_stops_before_any_run(capsys, tmp_path):
+    if gpu_unavailable() is None:
+        pytest.skip("a GPU is usable here: `refbnn compare --device gpu` would train")
+    out_dir = tmp_path / "report"
+    assert main(["compare", "--methods", "bnn", "--seeds", "1", "--epochs", "1", "--device", "gpu",
+                 "--out", str(out_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("refbnn compare: error: device 'gpu': the GPU path is unavailable: ")
+    assert not out_dir.exists()  # no report with a failed row per run
+
+
 def test_info_reports_the_gpu_path():
     gpu = info()["gpu"]
     why = gpu_unavailable()
